@@ -1,0 +1,24 @@
+# duplidog: learn a shot's fix from a few keyframes and apply it to every frame.
+#   snakemake --profile profiles/local                          # the built-in demo shot
+#   snakemake --profile profiles/farm --configfile shots/sh010.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/ingest.smk"
+include: "rules/pool.smk"
+include: "rules/train.smk"
+include: "rules/infer.smk"
+include: "rules/assemble.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,192 @@
+"""The ``duplidog`` command: every pipeline stage, usable without Snakemake.
+
+Stage commands take a shot file (``--shot``) and derive the same paths as the Snakefile
+(``results/<shot>/...``), so ``duplidog pool --shot sh010.yaml`` after ``duplidog ingest --shot
+sh010.yaml`` does exactly what the pipeline's rules do. User errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from duplidog.errors import DuplidogError
+
+
+def _shot_config(args) -> dict:
+    from duplidog import settings
+
+    config = settings.load_shot_file(args.shot) if args.shot else settings.resolve({})
+    for assignment in args.set or []:
+        key, _, value = assignment.partition("=")
+        import yaml
+
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return settings.resolve(config, origin=args.shot or "config")
+
+
+def _results(args, config) -> Path:
+    return Path(args.results or "results") / config["shot"]
+
+
+def cmd_demo(args) -> None:
+    from duplidog.demo import write_demo
+
+    shot_file = write_demo(args.directory)
+    print(f"demo shot written: {shot_file}")
+    print(f"run it: snakemake --profile profiles/local --configfile {shot_file}")
+
+
+def cmd_config(args) -> None:
+    import yaml
+
+    from duplidog import settings
+
+    print(yaml.safe_dump(settings.defaults(), sort_keys=False), end="")
+
+
+def cmd_ingest(args) -> None:
+    from duplidog.ingest import ingest
+
+    config = _shot_config(args)
+    plan = ingest(config, _results(args, config) / "ingest")
+    print(f"{config['shot']}: {len(plan['frames'])} frames, keyframes {plan['keyframes']}")
+
+
+def cmd_pool(args) -> None:
+    from duplidog.pool import build_pool
+
+    config = _shot_config(args)
+    root = _results(args, config)
+    stats = build_pool(root / "ingest/manifest.csv", root / "ingest/plan.json", root / "pool/pool.zarr",
+                       config["pool"], seed=config["seed"])
+    print(json.dumps(stats, indent=2, default=str))
+
+
+def cmd_train(args) -> None:
+    from duplidog.train import train
+
+    config = _shot_config(args)
+    root = _results(args, config)
+    metrics = train(pool_path=root / "pool/pool.zarr", plan_path=root / "ingest/plan.json",
+                    manifest_path=root / "ingest/manifest.csv", model_dir=root / "model",
+                    work_dir=root / "train", config=config)
+    print(json.dumps(metrics, indent=2, default=str))
+
+
+def cmd_infer(args) -> None:
+    from duplidog.infer import infer_sequence
+    from duplidog.sequence import parse_frame_range
+
+    summary = infer_sequence(model_dir=args.model, source_pattern=args.source, output_pattern=args.output,
+                             frames=parse_frame_range(args.frames), tile=args.tile, device=args.device)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_assemble(args) -> None:
+    from duplidog.assemble import assemble
+    from duplidog.settings import default_output_pattern
+
+    config = _shot_config(args)
+    root = _results(args, config)
+    summary = assemble(plan_path=root / "ingest/plan.json", manifest_path=root / "ingest/manifest.csv",
+                       output_pattern=default_output_pattern(config), out_dir=root / "assemble")
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_bench(args) -> None:
+    if args.what == "infer":
+        from duplidog.infer.bench import bench_infer as bench
+    elif args.what == "train":
+        from duplidog.train.bench import bench_train as bench
+    else:
+        from duplidog.pool.bench import bench_pool as bench
+    bench()
+
+
+def cmd_models(args) -> None:
+    from duplidog import models
+
+    if args.action == "list":
+        print(models.format_table(models.find_models(args.paths or ["results"])))
+    else:
+        print(models.format_card(args.paths[0] if args.paths else "."))
+
+
+def cmd_export(args) -> None:
+    from duplidog import export
+
+    result = export.export(args.model, args.to, args.out)
+    print(json.dumps(result, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duplidog", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name, func, help):
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--shot", help="shot YAML file (default: the built-in demo shot)")
+        p.add_argument("--results", help="results folder (default: results)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set train.steps=200 (repeatable)")
+        p.set_defaults(func=func)
+        return p
+
+    p = sub.add_parser("demo", help="write the built-in demo shot (plates, fixed keyframes, shot file)")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_demo)
+    sub.add_parser("config", help="print the default settings").set_defaults(func=cmd_config)
+    stage("ingest", cmd_ingest, "find frames, check headers, write manifest and plan")
+    stage("pool", cmd_pool, "build the Zarr tile pool from the keyframes")
+    stage("train", cmd_train, "train the model on the pool")
+    stage("assemble", cmd_assemble, "check every output frame, write checksums and QC")
+
+    p = sub.add_parser("infer", help="apply a model to a sequence")
+    p.add_argument("--model", required=True, help="model folder (model.json + model.safetensors)")
+    p.add_argument("--source", required=True, help="source pattern, e.g. plate.%%04d.exr")
+    p.add_argument("--output", required=True, help="output pattern")
+    p.add_argument("--frames", help="frame range, e.g. 1001-1010 (default: every source frame)")
+    p.add_argument("--tile", default="auto", help="auto | none | tile size in pixels")
+    p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("bench", help="measure speed, printed as ratios against a reference")
+    p.add_argument("what", choices=["pool", "train", "infer"])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("models", help="list or show trained models")
+    p.add_argument("action", choices=["list", "show"])
+    p.add_argument("paths", nargs="*")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("export", help="export a model for Nuke (TorchScript) or Flame (ONNX)")
+    p.add_argument("model")
+    p.add_argument("--to", required=True, choices=["nuke", "flame"])
+    p.add_argument("out")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except DuplidogError as error:
+        print(f"duplidog: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""Run a trained network over one frame: whole-frame when it fits the device, exact tiles when not.
+
+The frame stays on the CPU; only what the network needs right now goes to the device (the whole
+padded frame when it fits, otherwise one batch of tiles at a time), and only the weighted part of each
+tile's output comes back. Tiles are laid out by ``duplidog.infer.tiling`` so that tiled and
+whole-frame results agree to rounding: see that module for why.
+
+Deliberate choices, each the fix for a known fault of other tilers:
+* no clamping: scene-linear values above 1 and below 0 pass through;
+* out-of-memory is never caught and retried smaller -- ``tile="auto"`` sizes from a memory estimate
+  up front, and a wrong estimate is a bug to see, not a silent slowdown;
+* the network's train/eval mode is restored afterwards, so training can validate through here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from duplidog.errors import DuplidogError
+from duplidog.infer.tiling import (
+    TileGrid, default_overlap, frame_padding, mirror_indices, plan_tiles, round_down, round_up,
+)
+
+log = logging.getLogger(__name__)
+
+# Whole-frame on the CPU up to this many (padded) pixels: about a 2K frame with room for overscan.
+DEFAULT_CPU_PIXEL_BUDGET = 4_194_304
+# The share of free device memory a batch of tiles (or a whole frame) may plan to use.
+DEFAULT_MEMORY_FRACTION = 0.7
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How one frame will run: ``grid`` is None for whole-frame."""
+
+    grid: TileGrid | None
+    batch_size: int
+    dtype: torch.dtype
+
+
+def model_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(size_multiple, reach, scale) of a duplidog network; scale is 1 unless the model says otherwise."""
+    try:
+        multiple = int(model.size_multiple)
+        reach = int(math.ceil(model.reach))
+    except AttributeError:
+        raise TypeError("apply_model needs a network with size_multiple and reach attributes") from None
+    return max(1, multiple), max(0, reach), int(getattr(model, "scale", 1))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """The compute dtype: reduced precision on GPUs ("auto": bf16 where supported, else fp16), fp32 on CPU."""
+    if precision not in PRECISIONS:
+        raise DuplidogError(f"infer.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or device.type == "cpu":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16  # mps and other accelerators
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def mirror_pad(image: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Mirror-pad an (N, C, H, W) tensor by any amount (folding back and forth if wider than the image)."""
+    height, width = image.shape[-2:]
+    rows = torch.from_numpy(mirror_indices(height, top, bottom))
+    columns = torch.from_numpy(mirror_indices(width, left, right))
+    return image.index_select(-2, rows).index_select(-1, columns)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Memory: how many bytes of activations a pixel costs, measured once per model, device and dtype.
+
+_bytes_per_pixel_cache: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def activation_bytes_per_pixel(model: torch.nn.Module, channels: int, device: torch.device,
+                               dtype: torch.dtype) -> float:
+    """Peak activation memory per input pixel, from a probe run on the device.
+
+    On CUDA the probe's peak allocation is measured directly. Elsewhere (CPU, MPS) there is no peak
+    counter, so the widest activation seen by forward hooks stands in, times four for the tensors alive
+    at once around it (input, output, a skip connection, workspace).
+    """
+    key = (str(device), str(dtype), channels)
+    cache = _bytes_per_pixel_cache.setdefault(model, {})
+    if key in cache:
+        return cache[key]
+    multiple, reach, _ = model_geometry(model)
+    side = round_up(max(128, 2 * reach + 2 * multiple), multiple)
+    probe = torch.zeros(1, channels, side, side, device=device)
+    pixels = side * side
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.inference_mode(), _autocast(device, dtype):
+            model(probe)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        value = max(peak / pixels, 64.0)
+    else:
+        widest = [0]
+
+        def watch(_module, _inputs, output):
+            if isinstance(output, torch.Tensor):
+                widest[0] = max(widest[0], output.numel() * output.element_size())
+
+        handles = [m.register_forward_hook(watch) for m in model.modules()]
+        try:
+            with torch.inference_mode(), _autocast(device, dtype):
+                model(probe)
+        finally:
+            for handle in handles:
+                handle.remove()
+        value = max(4.0 * widest[0] / pixels, 64.0)
+    cache[key] = value
+    return value
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Memory the next run may use on an accelerator (free plus cached-but-unused); None on CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    return None
+
+
+def plan_run(
+    model: torch.nn.Module,
+    image_shape: tuple[int, ...],
+    tile: str | int = "auto",
+    overlap: int | None = None,
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    precision: str = "auto",
+    cpu_pixel_budget: int = DEFAULT_CPU_PIXEL_BUDGET,
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION,
+) -> RunPlan:
+    """Decide whole-frame or tiles (and the tile size and batch) for a frame of ``image_shape``.
+
+    ``tile="none"``: whole frame. An integer: tiles of that size (rounded down to the grid).
+    ``"auto"``: whole frame if the padded frame's estimated activations fit ``memory_fraction`` of the
+    device's free memory (on the CPU: ``cpu_pixel_budget`` padded pixels), else the largest tiles
+    whose batch fits, with the batch shrunk before the tile gets smaller than twice the overlap.
+    """
+    device = torch.device(device) if device is not None else model_device(model)
+    dtype = autocast_dtype(device, precision)
+    multiple, reach, scale = model_geometry(model)
+    _, channels, height, width = image_shape
+    padding = frame_padding(height, width, reach, multiple)
+    padded_h, padded_w = padding.padded_size(height, width)
+    if batch_size < 1:
+        raise DuplidogError(f"infer.batch_size: must be at least 1, got {batch_size}")
+
+    if tile == "none":
+        return RunPlan(None, 1, dtype)
+    if isinstance(tile, str) and tile != "auto":
+        try:
+            tile = int(tile)
+        except ValueError:
+            raise DuplidogError(f"infer.tile: {tile!r} is not 'auto', 'none' or a tile size in pixels") from None
+    if isinstance(tile, int):
+        grid = plan_tiles(height, width, tile, reach, multiple, overlap, scale)
+        return RunPlan(grid if len(grid) > 1 else None, batch_size, dtype)
+
+    # "auto": compare the padded frame's cost with what the device has.
+    free = free_device_bytes(device)
+    if free is None:
+        budget_pixels = cpu_pixel_budget
+    else:
+        per_pixel = activation_bytes_per_pixel(model, channels, device, dtype) * scale * scale
+        budget_pixels = int(free * memory_fraction / per_pixel)
+    if padded_h * padded_w <= budget_pixels:
+        return RunPlan(None, 1, dtype)
+    smallest = round_up((overlap if overlap is not None else default_overlap(reach, multiple)) + multiple, multiple)
+    preferred = 2 * smallest  # below this, overlap dominates the work; shrink the batch first
+    batch = batch_size
+    side = round_down(int(math.sqrt(budget_pixels / batch)), multiple)
+    while side < preferred and batch > 1:
+        batch = max(1, batch // 2)
+        side = round_down(int(math.sqrt(budget_pixels / batch)), multiple)
+    side = max(side, smallest)
+    grid = plan_tiles(height, width, side, reach, multiple, overlap, scale)
+    log.debug("auto tiling: %d tiles of %dx%d, batch %d", len(grid), grid.tile_height, grid.tile_width, batch)
+    return RunPlan(grid if len(grid) > 1 else None, batch, dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_image(image: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[0] != 1:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"apply_model expects a (1, C, H, W) tensor, got {shape}")
+
+
+def _run_whole(model, padded: torch.Tensor, padding, height, width, scale, device, dtype) -> torch.Tensor:
+    with _autocast(device, dtype):
+        out = model(padded.to(device))
+    top, left = scale * padding.top, scale * padding.left
+    out = out[..., top: top + scale * height, left: left + scale * width]
+    return out.to("cpu", torch.float32)
+
+
+def _run_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width, scale, batch_size, device,
+               dtype) -> torch.Tensor:
+    """Run the grid's tiles in batches and blend each one's weighted kept part into the output."""
+    output: torch.Tensor | None = None
+    pin = device.type == "cuda"
+    tiles = list(grid.tiles())
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start: start + batch_size]
+        inputs = torch.stack(
+            [padded[0, :, row.origin: row.origin + row.size, col.origin: col.origin + col.size] for row, col in batch]
+        )
+        if pin:
+            inputs = inputs.pin_memory()
+        with _autocast(device, dtype):
+            outputs = model(inputs.to(device, non_blocking=pin))
+        for k, (row, col) in enumerate(batch):
+            # The tile's output starts at scale*origin in padded output pixels; keep_* are visible pixels.
+            y0 = row.keep_start + scale * (grid.padding.top - row.origin)
+            x0 = col.keep_start + scale * (grid.padding.left - col.origin)
+            part = outputs[k, :, y0: y0 + row.keep_stop - row.keep_start, x0: x0 + col.keep_stop - col.keep_start]
+            part = part.to("cpu", torch.float32)
+            if output is None:
+                output = torch.zeros(1, part.shape[0], scale * height, scale * width, dtype=torch.float32)
+            weight = torch.from_numpy(np.outer(row.weight, col.weight))
+            output[0, :, row.keep_start: row.keep_stop, col.keep_start: col.keep_stop] += part * weight
+    return output
+
+
+def apply_model(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    tile: str | int = "auto",
+    overlap: int | None = None,
+    batch_size: int = 4,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    cpu_pixel_budget: int = DEFAULT_CPU_PIXEL_BUDGET,
+    memory_fraction: float = DEFAULT_MEMORY_FRACTION,
+) -> torch.Tensor:
+    """Run ``model`` over a (1, C, H, W) float32 working-space CPU tensor; returns (1, C', sH, sW) CPU float32.
+
+    Args:
+        tile: "auto" (whole frame when it fits the device, else tiles), "none" (whole frame), or a
+            tile size in pixels (rounded down to the network's ``size_multiple``).
+        overlap: pixels neighbouring tiles share; default twice the network's reach plus a ramp.
+        batch_size: tiles per forward pass (auto tiling may use fewer to keep tiles large).
+        device: where the network runs; default the device of the model's parameters. The model is
+            moved there if it is elsewhere.
+        precision: "auto" (bf16/fp16 autocast on GPUs, fp32 on CPU), "fp32", "bf16" or "fp16".
+        cpu_pixel_budget: on the CPU, "auto" runs whole-frame up to this many padded pixels.
+        memory_fraction: on accelerators, the share of free memory "auto" plans to use.
+    """
+    _check_image(image)
+    device = torch.device(device) if device is not None else model_device(model)
+    if model_device(model) != device:
+        model.to(device)
+    image = image.detach().to("cpu", torch.float32)
+    _, _, height, width = image.shape
+    multiple, reach, scale = model_geometry(model)
+    plan = plan_run(model, tuple(image.shape), tile, overlap, batch_size, device, precision,
+                    cpu_pixel_budget, memory_fraction)
+    padding = plan.grid.padding if plan.grid is not None else frame_padding(height, width, reach, multiple)
+    padded = mirror_pad(image, padding.top, padding.bottom, padding.left, padding.right)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if plan.grid is None:
+                return _run_whole(model, padded, padding, height, width, scale, device, plan.dtype)
+            return _run_tiles(model, padded, plan.grid, height, width, scale, plan.batch_size, device, plan.dtype)
+    finally:
+        model.train(was_training)

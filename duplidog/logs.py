@@ -1,0 +1,22 @@
+"""Logging for pipeline jobs and the command line: one format, to a job's log file or the terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to(path: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Send logging (and stderr, where progress bars and warnings go) to ``path``, or the terminal.
+
+    Snakemake gives each job its own log file; writing stderr there too keeps tracebacks and tqdm
+    progress with the job they belong to.
+    """
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        stream = open(path, "a", buffering=1, encoding="utf-8")
+        sys.stderr = stream
+    logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)

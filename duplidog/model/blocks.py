@@ -1,0 +1,151 @@
+"""The parts the scale-recurrent network is built from, each strictly local.
+
+Every block here computes each output pixel from a fixed neighbourhood of input pixels and nothing
+else: no normalisation over space (Batch/Group/InstanceNorm), no global or adaptive pooling, no
+attention over the image. That is what lets a tile of a frame give the same values as the whole frame
+away from its edge, so inference can tile without seams and training on small crops carries over to
+full frames (NAFNet had to swap global for local pooling at test time for lack of this).
+
+Each block states its ``radius``: how far, in pixels of the grid it runs on, an input pixel can
+still change an output pixel. The network adds these up into its ``reach``.
+
+References:
+    Tao et al., "Scale-recurrent Network for Deep Image Deblurring", CVPR 2018 (ResBlock without
+    normalisation, recurrent cell at the bottleneck, bilinear resizing between scales).
+    Li et al., "Multi-scale Residual Network for Image Super-Resolution", ECCV 2018 (MSRB).
+    Ballas et al., "Delving Deeper into Convolutional Networks for Learning Video Representations",
+    ICLR 2016 (the convolutional GRU).
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# How far resampling moves information, in pixels of the finer grid. The grids are nested: a pixel of
+# the coarse grid covers exactly 2x2 pixels of the fine grid (2x2 average pooling), so distances are
+# measured between pixel centres on aligned grids.
+DOWNSAMPLE_RADIUS = 0.5  # a 2x2 average: the fine pixels are half a fine pixel from the coarse centre
+UPSAMPLE_RADIUS = 1.5  # bilinear x2: the two nearest coarse centres are 0.5 and 1.5 fine pixels away
+
+
+def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    """A 'same' convolution with an odd kernel (zero padding only matters within ``reach`` of an edge)."""
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel sizes must be odd and positive, got {kernel_size}")
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+
+
+def strided_conv_radius(kernel_size: int) -> float:
+    """Radius of a stride-2 'same' convolution, in pixels of its (fine) input grid.
+
+    Output pixel i reads input pixels 2i-p .. 2i+p (p = k // 2) and sits at the centre of input pixels
+    2i and 2i+1, so its furthest input is p + 0.5 input pixels away (on the left).
+    """
+    return kernel_size // 2 + 0.5
+
+
+def downsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Halve the resolution by 2x2 averaging: local and aligned to the 2-pixel grid (= bilinear 0.5)."""
+    return F.avg_pool2d(x, 2)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Double the resolution bilinearly, by scale factor so traced/ONNX graphs keep H, W dynamic."""
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+class ResBlock(nn.Module):
+    """Tao et al.'s residual block: conv, ReLU, conv, plus the input; no normalisation.
+
+    Args:
+        channels: feature channels in and out.
+        kernel_size: odd kernel of both convolutions (Tao uses 5).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 5):
+        super().__init__()
+        self.conv1 = conv(channels, channels, kernel_size)
+        self.conv2 = conv(channels, channels, kernel_size)
+        self.radius = 2 * (kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class MultiScaleResidualBlock(nn.Module):
+    """Li et al.'s multi-scale residual block (MSRB): parallel branches with different kernels.
+
+    Stage one runs one convolution per kernel size (3x3 and 5x5 by default) side by side; stage two
+    runs each kernel size again over all stage-one features concatenated, so small and large
+    neighbourhoods mix; a 1x1 convolution fuses the result back to ``channels``, added to the input.
+    With two branches this is exactly Li's block (S1/P1, S2/P2 with 2c channels, 1x1 fusion of 4c).
+
+    Args:
+        channels: feature channels in and out.
+        kernel_sizes: one odd kernel per parallel branch, default (3, 5).
+    """
+
+    def __init__(self, channels: int, kernel_sizes: Sequence[int] = (3, 5)):
+        super().__init__()
+        n = len(kernel_sizes)
+        if n < 1:
+            raise ValueError("a multi-scale residual block needs at least one branch kernel")
+        self.first = nn.ModuleList([conv(channels, channels, k) for k in kernel_sizes])
+        self.second = nn.ModuleList([conv(n * channels, n * channels, k) for k in kernel_sizes])
+        self.fuse = nn.Conv2d(n * n * channels, channels, 1)
+        self.radius = 2 * max(k // 2 for k in kernel_sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first: List[torch.Tensor] = []
+        for branch in self.first:
+            first.append(F.relu(branch(x)))
+        mixed = torch.cat(first, 1)
+        second: List[torch.Tensor] = []
+        for branch in self.second:
+            second.append(F.relu(branch(mixed)))
+        return x + self.fuse(torch.cat(second, 1))
+
+
+class ConvGRUCell(nn.Module):
+    """A convolutional GRU: the memory carried from coarse to fine scale at the bottleneck.
+
+    Tao et al. use a ConvLSTM here; a GRU keeps one state tensor instead of two for the same role,
+    which makes the carried state one upsampling and keeps export graphs simple.
+
+    Args:
+        channels: channels of the input and of the hidden state.
+        kernel_size: odd kernel of the gate and candidate convolutions.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.gates = conv(2 * channels, 2 * channels, kernel_size)
+        self.candidate = conv(2 * channels, channels, kernel_size)
+        # The candidate sees the reset gate, itself a convolution of the state: two kernels deep.
+        self.radius = 2 * (kernel_size // 2)
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        update, reset = torch.sigmoid(self.gates(torch.cat([x, hidden], 1))).chunk(2, 1)
+        candidate = torch.tanh(self.candidate(torch.cat([x, reset * hidden], 1)))
+        return (1 - update) * hidden + update * candidate
+
+
+BLOCKS = {"msrb": MultiScaleResidualBlock, "res": ResBlock}
+
+
+def make_blocks(block: str, channels: int, depth: int, kernel_size: int, branch_kernels: Sequence[int]) -> nn.Sequential:
+    """``depth`` blocks of the named kind at ``channels`` (an empty Sequential, the identity, for 0)."""
+    if block == "msrb":
+        return nn.Sequential(*[MultiScaleResidualBlock(channels, branch_kernels) for _ in range(depth)])
+    if block == "res":
+        return nn.Sequential(*[ResBlock(channels, kernel_size) for _ in range(depth)])
+    raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)}")
+
+
+def sequence_radius(blocks: nn.Sequential) -> int:
+    """Total radius of blocks applied one after another, in pixels of their grid."""
+    return sum(int(b.radius) for b in blocks)

@@ -1,0 +1,274 @@
+"""MSRN: the multi-scale recurrent network duplidog learns each shot's transformation with.
+
+A scale-recurrent network in the family of Tao et al., "Scale-recurrent Network for Deep Image
+Deblurring" (CVPR 2018), the design Foundry's CopyCat ships as its open SRN template:
+
+- the input is turned into a coarse-to-fine pyramid (2x2 average pooling, scale 0.5 per level);
+- ONE encoder-decoder, the same weights at every level, runs from the coarsest level to the finest;
+  each level sees its image concatenated with the upsampled prediction of the level below it, so the
+  coarse levels settle the large-scale structure and the fine levels only refine;
+- a convolutional GRU at the bottleneck carries a memory from level to level (upsampled bilinearly,
+  as Tao resizes his ConvLSTM state);
+- the encoder-decoder stages are built from multi-scale residual blocks (Li et al., "Multi-scale
+  Residual Network for Image Super-Resolution", ECCV 2018: parallel 3x3 and 5x5 branches) or from
+  Tao's plain residual blocks.
+
+Sharing the weights across levels is what makes the network small for its reach: a 3-level pyramid
+sees four times further than one level at the cost of 1/3 more compute and no more parameters.
+
+Everything is local (see ``blocks``): no normalisation or pooling over the whole image, so a tile
+whose origin is a multiple of ``size_multiple`` gives the same values as the whole frame at pixels
+further than ``reach`` from its edge. That is the contract the tiled inference relies on.
+
+When input and output channels match (RGB -> RGB, RGBA -> RGBA) each level predicts a correction
+added to its input, so the untrained network starts near the identity and learns only the fix (a
+paint cleanup changes few pixels). Otherwise (RGB -> matte) it predicts the output directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from duplidog.model.blocks import (
+    UPSAMPLE_RADIUS,
+    ConvGRUCell,
+    conv,
+    downsample2x,
+    make_blocks,
+    sequence_radius,
+    strided_conv_radius,
+    upsample2x,
+)
+
+# Presets, from fast-on-a-laptop-CPU to CopyCat's SRN template scale (~6.9 M parameters,
+# ~1.27 TMAC per megapixel). Figures measured with duplidog.model.analysis are in the README.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "small": dict(levels=3, width=8, depth=1, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
+                  recurrent="gru", recurrent_kernel=3),
+    "medium": dict(levels=3, width=16, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
+                   recurrent="gru", recurrent_kernel=3),
+    "large": dict(levels=3, width=32, depth=3, stages=2, kernel_size=5, block="res", branch_kernels=[3, 5],
+                  recurrent="gru", recurrent_kernel=5),
+}
+
+# The output convolution starts with weights scaled down by this, so a residual network starts close
+# to the identity (and a direct one close to zero) while every layer still receives gradients.
+HEAD_INIT_SCALE = 0.1
+
+
+class EncoderStage(nn.Module):
+    """Blocks at one resolution, then a stride-2 convolution to the next (twice the channels)."""
+
+    def __init__(self, channels: int, out_channels: int, depth: int, kernel_size: int, block: str,
+                 branch_kernels: Sequence[int]):
+        super().__init__()
+        self.blocks = make_blocks(block, channels, depth, kernel_size, branch_kernels)
+        self.down = conv(channels, out_channels, kernel_size, stride=2)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        skip = self.blocks(x)
+        return skip, F.relu(self.down(skip))
+
+
+class DecoderStage(nn.Module):
+    """Bilinear x2 and a convolution to half the channels, plus the encoder's skip, then blocks."""
+
+    def __init__(self, channels: int, out_channels: int, depth: int, kernel_size: int, block: str,
+                 branch_kernels: Sequence[int]):
+        super().__init__()
+        self.up = conv(channels, out_channels, kernel_size)
+        self.blocks = make_blocks(block, out_channels, depth, kernel_size, branch_kernels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.blocks(F.relu(self.up(upsample2x(x))) + skip)
+
+
+class MSRN(nn.Module):
+    """Multi-scale recurrent network (Tao et al. 2018 scale recurrence, Li et al. 2018 MSRB blocks).
+
+    ``forward(x, all_levels=False)`` takes (N, in_channels, H, W) with H and W multiples of
+    ``size_multiple`` and returns the finest prediction (N, out_channels, H, W), or with
+    ``all_levels=True`` the prediction of every level, coarse to fine, each at its level's resolution
+    (H / 2**level), for multi-level supervision.
+
+    Args:
+        in_channels: channels of the input image (3 for RGB, 4 for RGBA). Default 3.
+        out_channels: channels of the output (3 for RGB, 1 for a matte). Default 3.
+        levels: pyramid levels, each half the resolution of the one above. Default 3.
+        width: feature channels at full resolution; each encoder stage doubles it. Default 32.
+        depth: blocks per stage, in the encoder and again in the decoder (0 allowed). Default 2.
+        stages: stride-2 downsamplings inside each level's encoder-decoder. Default 2.
+        kernel_size: odd kernel of the stem, head, resampling convolutions and ``res`` blocks. Default 3.
+        block: ``"msrb"`` (Li's multi-scale residual block) or ``"res"`` (Tao's ResBlock). Default msrb.
+        branch_kernels: the parallel kernels of an MSRB. Default [3, 5].
+        recurrent: ``"gru"`` (a ConvGRU carried from level to level) or ``"none"``. Default gru.
+        recurrent_kernel: odd kernel of the ConvGRU. Default 3.
+        residual: predict a correction added to the input; default (None) when in == out channels.
+    """
+
+    arch = "msrn"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        levels: int = 3,
+        width: int = 32,
+        depth: int = 2,
+        stages: int = 2,
+        kernel_size: int = 3,
+        block: str = "msrb",
+        branch_kernels: Sequence[int] = (3, 5),
+        recurrent: str = "gru",
+        recurrent_kernel: int = 3,
+        residual: Optional[bool] = None,
+    ):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("levels", levels),
+                            ("width", width)):
+            if int(value) < 1:
+                raise ValueError(f"MSRN {name} must be at least 1, got {value}")
+        if depth < 0 or stages < 0:
+            raise ValueError(f"MSRN depth and stages must not be negative, got depth={depth}, stages={stages}")
+        if recurrent not in ("gru", "none"):
+            raise ValueError(f"MSRN recurrent must be 'gru' or 'none', got {recurrent!r}")
+        if residual is None:
+            residual = in_channels == out_channels
+        if residual and in_channels != out_channels:
+            raise ValueError(f"a residual MSRN needs in_channels == out_channels, got {in_channels} -> {out_channels}")
+
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.levels = int(levels)
+        self.residual = bool(residual)
+        self.scale = 1  # output resolution / input resolution (the card and the tiler read it)
+        self.size_multiple = 2 ** (self.levels - 1 + int(stages))
+        self._settings: Dict[str, Any] = dict(
+            in_channels=self.in_channels, out_channels=self.out_channels, levels=self.levels, width=int(width),
+            depth=int(depth), stages=int(stages), kernel_size=int(kernel_size), block=str(block),
+            branch_kernels=[int(k) for k in branch_kernels], recurrent=str(recurrent),
+            recurrent_kernel=int(recurrent_kernel), residual=self.residual,
+        )
+        self.preset = "custom"
+
+        blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels)
+        channels = [width * 2**i for i in range(stages + 1)]
+        self.stem = conv(in_channels + out_channels, width, kernel_size)
+        self.encoder = nn.ModuleList([EncoderStage(channels[i], channels[i + 1], **blocks) for i in range(stages)])
+        self.bottleneck_in = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels)
+        self.cell = ConvGRUCell(channels[-1], recurrent_kernel) if recurrent == "gru" else None
+        self.bottleneck_out = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels)
+        self.decoder = nn.ModuleList(
+            [DecoderStage(channels[i + 1], channels[i], **blocks) for i in reversed(range(stages))]
+        )
+        self.head = conv(width, out_channels, kernel_size)
+        with torch.no_grad():
+            self.head.weight.mul_(HEAD_INIT_SCALE)
+            self.head.bias.zero_()
+        self.reach = int(math.ceil(self.reach_bound()))
+
+    # -- description --------------------------------------------------------------------------------
+    @torch.jit.unused
+    @property
+    def config(self) -> Dict[str, Any]:
+        """A JSON-able dict that rebuilds this network with ``duplidog.model.build_from_config``."""
+        return {"arch": self.arch, "preset": self.preset, **{k: (list(v) if isinstance(v, list) else v)
+                                                            for k, v in self._settings.items()}}
+
+    @torch.jit.unused
+    def reach_bound(self) -> float:
+        """Upper bound, in full-resolution pixels, of how far an input pixel can change an output pixel.
+
+        Follows ``forward`` operation by operation, adding each one's radius (in its own grid's pixels
+        times that grid's spacing) along the longest path; where paths join, the larger reach wins.
+        """
+        k = self._settings["kernel_size"] // 2
+        down = strided_conv_radius(self._settings["kernel_size"])
+        out_reach: Optional[float] = None
+        hidden_reach: Optional[float] = None
+        for level in reversed(range(self.levels)):
+            spacing = 2**level
+            image = (spacing - 1) / 2  # a 2x2 average per level: the pooled block's half width
+            previous = image if out_reach is None else out_reach + UPSAMPLE_RADIUS * spacing
+            reach = max(image, previous) + k * spacing  # stem
+            skips: List[float] = []
+            f = spacing
+            for stage in self.encoder:
+                reach += sequence_radius(stage.blocks) * f
+                skips.append(reach)
+                reach += down * f
+                f *= 2
+            reach += sequence_radius(self.bottleneck_in) * f
+            if self.cell is not None:
+                carried = reach if hidden_reach is None else hidden_reach + UPSAMPLE_RADIUS * f
+                reach = max(reach, carried) + self.cell.radius * f
+                hidden_reach = reach
+            reach += sequence_radius(self.bottleneck_out) * f
+            for stage in self.decoder:
+                f //= 2
+                reach = max(reach + (UPSAMPLE_RADIUS + k) * f, skips.pop())
+                reach += sequence_radius(stage.blocks) * f
+            reach += k * spacing  # head
+            out_reach = max(reach, image) if self.residual else reach
+        assert out_reach is not None
+        return out_reach
+
+    # -- computation --------------------------------------------------------------------------------
+    def _level(self, image: torch.Tensor, previous: torch.Tensor,
+               hidden: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """One pass of the shared encoder-decoder at one pyramid level."""
+        x = F.relu(self.stem(torch.cat([image, previous], 1)))
+        skips: List[torch.Tensor] = []
+        for stage in self.encoder:
+            skip, x = stage(x)
+            skips.append(skip)
+        x = self.bottleneck_in(x)
+        cell = self.cell
+        if cell is not None:
+            state = torch.zeros_like(x) if hidden is None else hidden
+            x = cell(x, state)
+            hidden = x
+        x = self.bottleneck_out(x)
+        for stage in self.decoder:
+            x = stage(x, skips.pop())
+        out = self.head(x)
+        if self.residual:
+            out = out + image
+        return out, hidden
+
+    def forward_levels(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """The prediction of every level, coarse to fine, each at its level's resolution."""
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            height, width = int(x.shape[-2]), int(x.shape[-1])
+            if height % self.size_multiple or width % self.size_multiple:
+                raise ValueError(f"MSRN input {height}x{width} is not a multiple of size_multiple={self.size_multiple}")
+        pyramid: List[torch.Tensor] = [x]
+        for _ in range(self.levels - 1):
+            pyramid.append(downsample2x(pyramid[-1]))
+        coarsest = pyramid[-1]
+        if self.residual:
+            prediction = coarsest  # Tao's choice: the input is the first guess at the coarsest level
+        else:
+            prediction = torch.zeros_like(coarsest[:, :1]).repeat(1, self.out_channels, 1, 1)
+        hidden: Optional[torch.Tensor] = None
+        outputs: List[torch.Tensor] = []
+        for level in range(self.levels - 1, -1, -1):
+            if level < self.levels - 1:
+                prediction = upsample2x(prediction)
+                if hidden is not None:
+                    hidden = upsample2x(hidden)
+            prediction, hidden = self._level(pyramid[level], prediction, hidden)
+            outputs.append(prediction)
+        return outputs
+
+    def forward(self, x: torch.Tensor, all_levels: bool = False):
+        """The finest prediction (N, out_channels, H, W), or every level's with ``all_levels=True``."""
+        outputs = self.forward_levels(x)
+        if all_levels:
+            return outputs
+        return outputs[-1]

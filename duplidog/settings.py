@@ -1,0 +1,103 @@
+"""Shot settings: the JSON schema beside this file is the one source of defaults and types.
+
+``config/config.yaml`` (the Snakemake defaults) must equal ``defaults()`` -- a test checks -- and
+``config/schema.yaml`` is a link to the schema here, so the command line (which runs without Snakemake)
+and the pipeline validate and default the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from duplidog.errors import DuplidogError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _defaults_of(node: dict) -> Any:
+    if node.get("type") == "object" and "properties" in node:
+        value = copy.deepcopy(node.get("default", {}))
+        for key, child in node["properties"].items():
+            if key not in value:
+                default = _defaults_of(child)
+                if default is not _NO_DEFAULT:
+                    value[key] = default
+        return value
+    return copy.deepcopy(node["default"]) if "default" in node else _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
+def defaults() -> dict:
+    """The full default configuration, as ``config/config.yaml`` holds it."""
+    return _defaults_of(schema())
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve(user: dict | None, origin: str = "config") -> dict:
+    """Validate a (partial) shot config and fill in every default; errors name the key.
+
+    ``origin`` names the file in messages. Raises DuplidogError on the first problem found.
+    """
+    if user is None:
+        user = {}
+    if not isinstance(user, dict):
+        raise DuplidogError(f"{origin}: a shot file must be a YAML mapping of keys, got {type(user).__name__}")
+    config = _merge(defaults(), user)
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise DuplidogError(f"{origin}: {key}: {error.message}")
+    return config
+
+
+def load_shot_file(path: str | Path) -> dict:
+    """Read and resolve one shot YAML file; an empty, unreadable or invalid file is one clear error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DuplidogError(f"{path}: shot file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DuplidogError(f"{path}: cannot read the shot file ({exc})") from None
+    try:
+        user = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise DuplidogError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if user is None:
+        raise DuplidogError(f"{path}: the shot file is empty (it needs at least shot, source and target)")
+    return resolve(user, origin=str(path))
+
+
+def default_output_pattern(config: dict) -> str:
+    """results/<shot>/output/<shot>.%04d.<source extension>, the contract's default output."""
+    from duplidog.sequence import FramePattern
+
+    if config.get("output"):
+        return config["output"]
+    extension = FramePattern(config["source"]).extension
+    return f"results/{config['shot']}/output/{config['shot']}.%04d.{extension}"

@@ -1,0 +1,166 @@
+# Helpers shared by every rule: the shots of this run, their frames and chunks, and rule inputs.
+# Frames are found from the patterns when the DAG is built, so a dry run shows every job.
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+from duplidog import demo
+from duplidog.errors import DuplidogError
+from duplidog.ingest import discover_frames, ShotFrames
+from duplidog.sequence import FramePattern
+from duplidog.settings import default_output_pattern, resolve
+
+validate(config, schema="../config/schema.yaml")
+
+# Keys of a batch config that describe one shot; everything else is shared by all its shots.
+SHOT_KEYS = ("shot", "source", "target", "output", "frames")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A range of frames inferred by one job (one model load)."""
+
+    shot: str
+    frames: tuple
+
+    @property
+    def name(self):
+        return f"{self.frames[0]}-{self.frames[-1]}"
+
+    @property
+    def rule_name(self):
+        # Snakemake needs a unique identifier per generated rule; profiles configure `infer_chunk`.
+        safe = "".join(c if c.isalnum() else "_" for c in self.shot)
+        return f"infer_chunk__{safe}__{self.frames[0]}_{self.frames[-1]}"
+
+
+@dataclass(frozen=True)
+class Shot:
+    name: str
+    config: dict
+    frames: ShotFrames
+    output: str
+    is_demo: bool
+
+    @property
+    def chunks(self):
+        size = self.config["infer"]["chunk_size"]
+        frames = self.frames.frames
+        return [Chunk(self.name, tuple(frames[i : i + size])) for i in range(0, len(frames), size)]
+
+
+def shot_files_from(entries):
+    """Shot files named in `shots:`: YAML files, or .csv/.tsv tables with a `shot_file` column."""
+    files = []
+    for entry in entries:
+        if entry.endswith((".csv", ".tsv")):
+            import pandas as pd
+
+            table = pd.read_csv(entry, sep="\t" if entry.endswith(".tsv") else ",")
+            if "shot_file" not in table.columns:
+                raise DuplidogError(f"{entry}: a shot table needs a `shot_file` column")
+            files.extend(str(Path(entry).parent / f) for f in table["shot_file"])
+        else:
+            files.append(entry)
+    return files
+
+
+def load_shots(config):
+    shared = {k: v for k, v in config.items() if k not in SHOT_KEYS + ("shots",)}
+    if config.get("shots"):
+        entries = []
+        for path in shot_files_from(config["shots"]):
+            with open(path, encoding="utf-8") as f:
+                user = yaml.safe_load(f) or {}
+            entries.append((resolve({**shared, **user}, origin=path)))
+    else:
+        entries = [resolve(config, origin="config")]
+    shots = {}
+    for shot_config in entries:
+        name = shot_config["shot"]
+        if name in shots:
+            raise DuplidogError(f"shot {name!r} is listed twice; each shot needs its own name")
+        is_demo = shot_config["source"] == demo_default("source")
+        if is_demo and not FramePattern(shot_config["source"]).existing_frames():
+            # The demo is written by a rule of this workflow, so its frames are known before it exists.
+            frames = ShotFrames(frames=list(demo.FRAMES), keyframes=list(demo.KEYFRAMES))
+        else:
+            frames = discover_frames(shot_config)
+        shots[name] = Shot(name, shot_config, frames, default_output_pattern(shot_config), is_demo)
+    return shots
+
+
+def demo_default(key):
+    from duplidog.settings import defaults
+
+    return defaults()[key]
+
+
+try:
+    SHOTS = load_shots(config)
+except DuplidogError as error:
+    raise WorkflowError(str(error)) from None
+
+
+def shot_of(wildcards):
+    return SHOTS[wildcards.shot]
+
+
+def source_frames(wildcards):
+    shot = shot_of(wildcards)
+    pattern = FramePattern(shot.config["source"])
+    return [pattern.path(f) for f in sorted(set(shot.frames.frames) | set(shot.frames.keyframes))]
+
+
+def target_frames(wildcards):
+    shot = shot_of(wildcards)
+    pattern = FramePattern(shot.config["target"])
+    return [pattern.path(f) for f in shot.frames.keyframes]
+
+
+def output_frames(wildcards):
+    shot = shot_of(wildcards)
+    pattern = FramePattern(shot.output)
+    return [pattern.path(f) for f in shot.frames.frames]
+
+
+def output_pattern(wildcards):
+    return shot_of(wildcards).output
+
+
+def shot_config(wildcards):
+    return shot_of(wildcards).config
+
+
+def section(name):
+    """A params function giving one config section of the job's shot: a change to it reruns the rule."""
+
+    def params(wildcards):
+        return shot_of(wildcards).config[name]
+
+    params.__name__ = f"{name}_settings"
+    return params
+
+
+def init_model(wildcards):
+    """A previous shot's model to start training from (train.init_from), as an input so a change reruns."""
+    init_from = shot_of(wildcards).config["train"].get("init_from")
+    return [str(Path(init_from) / "model.json")] if init_from else []
+
+
+def profile_resources(rule_name):
+    """Resources a profile sets for `rule_name` (set-resources), for rules generated under other names."""
+    return dict(workflow.resource_settings.overwrite_resources.get(rule_name, {}))
+
+
+def all_outputs():
+    targets = []
+    for shot in SHOTS.values():
+        targets += [
+            f"results/{shot.name}/assemble/summary.json",
+            f"results/{shot.name}/assemble/contact_sheet.png",
+        ]
+    return targets

@@ -1,0 +1,17 @@
+
+
+rule ingest:
+    input:
+        source=source_frames,
+        target=target_frames,
+    output:
+        manifest="results/{shot}/ingest/manifest.csv",
+        plan="results/{shot}/ingest/plan.json",
+    log:
+        "logs/{shot}/ingest.log",
+    benchmark:
+        "benchmarks/{shot}/ingest.tsv"
+    params:
+        config=shot_config,
+    script:
+        "../workflow/scripts/ingest.py"

@@ -1,0 +1,30 @@
+
+
+rule train:
+    input:
+        pool="results/{shot}/pool/pool.zarr",
+        manifest="results/{shot}/ingest/manifest.csv",
+        plan="results/{shot}/ingest/plan.json",
+        init=init_model,
+    output:
+        weights="results/{shot}/model/model.safetensors",
+        card="results/{shot}/model/model.json",
+        loss=report(
+            "results/{shot}/train/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+            subcategory="{shot}",
+        ),
+    log:
+        "logs/{shot}/train.log",
+    benchmark:
+        "benchmarks/{shot}/train.tsv"
+    params:
+        model=section("model"),
+        train=section("train"),
+        infer=section("infer"),
+        seed=section("seed"),
+    resources:
+        gpu=1,
+    script:
+        "../workflow/scripts/train.py"

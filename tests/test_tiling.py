@@ -1,0 +1,90 @@
+"""The tile geometry: grid-aligned origins, enough overlap, and blend weights that sum to one, never
+touch an inexact pixel, and never vanish at the frame edge."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from duplidog.errors import DuplidogError
+from duplidog.infer.tiling import (
+    axis_plan,
+    default_overlap,
+    frame_padding,
+    mirror_indices,
+    plan_tiles,
+    tile_origins,
+)
+
+
+@pytest.mark.parametrize("length,tile,overlap,multiple", [
+    (1024, 256, 40, 8), (1000, 96, 37, 4), (64, 64, 10, 16), (4100, 512, 130, 32), (48, 40, 31, 4),
+])
+def test_origins_are_aligned_cover_and_overlap(length, tile, overlap, multiple):
+    length = -(-length // multiple) * multiple
+    origins = tile_origins(length, tile, overlap, multiple)
+    assert origins[0] == 0
+    assert origins[-1] + min(tile, length) == length
+    assert all(o % multiple == 0 for o in origins)
+    assert all(b > a for a, b in zip(origins, origins[1:]))
+    assert all(a + tile - b >= overlap for a, b in zip(origins, origins[1:]))
+
+
+@pytest.mark.parametrize("visible,tile,reach,multiple,scale", [
+    (563, 96, 14, 4, 1), (37, 64, 14, 4, 1), (2000, 128, 30, 8, 1), (300, 80, 9, 16, 2), (1, 48, 14, 4, 1),
+])
+def test_axis_weights_partition_unity_on_exact_pixels_only(visible, tile, reach, multiple, scale):
+    padding = frame_padding(visible, visible, reach, multiple)
+    padded = visible + padding.top + padding.bottom
+    overlap = default_overlap(reach, multiple)
+    tile = tile // multiple * multiple
+    tiles = axis_plan(visible, padding.top, padded, tile, overlap, reach, multiple, scale)
+    total = np.zeros(visible * scale)
+    for t in tiles:
+        assert 0 <= t.keep_start < t.keep_stop <= visible * scale
+        assert len(t.weight) == t.keep_stop - t.keep_start
+        assert t.weight.min() > 0
+        total[t.keep_start: t.keep_stop] += t.weight
+        # Kept output pixels lie reach clear of the tile's edges (in padded output pixels), except at
+        # the padded frame's own edge, where the mirror padding already gives `reach` of clearance.
+        out_start = scale * (t.origin - padding.top)
+        out_stop = out_start + scale * min(tile, padded)
+        if t.origin > 0:
+            assert t.keep_start >= out_start + scale * reach
+        if t.origin + min(tile, padded) < padded:
+            assert t.keep_stop <= out_stop - scale * reach
+        # Smooth: a raised-cosine ramp, no hard steps inside.
+        if len(t.weight) > 1:
+            assert np.abs(np.diff(t.weight)).max() < 0.5
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    # Never zero (nor faded) at the frame edge: the first and last pixels come from one tile at weight 1.
+    assert total[0] == pytest.approx(1.0) and tiles[0].weight[0] == 1.0
+    assert tiles[-1].weight[-1] == 1.0
+
+
+def test_mirror_indices_match_reflect_and_fold_when_wider_than_the_image():
+    np.testing.assert_array_equal(
+        mirror_indices(10, 3, 4), np.pad(np.arange(10), (3, 4), mode="reflect")
+    )
+    wide = mirror_indices(5, 23, 17)
+    assert len(wide) == 5 + 23 + 17
+    assert wide.min() >= 0 and wide.max() <= 4
+    np.testing.assert_array_equal(wide[23:28], np.arange(5))
+    assert np.all(np.abs(np.diff(wide)) == 1)  # a mirror never jumps
+    np.testing.assert_array_equal(mirror_indices(1, 3, 2), np.zeros(6, dtype=int))
+
+
+def test_frame_padding_gives_reach_and_the_grid():
+    p = frame_padding(563, 1000, 14, 8)
+    assert p.top == p.left == 14
+    h, w = p.padded_size(563, 1000)
+    assert h % 8 == 0 and w % 8 == 0 and p.bottom >= 14 and p.right >= 14
+
+
+def test_overlap_below_twice_the_reach_is_refused():
+    with pytest.raises(DuplidogError, match="overlap 20 is too small"):
+        plan_tiles(500, 500, 128, reach=14, multiple=4, overlap=20)
+    with pytest.raises(DuplidogError, match="tile size 40 is too small"):
+        plan_tiles(500, 500, 40, reach=14, multiple=4, overlap=40)
+    grid = plan_tiles(500, 300, 128, reach=14, multiple=4, overlap=29)
+    assert grid.tile_height == grid.tile_width == 128 and len(grid) == len(grid.rows) * len(grid.columns)
