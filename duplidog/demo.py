@@ -103,7 +103,7 @@ def write_demo(directory: str | Path, width: int = WIDTH, height: int = HEIGHT, 
     spec.channelnames = ("R", "G", "B")
     spec.attribute("compression", "zip")
     spec.attribute("oiio:ColorSpace", "lin_rec709_scene")
-    like = imageio.info_from_spec(spec)
+    like = imageio.info_from_spec(directory / PLATE, spec, "openexr")
     for frame in frames:
         clean = render(frame, canvas, width, height)
         imageio.write_pixels(directory / PLATE.replace("%04d", f"{frame:04d}"), clean * spots, like)

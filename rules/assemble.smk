@@ -26,5 +26,7 @@ rule assemble:
         "benchmarks/{shot}/assemble.tsv"
     params:
         output=output_pattern,
+    conda:
+        "../workflow/envs/duplidog.yaml"
     script:
         "../workflow/scripts/assemble.py"

@@ -10,7 +10,7 @@ rule demo_shot:
         "logs/demo/demo_shot.log",
     benchmark:
         "benchmarks/demo/demo_shot.tsv"
-    params:
-        directory="resources/demo",
+    conda:
+        "../workflow/envs/duplidog.yaml"
     script:
         "../workflow/scripts/demo.py"

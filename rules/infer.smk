@@ -26,5 +26,7 @@ for _shot in SHOTS.values():
             resources:
                 gpu=1,
                 **profile_resources("infer_chunk"),
+            conda:
+                "../workflow/envs/duplidog.yaml"
             script:
                 "../workflow/scripts/infer.py"

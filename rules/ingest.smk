@@ -13,5 +13,7 @@ rule ingest:
         "benchmarks/{shot}/ingest.tsv"
     params:
         config=shot_config,
+    conda:
+        "../workflow/envs/duplidog.yaml"
     script:
         "../workflow/scripts/ingest.py"

@@ -13,5 +13,7 @@ rule pool:
     params:
         settings=section("pool"),
         seed=section("seed"),
+    conda:
+        "../workflow/envs/duplidog.yaml"
     script:
         "../workflow/scripts/pool.py"

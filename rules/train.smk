@@ -26,5 +26,7 @@ rule train:
         seed=section("seed"),
     resources:
         gpu=1,
+    conda:
+        "../workflow/envs/duplidog.yaml"
     script:
         "../workflow/scripts/train.py"
