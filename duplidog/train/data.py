@@ -24,9 +24,11 @@ them has a preferred direction in the frame. Turn it off with ``augment_dihedral
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
@@ -215,6 +217,29 @@ class _BatchNumbers(torch.utils.data.Sampler):
             batch += 1
 
 
+@contextlib.contextmanager
+def _main_module_hidden():
+    """Keep spawned workers from re-running the main script.
+
+    ``spawn`` children normally re-import ``__main__`` (a Snakemake ``script:`` file, a user's
+    script) so its functions can be unpickled; a script without an ``if __name__ == "__main__"``
+    guard would then start training again inside every worker. The workers need nothing from
+    ``__main__`` (the reader and the init function live in this module), so the main module's file
+    and spec are hidden while the workers start.
+    """
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main is not None and name in main.__dict__}
+    try:
+        if main is not None:
+            main.__dict__.pop("__file__", None)
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
 class StreamedBatches:
     """Batches read from the Zarr pool by background workers, ``prefetch`` batches ahead per worker."""
 
@@ -235,7 +260,8 @@ class StreamedBatches:
                 multiprocessing_context="spawn", prefetch_factor=max(1, self.prefetch),
                 worker_init_fn=_quiet_worker, persistent_workers=False, pin_memory=False,
             )
-            self._loader_iter = iter(loader)
+            with _main_module_hidden():
+                self._loader_iter = iter(loader)
             source_iter = self._loader_iter
         else:
             source_iter = (self.reader[b] for b in _BatchNumbers(start))
