@@ -49,6 +49,10 @@ DEPTH_NAMES = ("Z", "z", "depth", "Depth")
 ARBITRARY_METADATA_FORMATS = frozenset({"openexr", "png"})
 PROVENANCE_PREFIX = "duplidog:"
 
+#: Formats that can store float pixels; for others a float source is written at 16 bits (or the
+#: format's most, e.g. 8 for JPEG), never dropped to 8 bits by default.
+FLOAT_CAPABLE_FORMATS = frozenset({"openexr", "tiff", "dpx", "hdr", "fits", "pnm", "psd"})
+
 #: Pixel types that are stored as floating point (never clamped, scene-linear capable).
 FLOAT_PIXEL_TYPES = frozenset({"half", "float", "double"})
 
@@ -312,8 +316,11 @@ def write_pixels(
         image_output = oiio.ImageOutput.create(str(tmp))
         if image_output is None:
             raise DuplidogError(f"{path}: no image writer for this extension ({_one_line(oiio.geterror())})")
-        if image_output.format_name() not in ARBITRARY_METADATA_FORMATS:
-            _fold_provenance(spec, image_output.format_name(), path)
+        format_name = image_output.format_name()
+        if format_name != like.format_name:
+            _adapt_to_format(spec, like, format_name)
+        if format_name not in ARBITRARY_METADATA_FORMATS:
+            _fold_provenance(spec, format_name, path)
         try:
             if not image_output.open(str(tmp), spec):
                 raise DuplidogError(f"{path}: cannot open for writing ({_one_line(image_output.geterror())})")
@@ -323,6 +330,21 @@ def write_pixels(
             closed = image_output.close()
         if not closed:
             raise DuplidogError(f"{path}: write failed on close ({_one_line(image_output.geterror())})")
+
+
+def _adapt_to_format(spec: "oiio.ImageSpec", like: ImageInfo, format_name: str) -> None:
+    """Adjust a spec copied from a file of another format (a DPX plate written out as EXR, say).
+
+    The source format's own settings do not apply (an EXR's 'dwaa' compression, a DPX's 10-bit
+    packing, ``dpx:*`` header fields): they are dropped and the new format's defaults used. Float
+    pixels going to a format without float (PNG) are written as uint16, not left to fall to 8 bits.
+    """
+    prefixes = ("dpx:", "tiff:", "openexr:", "png:", "jpeg:", "cineon:", f"{like.format_name}:")
+    for name in [p.name for p in spec.extra_attribs]:
+        if name in ("compression", "oiio:BitsPerSample", "Compression") or name.startswith(prefixes):
+            spec.erase_attribute(name)
+    if like.is_float and format_name not in FLOAT_CAPABLE_FORMATS:
+        spec.set_format(oiio.TypeDesc("uint16"))
 
 
 def _fold_provenance(spec: "oiio.ImageSpec", format_name: str, path: Path) -> None:

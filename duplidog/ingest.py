@@ -39,7 +39,8 @@ def discover_frames(config: dict) -> ShotFrames:
         raise DuplidogError(f"{config['source']}: no source frames found")
     requested = parse_frame_range(config.get("frames"))
     if requested is None:
-        frames = existing
+        # Every frame from the first to the last: a gap is an error, never skipped silently.
+        frames = list(range(existing[0], existing[-1] + 1))
     else:
         outside = [f for f in requested if f < existing[0] or f > existing[-1]]
         if outside:

@@ -134,6 +134,37 @@ def test_provenance_kept_where_the_format_has_no_free_metadata(tmp_path, name, p
     assert back.attributes["ImageDescription"].startswith("from the scanner")
 
 
+def test_dpx_user_data_of_the_plate_is_never_overwritten(tmp_path):
+    src = tmp_path / "scan.dpx"
+    spec = oiio.ImageSpec(4, 4, 3, "uint16")
+    spec.attribute("oiio:BitsPerSample", 10)
+    theirs = np.frombuffer(b"scanner calibration 7", np.uint8)
+    spec.attribute("dpx:UserData", oiio.TypeDesc(f"uint8[{theirs.size}]"), theirs)
+    image_output = oiio.ImageOutput.create(str(src))
+    assert image_output.open(str(src), spec)
+    assert image_output.write_image(np.zeros((4, 4, 3), np.float32))
+    image_output.close()
+    out = tmp_path / "out.dpx"
+    write_pixels(out, read_pixels(src), like=read_info(src), attributes={"duplidog:model_id": "m1"})
+    assert bytes(read_info(out).attributes["dpx:UserData"]) == b"scanner calibration 7"
+
+
+def test_another_output_format_takes_its_own_defaults(tmp_path):
+    rng = np.random.default_rng(6)
+    exr = write_with_oiio(tmp_path / "plate.exr", random_pixels(rng, (6, 8, 3), -1, 50), "half", compression="dwaa")
+    write_pixels(tmp_path / "review.png", read_pixels(exr), like=read_info(exr))
+    png = read_info(tmp_path / "review.png")
+    assert png.pixel_type == "uint16", "float goes to a 16-bit PNG, not an 8-bit one"
+    dpx = write_with_oiio(tmp_path / "scan.dpx", random_pixels(rng, (6, 8, 3)), "uint16", **{"oiio:BitsPerSample": 10})
+    write_pixels(tmp_path / "scan.tif", read_pixels(dpx), like=read_info(dpx))
+    tif = read_info(tmp_path / "scan.tif")
+    assert tif.bits_per_sample == 16 and not any(k.startswith("dpx:") for k in tif.attributes)
+    write_pixels(tmp_path / "scan.exr", read_pixels(dpx), like=read_info(dpx))
+    assert read_info(tmp_path / "scan.exr").compression != "none"
+    codes = np.round(read_pixels(dpx) * 1023)
+    assert np.array_equal(np.round(read_pixels(tmp_path / "scan.exr") * 1023), codes), "10-bit codes fit in half"
+
+
 def test_data_window_differs_from_display_window(tmp_path):
     rng = np.random.default_rng(3)
     # 20x14 pixels stored from (-2, -1): 2 px of overscan around a 16x12 picture.
@@ -229,11 +260,13 @@ def test_missing_file_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("name,keep", [("frame.1012.exr", 0.5), ("frame.1012.exr", 0.99), ("frame.1012.exr", 0.01),
-                                       ("frame.1012.png", 0.5), ("frame.1012.tif", 0.5), ("frame.1012.dpx", 0.5)])
+                                       ("frame.1012.png", 0.5), ("frame.1012.tif", 0.5), ("frame.1012.dpx", 0.5),
+                                       ("frame.1012.jpg", 0.9)])
 def test_truncated_file_is_named(tmp_path, name, keep):
     rng = np.random.default_rng(5)
-    pixel_type = "half" if name.endswith(".exr") else "uint16"
+    pixel_type = {".exr": "half", ".jpg": "uint8"}.get(Path(name).suffix, "uint16")
     good = write_with_oiio(tmp_path / f"good_{name}", random_pixels(rng, (64, 64, 3)), pixel_type)
+    assert read_pixels(good).shape == (64, 64, 3), "the intact file reads cleanly"
     data = good.read_bytes()
     bad = tmp_path / name
     bad.write_bytes(data[: int(len(data) * keep)])

@@ -1,0 +1,165 @@
+"""Validation: the held-out keyframes, whole frame, through the same tiled inference as production.
+
+Training sees tiles; the shot is judged on frames. So validation runs each validation keyframe
+through ``duplidog.infer.apply_model`` -- the production code path with its padding, tiling and
+blending -- and compares with the artist's fixed frame. Metrics are computed in the working space
+(where the network's values live, roughly 0..1 for every colour space), with a peak of 1.0:
+
+* ``psnr``: 10 log10(1 / MSE) over all pixels and channels;
+* ``ssim``: mean SSIM with an 11-pixel Gaussian window;
+* ``psnr_identity``: the PSNR of doing nothing (source against target) when they have the same
+  channels: the model should beat it, and the gap is what the training bought.
+
+A contact sheet PNG shows, per validation frame, source | result | target | difference (|result -
+target| x 4), as an 8-bit preview of the working-space values (clipped to 0..1 for display only).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from duplidog.atomic import atomic_path
+from duplidog.errors import DuplidogError
+from duplidog.train.losses import ssim
+
+log = logging.getLogger(__name__)
+
+DIFFERENCE_GAIN = 4.0
+PANEL_WIDTH = 384  # contact sheet panels are scaled down to at most this many pixels across
+
+
+@dataclass
+class ValidationFrame:
+    frame: int
+    source: torch.Tensor  # (1, Cin, H, W) float32 working space, CPU
+    target: torch.Tensor  # (1, Cout, H, W)
+
+
+def validation_frame_numbers(plan: dict, limit: int) -> List[int]:
+    """The plan's validation keyframes, or (none held out) its training keyframes, at most ``limit``
+    of them spread evenly."""
+    frames = list(plan.get("validation_frames") or []) or list(plan.get("train_frames") or plan.get("keyframes") or [])
+    if limit > 0 and len(frames) > limit:
+        picks = np.linspace(0, len(frames) - 1, limit).round().astype(int)
+        frames = [frames[i] for i in sorted(set(picks))]
+    return frames
+
+
+def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4) -> List[ValidationFrame]:
+    """Read and encode the validation keyframes named by the plan, using the manifest's paths."""
+    from duplidog import colour, imageio
+
+    manifest = pd.read_csv(manifest_path, keep_default_na=False)
+    rows = {int(r["frame"]): r for _, r in manifest.iterrows()}
+    space = plan["colorspace"]
+    frames = []
+    for number in validation_frame_numbers(plan, limit):
+        row = rows.get(int(number))
+        if row is None or not str(row.get("target", "")):
+            raise DuplidogError(f"{manifest_path}: validation keyframe {number} has no source/target row")
+        source = imageio.read_pixels(row["source"], plan["input_channels"])
+        target = imageio.read_pixels(row["target"], plan["output_channels"])
+        frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space)),
+                                      _to_tensor(colour.encode(target, space))))
+    return frames
+
+
+def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
+    mse = torch.mean((a.float() - b.float()) ** 2).item()
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak * peak / mse))
+
+
+def _infer_arguments(settings: dict) -> dict:
+    """The keys of the ``infer`` settings that ``apply_model`` takes (tile, overlap, batch size...)."""
+    from duplidog.infer import apply_model
+
+    accepted = set(inspect.signature(apply_model).parameters) - {"model", "image", "device"}
+    return {key: value for key, value in (settings or {}).items() if key in accepted and value is not None}
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, frames: Sequence[ValidationFrame], infer_settings: dict) -> Dict[str, object]:
+    """Run every frame through ``apply_model``; mean PSNR/SSIM and the per-frame results."""
+    from duplidog.infer import apply_model
+
+    arguments = _infer_arguments(infer_settings)
+    results, psnrs, ssims, identity = [], [], [], []
+    for item in frames:
+        output = apply_model(model, item.source, **arguments)
+        results.append(output)
+        psnrs.append(psnr(output, item.target))
+        ssims.append(float(ssim(output.float(), item.target.float()).item()))
+        if item.source.shape == item.target.shape:
+            identity.append(psnr(item.source, item.target))
+    metrics: Dict[str, object] = {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
+    if identity and len(identity) == len(frames):
+        metrics["psnr_identity"] = float(np.mean(identity))
+    metrics["frames"] = {str(f.frame): {"psnr": p, "ssim": s} for f, p, s in zip(frames, psnrs, ssims)}
+    metrics["_results"] = results
+    return metrics
+
+
+def _preview(x: torch.Tensor, width: int) -> np.ndarray:
+    """(1, C, H, W) -> (h, w, 3) float in 0..1 for display: grey for one channel, first three else."""
+    x = x.float()
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    elif x.shape[1] == 2:
+        x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
+    x = x[:, :3]
+    if x.shape[-1] > width:
+        height = max(1, round(x.shape[-2] * width / x.shape[-1]))
+        x = F.interpolate(x, size=(height, width), mode="area")
+    return x[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
+
+
+def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: Sequence[torch.Tensor],
+                        panel_width: int = PANEL_WIDTH) -> None:
+    """source | result | target | difference, one row per validation frame, as an 8-bit PNG."""
+    import OpenImageIO as oiio
+
+    gap = 4
+    rows = []
+    for item, result in zip(frames, results):
+        panels = [_preview(item.source, panel_width), _preview(result, panel_width), _preview(item.target, panel_width),
+                  _preview((result - item.target).abs() * DIFFERENCE_GAIN, panel_width)]
+        height = max(p.shape[0] for p in panels)
+        row = np.ones((height, sum(p.shape[1] for p in panels) + gap * (len(panels) - 1), 3), np.float32) * 0.18
+        x = 0
+        for panel in panels:
+            row[: panel.shape[0], x: x + panel.shape[1]] = panel
+            x += panel.shape[1] + gap
+        rows.append(row)
+    width = max(r.shape[1] for r in rows)
+    sheet = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1), width, 3), 0.18, np.float32)
+    y = 0
+    for row in rows:
+        sheet[y: y + row.shape[0], : row.shape[1]] = row
+        y += row.shape[0] + gap
+    pixels = np.round(sheet * 255.0).astype(np.uint8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        output = oiio.ImageOutput.create(str(tmp))
+        if output is None:
+            raise DuplidogError(f"{path}: cannot write PNG ({oiio.geterror()})")
+        spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], 3, "uint8")
+        try:
+            if not output.open(str(tmp), spec) or not output.write_image(pixels):
+                raise DuplidogError(f"{path}: cannot write the contact sheet ({output.geterror()})")
+        finally:
+            closed = output.close()
+        if not closed:
+            raise DuplidogError(f"{path}: cannot write the contact sheet ({output.geterror()})")

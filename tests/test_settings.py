@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from duplidog import settings
+from duplidog.errors import DuplidogError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_yaml_equals_the_schema_defaults():
+    with open(ROOT / "config/config.yaml", encoding="utf-8") as f:
+        assert yaml.safe_load(f) == settings.defaults(), "regenerate with: duplidog config > config/config.yaml"
+
+
+def test_every_schema_key_has_type_description_and_default():
+    def walk(node, path):
+        for key, child in node.get("properties", {}).items():
+            where = f"{path}.{key}".lstrip(".")
+            assert "type" in child, where
+            assert child.get("description"), where
+            assert "default" in child, where
+            walk(child, where)
+
+    walk(settings.schema(), "")
+
+
+def test_shot_contract_keys_resolve_and_fill_defaults():
+    config = settings.resolve({"shot": "sh010", "source": "p.%04d.exr", "target": "f.%04d.exr",
+                               "output": "o.%04d.exr", "train": {"steps": 10, "max_minutes": 0.5}})
+    assert config["train"]["steps"] == 10 and config["train"]["max_minutes"] == 0.5
+    assert config["infer"]["chunk_size"] == settings.defaults()["infer"]["chunk_size"]
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(DuplidogError, match=r"train\.steps"):
+        settings.resolve({"train": {"steps": "many"}})
+    with pytest.raises(DuplidogError, match="colorspace"):
+        settings.resolve({"colorspace": "sRGB-ish"})
+    with pytest.raises(DuplidogError, match="Additional properties"):
+        settings.resolve({"trian": {}})
+
+
+def test_empty_or_unreadable_shot_files(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(DuplidogError, match="empty.yaml: the shot file is empty"):
+        settings.load_shot_file(empty)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("shot: [unclosed\n")
+    with pytest.raises(DuplidogError, match="broken.yaml: not valid YAML"):
+        settings.load_shot_file(broken)
+    with pytest.raises(DuplidogError, match="nope.yaml: shot file not found"):
+        settings.load_shot_file(tmp_path / "nope.yaml")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(DuplidogError, match="scalar.yaml: a shot file must be a YAML mapping"):
+        settings.load_shot_file(scalar)
+
+
+def test_default_output_follows_the_contract():
+    config = settings.resolve({"shot": "sh010", "source": "plates/p.%04d.dpx", "target": "f.%04d.dpx"})
+    assert settings.default_output_pattern(config) == "results/sh010/output/sh010.%04d.dpx"
