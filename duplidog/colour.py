@@ -23,7 +23,7 @@ Why this one:
 * exactly invertible in closed form; float32 round trips are accurate to a few units in the last
   place (relative error below 1e-6 from -10 to 10000, measured in tests). Stored as float16 (the
   tile pool), working values up to 4 keep 11 significant bits, so a scene value comes back within
-  0.36 % (half-float EXR itself keeps 0.05 %), which is below what a network learns to.
+  0.4 % (half-float EXR itself keeps 0.05 %), which is below what a network learns to.
 
 ``describe(space)`` returns the name and parameters as a dict, which the model card stores;
 ``from_description`` rebuilds the very same transform, so inference on another machine (or in Nuke

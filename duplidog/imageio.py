@@ -274,9 +274,6 @@ def output_spec(
     spec.x, spec.y = like.x * scale, like.y * scale
     spec.full_width, spec.full_height = like.full_width * scale, like.full_height * scale
     spec.full_x, spec.full_y = like.full_x * scale, like.full_y * scale
-    if scale != 1 and spec.tile_width:
-        # Tiles larger than the image are legal, but keep them sensible for a resized frame.
-        spec.tile_width, spec.tile_height = like.spec.tile_width, like.spec.tile_height
 
     old_formats = dict(zip(like.channel_names, like.spec.channelformats or ()))
     spec.nchannels = nchannels
@@ -319,6 +316,7 @@ def write_pixels(
         format_name = image_output.format_name()
         if format_name != like.format_name:
             _adapt_to_format(spec, like, format_name)
+        pixels = _round_to_packed_depth(pixels, spec)
         if format_name not in ARBITRARY_METADATA_FORMATS:
             _fold_provenance(spec, format_name, path)
         try:
@@ -330,6 +328,21 @@ def write_pixels(
             closed = image_output.close()
         if not closed:
             raise DuplidogError(f"{path}: write failed on close ({_one_line(image_output.geterror())})")
+
+
+def _round_to_packed_depth(pixels: np.ndarray, spec: "oiio.ImageSpec") -> np.ndarray:
+    """Quantise to the nearest code myself when the file packs fewer bits than its container type.
+
+    OpenImageIO converts float to uint16 rounding to nearest, but then packs 10- and 12-bit DPX by
+    dropping the low bits (truncation: up to one code low, half a code on average). Handing it values
+    that are exact codes (k / (2**bits - 1)) makes the packing lossless, so rounding is to nearest.
+    """
+    bits = spec.get_int_attribute("oiio:BitsPerSample", 0)
+    container = spec.format.size() * 8
+    if spec.format.basetype not in (oiio.UINT8, oiio.UINT16) or not 0 < bits < container:
+        return pixels
+    top = float(2**bits - 1)
+    return (np.rint(np.clip(pixels, 0.0, 1.0) * top) / top).astype(np.float32)
 
 
 def _adapt_to_format(spec: "oiio.ImageSpec", like: ImageInfo, format_name: str) -> None:

@@ -69,8 +69,8 @@ def test_values_above_one_and_below_zero_survive():
     half = torch.tensor(x, dtype=torch.float16)
     encoded = encode(half, "linear")
     assert encoded.dtype == torch.float16 and torch.isfinite(encoded).all(), "x / s must not overflow half"
-    # Half keeps 11 significant bits of y (up to 4): at most 2**-10 * 3.69 = 0.36 % of x comes back off.
-    assert torch.allclose(decode(encoded, "linear").float(), half.float(), rtol=4e-3)
+    # Half keeps 11 significant bits of y (up to 4): 2**-10 * 3.69 = 0.36 % of x, plus the final cast.
+    assert torch.allclose(decode(encoded, "linear").float(), half.float(), rtol=5e-3)
 
 
 @pytest.mark.parametrize("space", ["log", "display"])

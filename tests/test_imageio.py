@@ -91,6 +91,31 @@ def test_round_trip_is_bit_exact(tmp_path, name, pixel_type, attributes, value_r
         assert pixels.min() < 0 and pixels.max() > 1, "float values must not be clamped"
 
 
+@pytest.mark.parametrize("name,pixel_type,top", [("q.png", "uint8", 255), ("q.tif", "uint16", 65535),
+                                                 ("q.dpx", "uint16", 1023)])
+def test_integer_files_round_to_the_nearest_code(tmp_path, name, pixel_type, top):
+    attributes = {"oiio:BitsPerSample": 10} if name.endswith(".dpx") else {}
+    like = read_info(write_with_oiio(tmp_path / f"like_{name}", np.zeros((1, 6, 1)), pixel_type, **attributes))
+    wanted = np.array([[[0.0], [0.3], [0.7], [100.4], [-5.0], [top + 9.0]]], np.float64) / top
+    write_pixels(tmp_path / name, wanted, like=like)
+    codes = np.round(read_pixels(tmp_path / name) * top).astype(int).ravel().tolist()
+    assert codes == [0, 0, 1, 100, 0, top], "round to nearest; integer formats clip to their range"
+
+
+@pytest.mark.parametrize("ext,bits", [("dpx", 8), ("dpx", 10), ("dpx", 12), ("dpx", 16), ("png", 8), ("png", 16),
+                                      ("tif", 8), ("tif", 16)])
+def test_every_integer_depth_rounds_to_nearest(tmp_path, ext, bits):
+    top = 2**bits - 1
+    container = "uint8" if bits == 8 else "uint16"
+    like = read_info(write_with_oiio(tmp_path / f"like.{ext}", np.zeros((64, 64, 3)), container,
+                                     **({"oiio:BitsPerSample": bits} if ext == "dpx" else {})))
+    values = np.random.default_rng(7).uniform(-0.01, 1.01, (64, 64, 3))
+    write_pixels(tmp_path / f"out.{ext}", values, like=like)
+    assert read_info(tmp_path / f"out.{ext}").bits_per_sample == bits
+    codes = np.round(read_pixels(tmp_path / f"out.{ext}").astype(np.float64) * top)
+    assert np.array_equal(codes, np.rint(np.clip(values.astype(np.float32), 0, 1) * top))
+
+
 def test_info_describes_the_header(tmp_path):
     src = write_with_oiio(tmp_path / "a.exr", np.zeros((6, 10, 4), np.float32), "half",
                           channels=["R", "G", "B", "A"], compression="dwaa")

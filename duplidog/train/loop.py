@@ -1,0 +1,442 @@
+"""The training loop (stage 3): a tile pool and a plan in, a model directory out.
+
+It reads top to bottom like nanoGPT's ``train.py``: settings, data, network, optimizer, resume, loop,
+finish. Training counts optimizer steps, not epochs; an epoch is only the unit in which a random
+subset of the pool is drawn (``duplidog.train.data``). Each step:
+
+1. ``accumulate`` micro-batches run forward under autocast (bf16 / fp16 on GPUs, fp32 on the CPU)
+   and every pyramid level's output is scored against the target (``duplidog.train.losses``);
+2. the gradients are unscaled (fp16), clipped to ``grad_clip``, and AdamW steps -- unless they are not
+   finite, in which case the step is skipped (and a run of such steps stops training with an error);
+3. the schedule advances (linear warm-up, cosine decay to ``min_lr``) and the weight average follows.
+
+Around it: validation every ``validate_every`` steps on the held-out keyframes through production
+inference, checkpoints every ``checkpoint_every`` steps, on SIGTERM/SIGINT (the current step is
+finished, a checkpoint written, then ``TrainingInterrupted`` is raised so the job exits non-zero) and
+at the end. A rerun resumes from the newest checkpoint when the settings and the pool are the same.
+``max_minutes`` ends the run early but cleanly: final validation, checkpoint and model as usual.
+
+The saved model is the weight average (EMA), with a card that says how it was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from duplidog.errors import DuplidogError
+from duplidog.train import checkpoint as ckpt
+from duplidog.train.data import EpochPlan, make_batches
+from duplidog.train.device import choose_device, choose_precision
+from duplidog.train.ema import WeightAverage
+from duplidog.train.losses import LossMix
+from duplidog.train.monitor import ActivationStats, TrainingMonitor, read_metrics
+from duplidog.train.schedule import warmup_cosine
+from duplidog.train.validate import load_validation_frames, validate, write_contact_sheet
+
+log = logging.getLogger(__name__)
+
+#: Consecutive steps with a non-finite loss or gradient after which training gives up.
+MAX_NONFINITE_STEPS = 20
+
+
+class TrainingInterrupted(DuplidogError):
+    """SIGTERM or SIGINT arrived: the step was finished and a checkpoint written; rerun to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """SIGTERM/SIGINT handlers that only raise a flag, so the loop can stop between steps.
+
+    A second signal while the first is being handled interrupts at once (KeyboardInterrupt). Handlers
+    are installed only from the main thread (Python allows nothing else) and restored afterwards.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: finishing this step, writing a checkpoint, then stopping",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def keyframe_fingerprint(manifest_path: str | os.PathLike, frames) -> str:
+    """SHA-256 over the keyframes' source and target paths, sizes and modification times.
+
+    Cheap (no pixels read) yet changes whenever a keyframe file is replaced or touched; the pool's
+    own fingerprint covers the pixel content that training actually saw.
+    """
+    import pandas as pd
+
+    manifest = pd.read_csv(manifest_path, keep_default_na=False)
+    digest = hashlib.sha256()
+    wanted = {int(f) for f in frames}
+    for _, row in manifest.sort_values("frame").iterrows():
+        if int(row["frame"]) not in wanted:
+            continue
+        for column in ("source", "target"):
+            path = str(row.get(column, ""))
+            digest.update(f"{row['frame']}:{column}:{path}".encode())
+            if path and os.path.exists(path):
+                info = os.stat(path)
+                digest.update(f":{info.st_size}:{info.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> dict:
+    """Copy the weights of the model in ``model_dir`` into ``model``; every tensor must match in shape."""
+    from duplidog.modelstore import load_model
+
+    previous, card = load_model(model_dir, "cpu")
+    theirs, mine = previous.state_dict(), model.state_dict()
+    differing = [k for k in mine if k not in theirs or tuple(theirs[k].shape) != tuple(mine[k].shape)]
+    differing += [k for k in theirs if k not in mine]
+    if differing:
+        raise DuplidogError(
+            f"{model_dir}: train.init_from model does not fit this shot's network ({len(differing)} weights differ, "
+            f"first {differing[0]}; its network {_describe(card.get('model', {}))}, this one {_describe(model.config)})"
+        )
+    model.load_state_dict(theirs)
+    return card
+
+
+def _describe(config: dict) -> str:
+    keys = ("arch", "preset", "in_channels", "out_channels", "levels", "width", "depth", "stages")
+    return ", ".join(f"{k}={config[k]}" for k in keys if k in config) or "unknown"
+
+
+def _plain(metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """Validation metrics without the result tensors (for logs, checkpoints and the card)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
+
+
+class StepRunner:
+    """One optimizer step: ``accumulate`` micro-batches forward and backward, then clip, AdamW, schedule
+    and weight average. Shared by ``train`` and ``bench_train`` so the benchmark times the real step."""
+
+    def __init__(self, model, forward, loss_mix, optimizer, scheduler, scaler, ema, precision, accumulate: int,
+                 grad_clip: float, tile_size: int):
+        self.model, self.forward, self.loss_mix = model, forward, loss_mix
+        self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
+        self.precision, self.accumulate, self.grad_clip, self.tile_size = precision, accumulate, grad_clip, tile_size
+
+    def __call__(self, stream, stats: Optional[ActivationStats] = None):
+        """Returns (loss, {term: value}, finite) averaged over the micro-batches."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, parts_sum = 0.0, {}
+        for micro in range(self.accumulate):
+            source, target = next(stream)
+            with self.precision.autocast():
+                if stats is not None and micro == 0:
+                    with stats:
+                        outputs = self.forward(source, all_levels=True)
+                else:
+                    outputs = self.forward(source, all_levels=True)
+            loss, parts = self.loss_mix(outputs, target, self.tile_size)
+            self.scaler.scale(loss / self.accumulate).backward()
+            loss_sum += loss.item() / self.accumulate
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + float(value) / self.accumulate
+        self.scaler.unscale_(self.optimizer)
+        limit = self.grad_clip if self.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
+        finite = math.isfinite(loss_sum) and bool(torch.isfinite(norm))
+        if finite or self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # the scaler itself skips non-finite fp16 steps
+        self.scaler.update()
+        self.scheduler.step()
+        self.ema.update(self.model)
+        return loss_sum, parts_sum, finite
+
+
+def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict) -> Dict[str, Any]:
+    """Train a network on the pool, validate on the plan's keyframes, and save it to ``model_dir``.
+
+    Args:
+        pool_path: the Zarr tile pool (``duplidog.pool``).
+        plan_path, manifest_path: ingest's plan.json and manifest.csv (channels, colour space,
+            validation keyframes and their files).
+        model_dir: where the finished model and its card go (``duplidog.modelstore``).
+        work_dir: checkpoints, metrics.csv, tensorboard/, loss.png and contact sheets.
+        config: the whole resolved shot config (``model``, ``train``, ``infer`` sections, ``seed``).
+
+    Returns the run's metrics (steps, final loss, validation PSNR/SSIM, why it stopped...).
+    Raises ``TrainingInterrupted`` (a DuplidogError) after SIGTERM/SIGINT, once a checkpoint is written.
+    """
+    from duplidog import colour
+    from duplidog.ingest import read_plan
+    from duplidog.model import build_model
+    from duplidog.modelstore import save_model
+    from duplidog.pool import open_pool, pool_fingerprint
+
+    called = time.monotonic()
+    settings = config["train"]
+    model_settings = config.get("model", {})
+    seed = int(config.get("seed", 0))
+    work_dir, model_dir = Path(work_dir), Path(model_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = work_dir / "checkpoints"
+    max_minutes = settings.get("max_minutes")
+    deadline = called + 60.0 * float(max_minutes) if max_minutes else None
+    total_steps = int(settings["steps"])
+    accumulate = max(1, int(settings["accumulate"]))
+
+    # -- data ------------------------------------------------------------------------------------------
+    plan = read_plan(plan_path)
+    group = open_pool(pool_path)
+    pool_hash = pool_fingerprint(pool_path)
+    border = int(group.attrs.get("border", 0))
+    n_tiles, in_channels, tile_size, _ = group["source"].shape
+    out_channels = group["target"].shape[1]
+    if in_channels != len(plan["input_channels"]) or out_channels != len(plan["output_channels"]):
+        raise DuplidogError(
+            f"{pool_path}: pool has {in_channels} -> {out_channels} channels but the plan {plan_path} says "
+            f"{len(plan['input_channels'])} -> {len(plan['output_channels'])} (rebuild the pool)"
+        )
+    device = choose_device(settings["device"])
+    precision = choose_precision(device, settings["precision"])
+
+    # -- network and optimizer --------------------------------------------------------------------------
+    seed_everything(seed)
+    model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
+                        in_channels=in_channels, out_channels=out_channels, **(model_settings.get("overrides") or {}))
+    if tile_size % model.size_multiple:
+        raise DuplidogError(
+            f"{pool_path}: pool tiles of {tile_size} px are not a multiple of the network's size_multiple "
+            f"{model.size_multiple} (set pool.tile_size to a multiple of it)"
+        )
+    lr = float(settings["lr"])
+    init_from = settings.get("init_from") or ""
+    if init_from:
+        warm_start(model, init_from)
+        lr *= float(settings["finetune_lr_scale"])
+        log.info("warm start from %s, learning rate scaled to %.3g", init_from, lr)
+    model.to(device)
+    ema = WeightAverage(model, float(settings["ema_decay"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(float(b) for b in settings["betas"]),
+                                  weight_decay=float(settings["weight_decay"]))
+    warmup = int(round(float(settings["warmup_fraction"]) * total_steps))
+    scheduler = warmup_cosine(optimizer, total_steps, warmup, float(settings["min_lr"]))
+    scaler = precision.scaler()
+    loss_mix = LossMix(settings["losses"], border, float(settings["coarse_level_weight"]),
+                       float(settings["charbonnier_eps"]), settings.get("vgg19_weights") or "",
+                       autocast=precision.autocast).to(device)
+    epochs = EpochPlan(n_tiles, int(settings["batch_size"]), float(settings["epoch_fraction"]), seed,
+                       bool(settings["augment_dihedral"]))
+
+    # -- resume ------------------------------------------------------------------------------------------
+    start_step, best_psnr, best_step, last_validation = 0, -math.inf, None, {}
+    state, why = ckpt.find_resumable(checkpoints, config, pool_hash)
+    log.info("train: %s", why)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng_state(state["rng"])
+        start_step = int(state["step"])
+        best_psnr = float(state["best_psnr"])
+        best_step = int(state["best_step"]) if int(state["best_step"]) >= 0 else None
+        last_validation = json.loads(state.get("validation", "{}"))
+    resumed_from = start_step if state is not None else None
+    del state
+
+    def checkpoint_state(step: int) -> Dict[str, Any]:
+        return {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": ckpt.capture_rng_state(),
+            "data": {"seed": seed, "next_batch": step * accumulate, "epoch": epochs.epoch_of(step * accumulate),
+                     "batches_per_epoch": epochs.batches_per_epoch},
+            "config": json.dumps(config, sort_keys=True, default=str),
+            "identity": json.dumps(ckpt.training_identity(config), sort_keys=True, default=str),
+            "config_fingerprint": ckpt.config_fingerprint(config),
+            "pool_fingerprint": pool_hash,
+            "best_psnr": best_psnr,
+            "best_step": -1 if best_step is None else best_step,
+            "validation": json.dumps(_plain(last_validation), default=str),
+        }
+
+    def write_checkpoint(step: int) -> Path:
+        path = ckpt.save_checkpoint(checkpoints, checkpoint_state(step))
+        ckpt.prune_checkpoints(checkpoints, int(settings["keep_checkpoints"]), best_step)
+        return path
+
+    # -- the run ------------------------------------------------------------------------------------------
+    batches, data_choice = make_batches(str(pool_path), group, epochs, device, settings)
+    forward = torch.compile(model) if settings["compile"] else model
+    frames = load_validation_frames(plan, manifest_path, int(settings["validation_frames_max"]))
+    monitor = TrainingMonitor(work_dir, total_steps, start_step, list(loss_mix.weights), settings,
+                              read_metrics(work_dir / "metrics.csv") if resumed_from is not None else None)
+    monitor.write(f"train: {n_tiles} tiles of {tile_size} px (border {border}), {data_choice.mode}; "
+                  f"{device} {precision.name}; {model.config.get('arch')} {model.config.get('preset')} "
+                  f"({sum(p.numel() for p in model.parameters())} parameters); steps {start_step} -> {total_steps}")
+
+    latest_results = []
+
+    def run_validation(step: int) -> Dict[str, Any]:
+        nonlocal best_psnr, best_step, last_validation, latest_results
+        metrics = validate(ema.model, frames, config.get("infer", {}))
+        latest_results = metrics["_results"]
+        write_contact_sheet(work_dir / f"contact_{step:08d}.png", frames, latest_results)
+        last_validation = _plain(metrics)
+        monitor.validation(step, {k: v for k, v in last_validation.items() if k != "frames"})
+        improved = metrics["psnr"] > best_psnr
+        if improved:
+            best_psnr, best_step = float(metrics["psnr"]), step
+        return metrics
+
+    run_step = StepRunner(model, forward, loss_mix, optimizer, scheduler, scaler, ema, precision, accumulate,
+                          float(settings["grad_clip"]), tile_size)
+    stats_every = int(settings["activation_stats_every"])
+    validate_every, checkpoint_every = int(settings["validate_every"]), int(settings["checkpoint_every"])
+    stopped_by, step, last_loss, nonfinite = "steps", start_step, float("nan"), 0
+    validated_at = checkpointed_at = None
+    try:
+        with StopRequest() as stop:
+            stream = batches.batches(start_step * accumulate)
+            while step < total_steps:
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped_by = "max_minutes"
+                    monitor.write(f"train: train.max_minutes ({max_minutes}) reached at step {step}; stopping")
+                    break
+                watch = stats_every > 0 and (step + 1) % stats_every == 0 and not settings["compile"]
+                stats = ActivationStats(model) if watch else None
+                loss_sum, parts_sum, finite = run_step(stream, stats)
+                if stats is not None:
+                    monitor.activations(step + 1, stats.summary())
+                step += 1
+                nonfinite = 0 if finite else nonfinite + 1
+                if nonfinite >= MAX_NONFINITE_STEPS:
+                    raise DuplidogError(
+                        f"{pool_path}: training diverged: {nonfinite} steps in a row with a non-finite loss or "
+                        f"gradient up to step {step} (lower train.lr or set train.precision: fp32)"
+                    )
+                last_loss = loss_sum
+                monitor.step(step, loss_sum, parts_sum, scheduler.get_last_lr()[0])
+
+                if stop.signum is not None:
+                    path = write_checkpoint(step)
+                    name = signal.Signals(stop.signum).name
+                    raise TrainingInterrupted(
+                        f"{work_dir}: training stopped by {name} at step {step}; checkpoint {path.name} written, "
+                        f"rerun to resume", stop.signum)
+                if validate_every > 0 and step % validate_every == 0 and step < total_steps:
+                    previous_best = best_step
+                    run_validation(step)
+                    validated_at = step
+                    if best_step != previous_best and best_step == step:
+                        write_checkpoint(step)
+                        checkpointed_at = step
+                if checkpoint_every > 0 and step % checkpoint_every == 0 and checkpointed_at != step:
+                    write_checkpoint(step)
+                    checkpointed_at = step
+
+            # -- finish: validate the final weights, checkpoint, save the model ---------------------------
+            if validated_at != step or not latest_results:
+                run_validation(step)
+            final_checkpoint = write_checkpoint(step)
+            card = {
+                "model": model.config,
+                "input_channels": list(plan["input_channels"]),
+                "output_channels": list(plan["output_channels"]),
+                "passthrough_channels": list(plan.get("passthrough_channels") or []),
+                "colorspace": colour.describe(plan["colorspace"]),
+                "scale": int(getattr(model, "scale", 1)),
+                "reach": int(model.reach),
+                "size_multiple": int(model.size_multiple),
+                "training": {
+                    "shot": plan.get("shot"),
+                    "steps": step,
+                    "stopped_by": stopped_by,
+                    "settings": {k: v for k, v in settings.items()},
+                    "seed": seed,
+                    "device": str(device),
+                    "precision": precision.name,
+                    "tile_size": int(tile_size),
+                    "border": border,
+                    "pool_tiles": int(n_tiles),
+                    "pool_fingerprint": pool_hash,
+                    "keyframe_fingerprint": keyframe_fingerprint(
+                        manifest_path, list(plan.get("train_frames") or []) + list(plan.get("validation_frames") or [])),
+                    "train_frames": list(plan.get("train_frames") or []),
+                    "validation_frames": [f.frame for f in frames],
+                    "init_from": init_from or None,
+                },
+                "metrics": {"loss": last_loss, "validation": last_validation,
+                            "best_validation_psnr": best_psnr if best_step is not None else None,
+                            "best_validation_step": best_step},
+            }
+            save_model(model_dir, ema.model, card)
+            write_contact_sheet(work_dir / "contact_final.png", frames, latest_results)
+    finally:
+        batches.close()
+        monitor.close()
+
+    minutes = (time.monotonic() - called) / 60.0
+    result = {
+        "steps": step,
+        "target_steps": total_steps,
+        "stopped_by": stopped_by,
+        "resumed_from": resumed_from,
+        "loss": last_loss,
+        "validation_psnr": last_validation.get("psnr"),
+        "validation_ssim": last_validation.get("ssim"),
+        "validation_psnr_identity": last_validation.get("psnr_identity"),
+        "best_validation_psnr": best_psnr if best_step is not None else None,
+        "best_validation_step": best_step,
+        "minutes": round(minutes, 3),
+        "device": str(device),
+        "precision": precision.name,
+        "data": data_choice.mode,
+        "checkpoint": str(final_checkpoint),
+        "model_dir": str(model_dir),
+    }
+    log.info("train: done: %s", json.dumps(result, default=str))
+    return result
