@@ -26,12 +26,12 @@ def _value_noise(height: int, width: int, rng: np.random.Generator) -> np.ndarra
     """Smooth multi-octave noise in [0, 1], shape (3, H, W): several colours of detail."""
     total = np.zeros((3, height, width), np.float32)
     amplitude, norm = 1.0, 0.0
-    for cells in (4, 9, 20, 45, 100):
+    for cells in (4, 9, 20, 45, 100, 220):
         grid = torch.from_numpy(rng.random((1, 3, cells, cells * width // height + 1), dtype=np.float32))
         layer = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)[0].numpy()
         total += amplitude * layer
         norm += amplitude
-        amplitude *= 0.6
+        amplitude *= 0.75
     return total / norm
 
 
@@ -40,7 +40,7 @@ def scene(height: int, width: int, seed: int = 7) -> np.ndarray:
     rng = np.random.default_rng(seed)
     noise = _value_noise(height, width, rng)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    stripes = 0.5 + 0.5 * np.sin(xx / 7.0 + 3.0 * noise[0]) * np.sin(yy / 11.0 + 2.0 * noise[1])
+    stripes = 0.5 + 0.5 * np.sin(xx / 5.0 + 6.0 * noise[0]) * np.sin(yy / 8.0 + 4.0 * noise[1])
     base = np.stack(
         [0.05 + 0.5 * noise[0] * stripes, 0.06 + 0.45 * noise[1], 0.04 + 0.35 * noise[2] * (1.2 - stripes)], -1
     )
@@ -64,9 +64,9 @@ def dust(height: int, width: int, seed: int = 11) -> np.ndarray:
 
 def grade(linear: np.ndarray) -> np.ndarray:
     """The artist's look: warmer, a little more contrast around mid-grey, in scene-linear."""
-    warm = linear * np.array([1.15, 1.0, 0.82], np.float32)
+    warm = linear * np.array([1.3, 1.0, 0.7], np.float32)
     pivot = 0.18
-    return (pivot * np.power(np.maximum(warm, 0) / pivot, 1.15)).astype(np.float32)
+    return (pivot * np.power(np.maximum(warm, 0) / pivot, 1.25)).astype(np.float32)
 
 
 def frame_offset(frame: int) -> tuple[float, float]:

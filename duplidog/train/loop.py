@@ -342,6 +342,12 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         with StopRequest() as stop:
             stream = batches.batches(start_step * accumulate)
             while step < total_steps:
+                if stop.signum is not None:  # checked here so a signal during validation counts too
+                    path = write_checkpoint(step)
+                    name = signal.Signals(stop.signum).name
+                    raise TrainingInterrupted(
+                        f"{work_dir}: training stopped by {name} at step {step}; checkpoint {path.name} written, "
+                        f"rerun to resume", stop.signum)
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped_by = "max_minutes"
                     monitor.write(f"train: train.max_minutes ({max_minutes}) reached at step {step}; stopping")
@@ -361,12 +367,6 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                 last_loss = loss_sum
                 monitor.step(step, loss_sum, parts_sum, scheduler.get_last_lr()[0])
 
-                if stop.signum is not None:
-                    path = write_checkpoint(step)
-                    name = signal.Signals(stop.signum).name
-                    raise TrainingInterrupted(
-                        f"{work_dir}: training stopped by {name} at step {step}; checkpoint {path.name} written, "
-                        f"rerun to resume", stop.signum)
                 if validate_every > 0 and step % validate_every == 0 and step < total_steps:
                     previous_best = best_step
                     run_validation(step)
