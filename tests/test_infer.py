@@ -10,7 +10,6 @@ from duplidog.errors import DuplidogError
 from duplidog.infer.runner import apply_model, plan_run
 from standin_model import TinyPyramid
 
-torch.set_num_threads(2)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else []
@@ -46,6 +45,16 @@ def test_tiled_equals_whole_frame_everywhere(net, device, height, width, tile):
     net.to("cpu")
 
 
+def test_mirrored_edge_context_is_exact_too(net):
+    image = frame(150, 97, seed=1)
+    whole = apply_model(net, image, tile="none", edge_context=20)
+    tiled = apply_model(net, image, tile=64, edge_context=20)
+    assert (whole - tiled).abs().max().item() <= 1e-3
+    # and it does change the edge (the network meets mirrored context instead of its zero padding)
+    plain = apply_model(net, image, tile="none")
+    assert (plain - whole)[..., 0, :].abs().max().item() > 1e-4
+
+
 def test_the_exactness_test_catches_an_understated_reach():
     """With the reach understated, tile seams blend inexact pixels: the comparison above must notice."""
     liar = TinyPyramid(3, 3, width=4).eval()
@@ -70,6 +79,8 @@ def test_auto_runs_whole_frame_within_the_cpu_budget_and_tiles_beyond_it(net):
     image = frame(301, 517)
     small = plan_run(net, tuple(image.shape), "auto", cpu_pixel_budget=10_000_000)
     assert small.grid is None
+    from_ram = plan_run(net, tuple(image.shape), "auto", cpu_pixel_budget=None)  # the RAM decides
+    assert from_ram.grid is None and from_ram.dtype == torch.float32
     tight = plan_run(net, tuple(image.shape), "auto", cpu_pixel_budget=20_000, batch_size=4)
     assert tight.grid is not None and len(tight.grid) > 1
     assert tight.grid.tile_height * tight.grid.tile_width * tight.batch_size <= 20_000 or tight.batch_size == 1
@@ -103,3 +114,201 @@ def test_reduced_precision_on_gpu_stays_close_to_fp32(net):
         assert fast.device.type == "cpu"
         assert (fast - reference).abs().max().item() < 0.1
     net.to("cpu")
+
+
+def test_the_real_network_tiles_exactly():
+    """duplidog's MSRN (the small preset, reach ~550 pixels, grid of 16) through the same comparison."""
+    model = pytest.importorskip("duplidog.model")
+    torch.manual_seed(0)
+    net = model.build_model(preset="small").eval()
+    image = frame(1400, 45, seed=2)
+    whole = apply_model(net, image, tile="none")
+    tiled = apply_model(net, image, tile=1280)
+    assert (whole - tiled).abs().max().item() <= 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------
+# infer_frames: files in, files out.
+
+import json  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import OpenImageIO as oiio  # noqa: E402
+
+from duplidog import colour, imageio  # noqa: E402
+from duplidog.infer import infer_frames, infer_sequence  # noqa: E402
+
+FRAMES = [1001, 1002, 1003, 1004]
+
+
+def write_exr(path: Path, pixels: np.ndarray, channels, pixel_type="half", attributes=None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width, nchannels = pixels.shape
+    spec = oiio.ImageSpec(width, height, nchannels, pixel_type)
+    spec.channelnames = tuple(channels)
+    spec.attribute("compression", "piz")
+    for key, value in (attributes or {}).items():
+        spec.attribute(key, value)
+    out = oiio.ImageOutput.create(str(path))
+    assert out is not None and out.open(str(path), spec), oiio.geterror()
+    assert out.write_image(np.ascontiguousarray(pixels, np.float32)), out.geterror()
+    assert out.close()
+    return path
+
+
+def make_model(model_dir: Path, in_names, out_names, space="linear"):
+    from duplidog.model import build_model
+    from duplidog.modelstore import save_model
+
+    torch.manual_seed(1)
+    net = build_model(preset="small", in_channels=len(in_names), out_channels=len(out_names),
+                      levels=2, stages=1, width=4, depth=1, block="res")
+    return save_model(model_dir, net, {"input_channels": list(in_names), "output_channels": list(out_names),
+                                       "colorspace": colour.describe(space)})
+
+
+def make_shot(root: Path, channels=("R", "G", "B", "A"), inputs=("R", "G", "B"), outputs=("R", "G", "B"),
+              passthrough=("A",), size=(52, 36)) -> Path:
+    width, height = size
+    rng = np.random.default_rng(7)
+    for frame in FRAMES:
+        pixels = rng.normal(0.4, 1.5, (height, width, len(channels))).astype(np.float32)
+        pixels[0, 0, 0] = 250.0  # a highlight: must not be clamped on the way through
+        write_exr(root / "plate" / f"plate.{frame}.exr", pixels, channels, attributes={"studio:camera": "A cam"})
+    plan = {"shot": "t", "source": str(root / "plate/plate.%04d.exr"), "target": str(root / "fixed/fixed.%04d.exr"),
+            "output": str(root / "out/out.%04d.exr"), "frames": FRAMES, "keyframes": [1001],
+            "colorspace": "linear", "input_channels": list(inputs), "output_channels": list(outputs),
+            "passthrough_channels": list(passthrough), "width": width, "height": height, "pixel_type": "half",
+            "nonfinite": "error"}
+    (root / "plan.json").write_text(json.dumps(plan))
+    return root / "plan.json"
+
+
+@pytest.fixture
+def shot(tmp_path):
+    plan = make_shot(tmp_path)
+    make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
+    return tmp_path, plan
+
+
+def test_outputs_keep_the_source_spec_carry_alpha_bit_exact_and_record_provenance(shot):
+    root, plan = shot
+    summary = infer_frames(root / "model", plan, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu"},
+                           summary_path=root / "infer/chunk.json")
+    assert summary["frames"] == 4 and summary["seconds"] > 0 and summary["fps"] > 0
+    assert json.loads((root / "infer/chunk.json").read_text())["frames"] == 4
+    card = json.loads((root / "model/model.json").read_text())
+    for frame in FRAMES:
+        source = imageio.read_info(root / f"plate/plate.{frame}.exr")
+        out = imageio.read_info(root / f"out/out.{frame}.exr")
+        assert (out.width, out.height, out.pixel_type, out.compression) == (52, 36, "half", "piz")
+        assert out.channel_names == ("R", "G", "B", "A")
+        assert out.attributes["studio:camera"] == "A cam"
+        assert imageio.provenance(out)["model_id"] == card["id"]
+        assert imageio.provenance(out)["version"]
+        alpha_in = imageio.read_pixels(source.path, ["A"])
+        alpha_out = imageio.read_pixels(out.path, ["A"])
+        np.testing.assert_array_equal(alpha_in.view(np.uint32), alpha_out.view(np.uint32))
+        rgb = imageio.read_pixels(out.path, ["R", "G", "B"])
+        assert rgb.max() > 100.0  # the highlight came through, unclamped
+
+
+def test_the_result_is_the_model_applied_in_its_working_space(shot):
+    from duplidog.modelstore import load_model
+
+    root, plan = shot
+    infer_frames(root / "model", plan, [1002], str(root / "out/out.%04d.exr"), {"device": "cpu", "tile": "none"})
+    net, card = load_model(root / "model", "cpu")
+    source = imageio.read_pixels(root / "plate/plate.1002.exr", ["R", "G", "B"])
+    x = torch.from_numpy(colour.encode(source, "linear").transpose(2, 0, 1).copy())[None]
+    with torch.no_grad():
+        expected = colour.decode(net(x)[0].permute(1, 2, 0).numpy(), "linear")
+    written = imageio.read_pixels(root / "out/out.1002.exr", ["R", "G", "B"])
+    np.testing.assert_allclose(written, expected.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_chunks_give_the_same_frames_as_one_run(shot):
+    root, plan = shot
+    infer_frames(root / "model", plan, FRAMES, str(root / "one/f.%04d.exr"), {"device": "cpu"})
+    infer_frames(root / "model", plan, FRAMES[:1], str(root / "split/f.%04d.exr"), {"device": "cpu"})
+    infer_frames(root / "model", plan, FRAMES[1:], str(root / "split/f.%04d.exr"), {"device": "cpu", "tile": 256})
+    for frame in FRAMES:
+        a = imageio.read_pixels(root / f"one/f.{frame}.exr")
+        b = imageio.read_pixels(root / f"split/f.{frame}.exr")
+        np.testing.assert_array_equal(a, b)
+
+
+def test_each_frame_is_written_under_a_temporary_name_then_renamed(shot, monkeypatch):
+    root, plan = shot
+    renames = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        renames.append((Path(src), Path(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", recording_replace)
+    infer_frames(root / "model", plan, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu"})
+    finals = {dst: src for src, dst in renames}
+    for frame in FRAMES:
+        final = root / f"out/out.{frame}.exr"
+        assert final in finals, f"{final} was not renamed into place"
+        assert finals[final].parent == final.parent and finals[final].name != final.name
+        assert finals[final].suffix == ".exr" and not finals[final].exists()
+    assert sorted(p.name for p in (root / "out").iterdir()) == [f"out.{f}.exr" for f in FRAMES]
+
+
+def test_a_matte_model_writes_one_channel(tmp_path):
+    plan = make_shot(tmp_path, outputs=("mask",), passthrough=())
+    make_model(tmp_path / "model", ("R", "G", "B"), ("mask",), space="log")
+    infer_frames(tmp_path / "model", plan, FRAMES[:2], None, {"device": "cpu"})
+    info = imageio.read_info(tmp_path / "out/out.1001.exr")
+    assert info.channel_names == ("mask",) and info.pixel_type == "half" and (info.width, info.height) == (52, 36)
+    assert np.isfinite(imageio.read_pixels(info.path)).all()
+
+
+def test_a_corrupt_source_frame_stops_the_chunk_naming_it_and_leaves_no_partial_frame(shot):
+    root, plan = shot
+    (root / "plate/plate.1003.exr").write_bytes(b"not an exr at all")
+    with pytest.raises(DuplidogError, match="plate.1003.exr"):
+        infer_frames(root / "model", plan, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu"})
+    names = sorted(p.name for p in (root / "out").iterdir()) if (root / "out").exists() else []
+    assert "out.1003.exr" not in names and not [n for n in names if ".tmp-" in n]
+
+
+def test_channels_the_model_was_not_trained_on_are_refused(tmp_path):
+    plan = make_shot(tmp_path)
+    make_model(tmp_path / "model", ("R", "G", "A"), ("R", "G", "B"))
+    with pytest.raises(DuplidogError, match="trained with input channels"):
+        infer_frames(tmp_path / "model", plan, FRAMES, None, {"device": "cpu"})
+
+
+def test_infer_sequence_needs_no_plan(shot):
+    root, _ = shot
+    summary = infer_sequence(root / "model", str(root / "plate/plate.%04d.exr"), str(root / "seq/s.####.exr"),
+                             tile="auto", device="cpu")
+    assert summary["frames"] == 4
+    info = imageio.read_info(root / "seq/s.1004.exr")
+    assert info.channel_names == ("R", "G", "B", "A")
+
+
+def test_the_benchmark_runs_and_prints_ratios_against_read_write(capsys):
+    from duplidog.infer.bench import bench_infer
+
+    results = bench_infer(frames=1, width=96, height=64, threads=1)
+    printed = capsys.readouterr().out
+    assert "x read+write" in printed and "whole" in printed and "tiled" in printed
+    assert results["whole_ratio"] > 0 and results["tiled_ratio"] > 0 and results["read_write_mpix_per_s"] > 0
+
+
+def test_apply_model_defaults_are_the_schema_defaults():
+    import inspect
+
+    from duplidog.settings import defaults
+
+    parameters = inspect.signature(apply_model).parameters
+    for key, value in defaults()["infer"].items():
+        if key in parameters:
+            assert parameters[key].default == value or key == "device", key

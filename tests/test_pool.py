@@ -155,7 +155,7 @@ def test_layout_opens_with_plain_zarr(paint_shot, tmp_path):
 
 def test_tiles_concentrate_on_the_change(paint_shot, tmp_path):
     (manifest, plan), _ = paint_shot
-    many = {**SMALL, "tiles_per_keyframe": 200}
+    many = {**SMALL, "tiles_per_keyframe": 200, "shard_tiles": 100}
     weighted = build_pool(manifest, plan, tmp_path / "w.zarr", many, seed=1)
     uniform = build_pool(manifest, plan, tmp_path / "u.zarr", {**many, "change_weight": 0, "detail_weight": 0}, seed=1)
     hits_weighted = inner_overlaps_change(zarr.open_group(weighted["path"], mode="r")["position"][:]).mean()
@@ -170,7 +170,8 @@ def test_tiles_concentrate_on_the_change(paint_shot, tmp_path):
 
 def test_uniform_floor_reaches_everywhere(paint_shot, tmp_path):
     (manifest, plan), _ = paint_shot
-    stats = build_pool(manifest, plan, tmp_path / "p.zarr", {**SMALL, "tiles_per_keyframe": 200}, seed=2)
+    many = {**SMALL, "tiles_per_keyframe": 200, "shard_tiles": 100}
+    stats = build_pool(manifest, plan, tmp_path / "p.zarr", many, seed=2)
     positions = zarr.open_group(stats["path"], mode="r")["position"][:]
     assert (~inner_overlaps_change(positions)).mean() > 0.1  # not every tile sits on the fix
     assert positions[:, 1].min() < 40  # the far (left) side of the frame is drawn too
@@ -378,3 +379,23 @@ def test_a_failed_build_leaves_the_old_pool(paint_shot, tmp_path):
         build_pool(manifest, plan, pool, {**SMALL, "tiles_per_keyframe": 8})
     assert pool_fingerprint(pool) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_writer_streams_whole_shards(tmp_path):
+    """Tiles reach the disk a shard at a time, so memory holds one shard, not the pool."""
+    from duplidog.pool.store import TileWriter, compressor
+
+    writer = TileWriter(tmp_path / "p.zarr", 40, 3, 1, 16, 8, compressor({"compressor": "zstd", "zstd_level": 3}),
+                        {"duplidog_pool": 1})
+    assert writer.buffers["source"].shape == (8, 3, 16, 16)
+    shards = lambda: sorted(p.parts[-4] for p in (tmp_path / "p.zarr" / "source" / "c").rglob("*") if p.is_file())
+    for i in range(8):
+        assert shards() == []
+        writer.add(np.full((3, 16, 16), i, np.float16), np.zeros((1, 16, 16), np.float16), 1, i, 0, False)
+    assert shards() == ["0"] and writer.filled == 0
+    for i in range(3):
+        writer.add(np.full((3, 16, 16), 8 + i, np.float16), np.zeros((1, 16, 16), np.float16), 1, i, 0, True)
+    assert writer.close() == 11
+    group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    assert group["source"].shape == (11, 3, 16, 16) and group["augmented"][:].sum() == 3
+    np.testing.assert_array_equal(group["source"][:, 0, 0, 0], np.arange(11))

@@ -34,7 +34,7 @@ def test_origins_are_aligned_cover_and_overlap(length, tile, overlap, multiple):
     (563, 96, 14, 4, 1), (37, 64, 14, 4, 1), (2000, 128, 30, 8, 1), (300, 80, 9, 16, 2), (1, 48, 14, 4, 1),
 ])
 def test_axis_weights_partition_unity_on_exact_pixels_only(visible, tile, reach, multiple, scale):
-    padding = frame_padding(visible, visible, reach, multiple)
+    padding = frame_padding(visible, visible, multiple, context=reach // 2)
     padded = visible + padding.top + padding.bottom
     overlap = default_overlap(reach, multiple)
     tile = tile // multiple * multiple
@@ -46,7 +46,7 @@ def test_axis_weights_partition_unity_on_exact_pixels_only(visible, tile, reach,
         assert t.weight.min() > 0
         total[t.keep_start: t.keep_stop] += t.weight
         # Kept output pixels lie reach clear of the tile's edges (in padded output pixels), except at
-        # the padded frame's own edge, where the mirror padding already gives `reach` of clearance.
+        # the padded frame's own edge, which whole-frame and tiled runs share.
         out_start = scale * (t.origin - padding.top)
         out_stop = out_start + scale * min(tile, padded)
         if t.origin > 0:
@@ -74,8 +74,10 @@ def test_mirror_indices_match_reflect_and_fold_when_wider_than_the_image():
     np.testing.assert_array_equal(mirror_indices(1, 3, 2), np.zeros(6, dtype=int))
 
 
-def test_frame_padding_gives_reach_and_the_grid():
-    p = frame_padding(563, 1000, 14, 8)
+def test_frame_padding_reaches_the_grid_with_optional_context():
+    p = frame_padding(563, 1000, 8)
+    assert (p.top, p.bottom, p.left, p.right) == (0, 5, 0, 0)
+    p = frame_padding(563, 1000, 8, context=14)
     assert p.top == p.left == 14
     h, w = p.padded_size(563, 1000)
     assert h % 8 == 0 and w % 8 == 0 and p.bottom >= 14 and p.right >= 14

@@ -6,10 +6,11 @@ is more than ``reach`` from a tile edge -- provided the tile's origin sits on th
 multiple of ``size_multiple``) and the frame was padded the same way in both modes. This module
 arranges that:
 
-* ``frame_padding`` pads every frame by ``reach`` on all sides (mirrored, so the network sees
-  plausible context at the frame border instead of its own zero padding) and then up to a multiple of
-  ``size_multiple``. Every visible pixel is then at least ``reach`` from the padded border, so the
-  border treatment never reaches it, whole-frame or tiled.
+* ``frame_padding`` mirror-pads the frame on the bottom and right up to a multiple of
+  ``size_multiple`` (and, optionally, by ``context`` pixels on every side). Tiles that touch the frame
+  edge share the padded frame's own border, so the network's border treatment is the same in both
+  modes and edge pixels are exact too. Padding by the full reach is not the default: with a reach of
+  hundreds of pixels (the MSRN presets) it would triple the work on a 2K frame.
 * ``axis_plan`` lays tiles along one axis with origins on the grid and neighbours sharing at least
   ``overlap`` pixels, and gives each tile a 1-D weight that is 1 in its middle, falls to 0 along a
   raised-cosine ramp inside the shared strip, and is exactly 0 within ``reach`` of an interior tile
@@ -52,11 +53,11 @@ class FramePadding:
         return height + self.top + self.bottom, width + self.left + self.right
 
 
-def frame_padding(height: int, width: int, reach: int, multiple: int) -> FramePadding:
-    """Pad by ``reach`` on every side, then on the bottom/right up to a multiple of ``multiple``."""
-    padded_h = round_up(height + 2 * reach, multiple)
-    padded_w = round_up(width + 2 * reach, multiple)
-    return FramePadding(reach, padded_h - height - reach, reach, padded_w - width - reach)
+def frame_padding(height: int, width: int, multiple: int, context: int = 0) -> FramePadding:
+    """Pad by ``context`` on every side, then on the bottom/right up to a multiple of ``multiple``."""
+    padded_h = round_up(height + 2 * context, multiple)
+    padded_w = round_up(width + 2 * context, multiple)
+    return FramePadding(context, padded_h - height - context, context, padded_w - width - context)
 
 
 def mirror_indices(length: int, before: int, after: int) -> np.ndarray:
@@ -199,7 +200,8 @@ def default_overlap(reach: int, multiple: int) -> int:
 
 
 def plan_tiles(
-    height: int, width: int, tile: int, reach: int, multiple: int, overlap: int | None = None, scale: int = 1
+    height: int, width: int, tile: int, reach: int, multiple: int, overlap: int | None = None, scale: int = 1,
+    context: int = 0,
 ) -> TileGrid:
     """The tile grid for a ``height`` x ``width`` frame with square tiles of (about) ``tile`` pixels.
 
@@ -215,7 +217,7 @@ def plan_tiles(
         )
     tile = round_down(int(tile), multiple)
     smallest = round_up(overlap + multiple, multiple)
-    padding = frame_padding(height, width, reach, multiple)
+    padding = frame_padding(height, width, multiple, context)
     padded_h, padded_w = padding.padded_size(height, width)
     if tile < smallest and tile < max(padded_h, padded_w):
         raise DuplidogError(

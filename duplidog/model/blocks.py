@@ -125,11 +125,14 @@ class ConvGRUCell(nn.Module):
         super().__init__()
         self.gates = conv(2 * channels, 2 * channels, kernel_size)
         self.candidate = conv(2 * channels, channels, kernel_size)
+        self.channels = channels
         # The candidate sees the reset gate, itself a convolution of the state: two kernels deep.
         self.radius = 2 * (kernel_size // 2)
 
     def forward(self, x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        update, reset = torch.sigmoid(self.gates(torch.cat([x, hidden], 1))).chunk(2, 1)
+        gates = torch.sigmoid(self.gates(torch.cat([x, hidden], 1)))
+        # Slices rather than chunk(): chunk exports to an opset-18 Split that breaks opset-17 ONNX files.
+        update, reset = gates[:, : self.channels], gates[:, self.channels :]
         candidate = torch.tanh(self.candidate(torch.cat([x, reset * hidden], 1)))
         return (1 - update) * hidden + update * candidate
 

@@ -28,7 +28,7 @@ paint cleanup changes few pixels). Otherwise (RGB -> matte) it predicts the outp
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +45,19 @@ from duplidog.model.blocks import (
     upsample2x,
 )
 
-# Presets, from fast-on-a-laptop-CPU to CopyCat's SRN template scale (~6.9 M parameters,
-# ~1.27 TMAC per megapixel). Figures measured with duplidog.model.analysis are in the README.
+# Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (~6.9 M parameters,
+# ~1.27 TMAC per megapixel). Measured with duplidog.model.analysis (see tests/test_model.py):
+#   small   0.17 M parameters,   27 GMAC/MP  (Tao's ResBlocks, 3x3: the fewest MACs for its depth, so CPU
+#                                             training of 128 px tiles runs at a few steps/s)
+#   medium  2.3 M parameters,   415 GMAC/MP  (Li's multi-scale residual blocks)
+#   large   6.3 M parameters,  1150 GMAC/MP  (MSRB; CopyCat SRN scale)
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "small": dict(levels=3, width=8, depth=1, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
+    "small": dict(levels=3, width=8, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3),
-    "medium": dict(levels=3, width=16, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
+    "medium": dict(levels=3, width=12, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
                    recurrent="gru", recurrent_kernel=3),
-    "large": dict(levels=3, width=32, depth=3, stages=2, kernel_size=5, block="res", branch_kernels=[3, 5],
-                  recurrent="gru", recurrent_kernel=5),
+    "large": dict(levels=3, width=20, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
+                  recurrent="gru", recurrent_kernel=3),
 }
 
 # The output convolution starts with weights scaled down by this, so a residual network starts close
@@ -266,7 +270,7 @@ class MSRN(nn.Module):
             outputs.append(prediction)
         return outputs
 
-    def forward(self, x: torch.Tensor, all_levels: bool = False):
+    def forward(self, x: torch.Tensor, all_levels: bool = False) -> Union[torch.Tensor, List[torch.Tensor]]:
         """The finest prediction (N, out_channels, H, W), or every level's with ``all_levels=True``."""
         outputs = self.forward_levels(x)
         if all_levels:

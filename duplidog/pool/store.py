@@ -6,7 +6,7 @@ Layout (N tiles of T x T pixels, working-space values)::
       source     (N, Cin,  T, T) float16   chunk = one tile, shard = ``shard_tiles`` tiles, zstd
       target     (N, Cout, T, T) float16   same
       frame      (N,)   int32   keyframe each tile came from
-      position   (N, 2) int32   (y, x) of the tile's top-left corner in that keyframe
+      position   (N, 2) int32   (y, x) of the tile's top-left corner in that keyframe's data window
       augmented  (N,)   bool
       zarr.json  group attributes: settings, seed, tile_size, border, channels, colour space,
                  content digest, statistics

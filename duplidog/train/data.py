@@ -259,6 +259,7 @@ class StreamedBatches:
                 self.reader, batch_size=None, sampler=_BatchNumbers(start), num_workers=self.num_workers,
                 multiprocessing_context="spawn", prefetch_factor=max(1, self.prefetch),
                 worker_init_fn=_quiet_worker, persistent_workers=False, pin_memory=False,
+                generator=torch.Generator(),  # worker seeds must not draw from the global generator
             )
             with _main_module_hidden():
                 self._loader_iter = iter(loader)

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -105,9 +106,9 @@ def keyframe_fingerprint(manifest_path: str | os.PathLike, frames) -> str:
     Cheap (no pixels read) yet changes whenever a keyframe file is replaced or touched; the pool's
     own fingerprint covers the pixel content that training actually saw.
     """
-    import pandas as pd
+    from duplidog.ingest import read_manifest
 
-    manifest = pd.read_csv(manifest_path, keep_default_na=False)
+    manifest = read_manifest(manifest_path)
     digest = hashlib.sha256()
     wanted = {int(f) for f in frames}
     for _, row in manifest.sort_values("frame").iterrows():
@@ -137,6 +138,16 @@ def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> dict:
         )
     model.load_state_dict(theirs)
     return card
+
+
+def clear_run_outputs(work_dir: Path) -> None:
+    """Before a fresh start, remove an earlier run's curves and pictures so they cannot be mixed in.
+
+    (Checkpoints are kept or superseded by ``checkpoint.find_resumable``; metrics.csv is rewritten.)
+    """
+    shutil.rmtree(work_dir / "tensorboard", ignore_errors=True)
+    for path in list(work_dir.glob("contact_*.png")) + [work_dir / "loss.png", work_dir / "metrics.csv"]:
+        path.unlink(missing_ok=True)
 
 
 def _describe(config: dict) -> str:
@@ -176,7 +187,7 @@ class StepRunner:
             self.scaler.scale(loss / self.accumulate).backward()
             loss_sum += loss.item() / self.accumulate
             for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + float(value) / self.accumulate
+                parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / self.accumulate
         self.scaler.unscale_(self.optimizer)
         limit = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
@@ -282,6 +293,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         last_validation = json.loads(state.get("validation", "{}"))
     resumed_from = start_step if state is not None else None
     del state
+    if resumed_from is None:
+        clear_run_outputs(work_dir)
 
     def checkpoint_state(step: int) -> Dict[str, Any]:
         return {
@@ -322,6 +335,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
 
     def run_validation(step: int) -> Dict[str, Any]:
         nonlocal best_psnr, best_step, last_validation, latest_results
+        if not frames:
+            return {}
         metrics = validate(ema.model, frames, config.get("infer", {}))
         latest_results = metrics["_results"]
         write_contact_sheet(work_dir / f"contact_{step:08d}.png", frames, latest_results)
@@ -381,6 +396,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             # -- finish: validate the final weights, checkpoint, save the model ---------------------------
             if validated_at != step or not latest_results:
                 run_validation(step)
+            if not frames:
+                log.warning("train: the plan names no keyframes to validate on; the model is saved unvalidated")
             final_checkpoint = write_checkpoint(step)
             card = {
                 "model": model.config,
@@ -414,7 +431,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                             "best_validation_step": best_step},
             }
             save_model(model_dir, ema.model, card)
-            write_contact_sheet(work_dir / "contact_final.png", frames, latest_results)
+            if latest_results:
+                write_contact_sheet(work_dir / "contact_final.png", frames, latest_results)
     finally:
         batches.close()
         monitor.close()

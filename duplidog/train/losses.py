@@ -15,8 +15,9 @@
   usually weighted 0.1 beside L1). It needs the ImageNet weights on disk and never downloads them.
 
 Every term is computed in float32 outside autocast (SSIM's variances and the FFT are not safe in
-16 bits), only inside each tile's context border (the border exists to give the network context; its
-pixels saw zero padding during training but not at inference), and on each output of the pyramid
+16 bits), only inside each tile's context border (the border is there to give the inner pixels their
+context; border pixels themselves lack it on their outer side, where at inference the frame goes on,
+so scoring them would teach the network to guess what it cannot see), and on each output of the pyramid
 against the target averaged down the same way the network averages its input (2x2 mean per level).
 Coarser levels count ``coarse_level_weight`` times as much as the level above them.
 """
@@ -36,6 +37,7 @@ from duplidog.errors import DuplidogError
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 weights, as torch.hub caches them
 VGG19_LAYERS = 36  # features[:36]: through relu5_4
+VGG19_MIN_SIZE = 16  # features[:36] pools four times
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
@@ -190,6 +192,11 @@ class VGGPerceptualLoss(nn.Module):
         return (x[:, :3] - self.mean) / self.std
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        side = min(prediction.shape[-2:])
+        if side < VGG19_MIN_SIZE:  # four 2x poolings: smaller crops (coarse levels) are enlarged first
+            size = [max(VGG19_MIN_SIZE, round(n * VGG19_MIN_SIZE / side)) for n in prediction.shape[-2:]]
+            prediction = F.interpolate(prediction, size=size, mode="bilinear", align_corners=False)
+            target = F.interpolate(target, size=size, mode="bilinear", align_corners=False)
         context = self._autocast() if self._autocast is not None else torch.autocast("cpu", enabled=False)
         with context:
             a = self.features(self._rgb(prediction))

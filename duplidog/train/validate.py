@@ -20,10 +20,9 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -57,8 +56,9 @@ def validation_frame_numbers(plan: dict, limit: int) -> List[int]:
 def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4) -> List[ValidationFrame]:
     """Read and encode the validation keyframes named by the plan, using the manifest's paths."""
     from duplidog import colour, imageio
+    from duplidog.ingest import read_manifest
 
-    manifest = pd.read_csv(manifest_path, keep_default_na=False)
+    manifest = read_manifest(manifest_path)
     rows = {int(r["frame"]): r for _, r in manifest.iterrows()}
     space = plan["colorspace"]
     frames = []

@@ -1,0 +1,264 @@
+"""The last stage: prove the delivery is whole, fingerprint it, and draw a picture to check it by eye.
+
+A shot's output is only as good as its worst frame: one missing, truncated, wrongly sized or NaN frame
+discovered in the grade costs more than the whole run. So every expected frame is opened and decoded
+in full (a header alone does not catch a file cut short), its size, channels and pixel type are
+compared with what the plan promises, and *all* the faults are reported together in one error -- a
+rerun then fixes them in one go. Then:
+
+* ``checksums.tsv``: frame, path and SHA-256 of each file, so a copy to the client can be verified;
+* ``contact_sheet.png``: a few frames as rows (keyframes first, the rest spread over the shot),
+  columns plate | result and, on keyframes, target | difference. Pictures go through a simple view
+  transform (scene-linear: the working-space shaper, which maps 0..1 to 0..1 with highlights rolled
+  off; log and display: as they are) and are quantised to 8 bits *only here, for the picture*;
+* ``summary.json``: frames, inference seconds and frames per second (summed over the chunks' own
+  summaries), plus how far each keyframe's result is from its target.
+
+All three files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from duplidog import colour, imageio
+from duplidog.atomic import atomic_path, atomic_write_text
+from duplidog.errors import DuplidogError
+from duplidog.sequence import FramePattern, format_frame_list
+
+log = logging.getLogger(__name__)
+
+#: Differences are shown this many times brighter, so small errors are visible.
+DIFFERENCE_GAIN = 4.0
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_frame(frame: int, path: str, width: int, height: int, channels: Sequence[str],
+                 pixel_type: str | None) -> tuple[int, str | None, str | None]:
+    """(frame, fault or None, sha256 or None) for one output frame, decoding all of its pixels."""
+    if not Path(path).is_file():
+        return frame, "missing", None
+    try:
+        info = imageio.read_info(path)
+        pixels = imageio.read_pixels(path)
+    except DuplidogError as exc:
+        return frame, str(exc).removeprefix(f"{path}: "), None
+    faults = []
+    if (info.width, info.height) != (width, height):
+        faults.append(f"size {info.width}x{info.height}, expected {width}x{height}")
+    if list(info.channel_names) != list(channels):
+        faults.append(f"channels {','.join(info.channel_names)}, expected {','.join(channels)}")
+    if pixel_type is not None and info.pixel_type != pixel_type:
+        faults.append(f"pixel type {info.pixel_type}, expected {pixel_type}")
+    bad = int(np.count_nonzero(~np.isfinite(pixels)))
+    if bad:
+        faults.append(f"{bad} NaN/inf values")
+    return frame, "; ".join(faults) or None, _sha256(path) if not faults else None
+
+
+def _model_scale(out_dir: Path) -> int:
+    """The model's scale from results/<shot>/model/model.json beside out_dir, else 1."""
+    card = out_dir.parent / "model" / "model.json"
+    try:
+        return int(json.loads(card.read_text(encoding="utf-8")).get("scale", 1))
+    except (OSError, ValueError):
+        return 1
+
+
+def load_infer_summaries(infer_summaries: Iterable[dict | str | Path] | None, out_dir: Path) -> list[dict]:
+    """The chunks' summaries: dicts or JSON paths as given, or (None) every results/<shot>/infer/*.json."""
+    if infer_summaries is None:
+        infer_summaries = sorted((out_dir.parent / "infer").glob("*.json"))
+    summaries = []
+    for item in infer_summaries:
+        if isinstance(item, dict):
+            summaries.append(item)
+            continue
+        try:
+            summaries.append(json.loads(Path(item).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise DuplidogError(f"{item}: cannot read the inference summary ({exc})") from None
+    return summaries
+
+
+def contact_frames(frames: Sequence[int], keyframes: Sequence[int], count: int) -> list[int]:
+    """Up to ``count`` frames: keyframes first (they have a target to compare), then spread evenly."""
+    keys = [f for f in keyframes if f in frames]
+    chosen = keys[: max(1, count // 2)] if keys else []
+    rest = [f for f in frames if f not in chosen]
+    needed = count - len(chosen)
+    if needed > 0 and rest:
+        picks = np.linspace(0, len(rest) - 1, min(needed, len(rest))).round().astype(int)
+        chosen += [rest[i] for i in sorted(set(picks.tolist()))]
+    return sorted(chosen)
+
+
+def _display_channels(names: Sequence[str]) -> list[str]:
+    """R,G,B when present, else the first three channels, else the first channel (shown grey)."""
+    if all(c in names for c in ("R", "G", "B")):
+        return ["R", "G", "B"]
+    return list(names[:3]) if len(names) >= 3 else list(names[:1])
+
+
+def view_transform(pixels: np.ndarray, space: str) -> np.ndarray:
+    """Scene or working values -> 0..1 RGB for a picture (display only: clipped here, nowhere else)."""
+    shown = colour.encode(pixels, space) if space == "linear" else np.asarray(pixels, np.float32)
+    if shown.shape[2] == 1:
+        shown = np.repeat(shown, 3, axis=2)
+    elif shown.shape[2] == 2:
+        shown = np.concatenate([shown, np.zeros_like(shown[:, :, :1])], axis=2)
+    return np.clip(np.nan_to_num(shown), 0.0, 1.0)
+
+
+def _thumbnail(pixels: np.ndarray, width: int) -> np.ndarray:
+    """Shrink (H, W, C) to ``width`` pixels wide by box filtering (no new values, no ringing)."""
+    height_in, width_in = pixels.shape[:2]
+    width = min(width, width_in)
+    height = max(1, round(height_in * width / width_in))
+    rows = np.linspace(0, height_in, height + 1).astype(int)
+    cols = np.linspace(0, width_in, width + 1).astype(int)
+    summed = np.add.reduceat(np.add.reduceat(pixels, rows[:-1], axis=0), cols[:-1], axis=1)
+    counts = np.outer(np.diff(rows), np.diff(cols))[:, :, None]
+    return summed / counts
+
+
+def write_contact_sheet(path: Path, rows: list[dict], space: str, width: int) -> None:
+    """Rows of labelled pictures (plate | result [| target | difference]) as one 8-bit PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = max(len(r["pictures"]) for r in rows)
+    aspect = rows[0]["pictures"][0][1].shape[0] / rows[0]["pictures"][0][1].shape[1]
+    cell_w = width / 100.0
+    figure = Figure(figsize=(columns * cell_w, len(rows) * (cell_w * aspect + 0.3)), dpi=100)
+    FigureCanvasAgg(figure)
+    for r, row in enumerate(rows):
+        for c, (label, picture) in enumerate(row["pictures"]):
+            axes = figure.add_subplot(len(rows), columns, r * columns + c + 1)
+            axes.imshow(picture, interpolation="nearest")
+            axes.set_title(f"{label} {row['frame']}" if c == 0 else label, fontsize=8)
+            axes.axis("off")
+    figure.tight_layout(pad=0.3)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def assemble(
+    plan_path: str | Path,
+    manifest_path: str | Path,
+    output_pattern: str | None,
+    out_dir: str | Path,
+    infer_summaries: Iterable[dict | str | Path] | None = None,
+    settings: dict | None = None,
+) -> dict:
+    """Check every output frame, then write checksums.tsv, contact_sheet.png and summary.json to ``out_dir``.
+
+    Args:
+        output_pattern: the output frames (default: the plan's ``output``).
+        infer_summaries: the chunks' summaries (dicts or JSON files); default every JSON file in
+            results/<shot>/infer/ (the folder beside ``out_dir``).
+        settings: the ``assemble`` section of the shot config (contact_frames, contact_width).
+    Raises one DuplidogError naming every missing or faulty frame. Returns the summary.
+    """
+    from duplidog.ingest import read_manifest, read_plan
+
+    start = time.perf_counter()
+    from duplidog.settings import defaults
+
+    settings = {**defaults()["assemble"], **(settings or {})}
+    out_dir = Path(out_dir)
+    plan = read_plan(plan_path)
+    manifest = read_manifest(manifest_path)
+    output = FramePattern(output_pattern or plan["output"])
+    source = FramePattern(plan["source"])
+    frames = [int(f) for f in plan["frames"]]
+    scale = _model_scale(out_dir)
+    width, height = int(plan["width"]) * scale, int(plan["height"]) * scale
+    channels = list(plan["output_channels"]) + list(plan.get("passthrough_channels") or [])
+    # The source's pixel type carries over when the output is the same kind of file.
+    pixel_type = plan.get("pixel_type") if output.extension == source.extension else None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda f: _check_frame(f, output.path(f), width, height, channels, pixel_type),
+                                frames))
+    faults = [(frame, fault) for frame, fault, _ in results if fault]
+    if faults:
+        shown = "; ".join(f"{frame} {fault}" for frame, fault in faults[:8])
+        more = f"; and {len(faults) - 8} more" if len(faults) > 8 else ""
+        raise DuplidogError(
+            f"{output.pattern}: {len(faults)} of {len(frames)} output frames are bad "
+            f"(frames {format_frame_list([f for f, _ in faults])}): {shown}{more}"
+        )
+
+    lines = ["frame\tpath\tsha256"] + [f"{frame}\t{output.path(frame)}\t{digest}" for frame, _, digest in results]
+    atomic_write_text(out_dir / "checksums.tsv", "\n".join(lines) + "\n")
+
+    space = plan.get("colorspace", "display")
+    keyframes = [int(f) for f in plan.get("keyframes", [])]
+    targets = {int(r.frame): r.target for r in manifest.itertuples() if getattr(r, "target", "")}
+    keyframe_error = {}
+    rows = []
+    chosen = set(contact_frames(frames, keyframes, int(settings["contact_frames"])))
+    for frame in frames:
+        target_path = targets.get(frame) if frame in keyframes else None
+        if frame not in chosen and not target_path:
+            continue
+        result = imageio.read_pixels(output.path(frame), plan["output_channels"])
+        target = imageio.read_pixels(target_path, plan["output_channels"]) if target_path else None
+        if target is not None and target.shape == result.shape:
+            difference = colour.encode(result, space) - colour.encode(target, space)
+            keyframe_error[str(frame)] = {"mean_abs": float(np.abs(difference).mean()),
+                                          "rms": float(np.sqrt(np.mean(difference ** 2)))}
+        if frame not in chosen:
+            continue
+        shown = _display_channels(plan["output_channels"])
+        plate_channels = _display_channels(plan["input_channels"])
+        picture = lambda x: _thumbnail(view_transform(x, space), int(settings["contact_width"]))  # noqa: E731
+        pictures = [("plate", picture(imageio.read_pixels(source.path(frame), plate_channels))),
+                    ("result", picture(result[:, :, [plan["output_channels"].index(c) for c in shown]]))]
+        if target is not None and target.shape == result.shape:
+            index = [plan["output_channels"].index(c) for c in shown]
+            pictures.append(("target", picture(target[:, :, index])))
+            gap = np.abs(colour.encode(result[:, :, index], space) - colour.encode(target[:, :, index], space))
+            pictures.append((f"difference x{DIFFERENCE_GAIN:g}",
+                             _thumbnail(view_transform(gap * DIFFERENCE_GAIN, "display"), int(settings["contact_width"]))))
+        rows.append({"frame": frame, "pictures": pictures})
+    write_contact_sheet(out_dir / "contact_sheet.png", rows, space, int(settings["contact_width"]))
+
+    chunks = load_infer_summaries(infer_summaries, out_dir)
+    infer_seconds = sum(float(c.get("seconds", 0.0)) for c in chunks) if chunks else None
+    summary: dict[str, Any] = {
+        "shot": plan.get("shot"),
+        "frames": len(frames),
+        "seconds": round(infer_seconds, 3) if infer_seconds else None,
+        "frames_per_second": round(len(frames) / infer_seconds, 3) if infer_seconds else None,
+        "seconds_note": "inference seconds summed over chunks (chunks on several GPUs overlap in wall time)",
+        "chunks": len(chunks),
+        "load_seconds": round(sum(float(c.get("load_seconds", 0.0)) for c in chunks), 3),
+        "output": output.pattern,
+        "width": width,
+        "height": height,
+        "channels": channels,
+        "keyframe_error": keyframe_error,
+        "checksums": str(out_dir / "checksums.tsv"),
+        "contact_sheet": str(out_dir / "contact_sheet.png"),
+    }
+    summary["assemble_seconds"] = round(time.perf_counter() - start, 3)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    log.info("assemble %s: %d frames checked, contact sheet of %d frames", plan.get("shot"), len(frames), len(rows))
+    return summary

@@ -1,0 +1,409 @@
+"""Run a trained model over a chunk of a shot, from source files to output files.
+
+One chunk is one process and one model load; then frames stream through three stages that overlap:
+
+    reader thread  --(queue of read_ahead frames)-->  compute (this thread)  --(queue)-->  writer thread
+
+so the network never waits on the disk except for the very first frame, and a slow write (EXR
+compression, a network file system) never holds up the next frame. The queues are bounded, so memory
+stays at a few frames however long the chunk. An error in any stage stops the others and is raised
+here, in the caller's thread, with its own message.
+
+Per frame: the source's network channels (``plan['input_channels']``) are encoded into the model's
+working space (the colour transform stored in the model card, so training and inference agree), run
+through ``apply_model``, decoded back, and written with the target's channel names
+(``plan['output_channels']``) followed by the passthrough channels copied bit for bit from the
+source. The file is written from the source frame's header (``write_pixels(like=...)``), so pixel
+type, windows, compression and metadata carry over, plus provenance attributes
+(``duplidog:model_id``, ``duplidog:version``, ``duplidog:source``). Every frame is written atomically.
+
+cuDNN autotuning (``torch.backends.cudnn.benchmark``) is left off on purpose: it may pick different
+convolution algorithms in different jobs, and then a frame's bits would depend on which chunk it ran in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+import duplidog
+from duplidog import colour, imageio
+from duplidog.atomic import atomic_write_text
+from duplidog.errors import DuplidogError
+from duplidog.infer.runner import apply_model, plan_run
+from duplidog.sequence import FramePattern, format_frame_list
+
+log = logging.getLogger(__name__)
+
+
+
+def infer_settings(given: dict | None) -> dict[str, Any]:
+    """The ``infer`` section with every key: the schema's defaults under what was given."""
+    from duplidog.settings import defaults
+
+    return {**defaults()["infer"], **(given or {})}
+
+
+def resolve_device(setting: str | torch.device | None) -> torch.device:
+    """``auto``/None: the first of cuda, mps, cpu that is available; otherwise the named device."""
+    if setting is None or setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise DuplidogError(f"infer.device: {setting!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DuplidogError(f"infer.device: {setting!r} asked for, but this machine has no usable CUDA GPU")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DuplidogError(f"infer.device: {setting!r} asked for, but MPS is not available here")
+    return device
+
+
+@dataclass(frozen=True)
+class ChannelRoute:
+    """Which source channels feed the network, what its outputs are called, and what is copied through."""
+
+    input: tuple[str, ...]
+    output: tuple[str, ...]
+    passthrough: tuple[str, ...]
+
+    @property
+    def read(self) -> list[str]:
+        """Source channels to read: the network's, then the passthrough ones not already among them."""
+        return list(self.input) + [c for c in self.passthrough if c not in self.input]
+
+    @property
+    def written(self) -> list[str]:
+        return list(self.output) + list(self.passthrough)
+
+
+def check_route_against_card(route: ChannelRoute, card: dict, model_dir: str | Path) -> None:
+    """The plan's channels must be the ones the model was trained with (names where the card has them)."""
+    for what, planned in (("input", route.input), ("output", route.output)):
+        trained = card.get(f"{what}_channels")
+        if trained is None:
+            continue
+        if isinstance(trained, int):
+            matches = trained == len(planned)
+        else:
+            matches = list(trained) == list(planned)
+        if not matches:
+            raise DuplidogError(
+                f"{Path(model_dir) / 'model.json'}: the model was trained with {what} channels {trained}, "
+                f"but this shot has {', '.join(planned)}"
+            )
+
+
+def card_space(card: dict, fallback: str | None = None) -> colour.WorkingSpace:
+    """The working space the model was trained in, from its card ('colorspace' or 'colour')."""
+    description = card.get("colorspace", card.get("colour"))
+    if description is None:
+        if fallback is None:
+            raise DuplidogError("the model card records no colour space and none was given")
+        return colour.as_space(fallback)
+    return colour.as_space(description)
+
+
+def model_id(card: dict) -> str:
+    return str(card.get("id") or card.get("model_id") or "unknown")
+
+
+class _Stop(Exception):
+    """Raised inside a worker when another stage failed and the chunk is being abandoned."""
+
+
+class _Stage(threading.Thread):
+    """A background stage that keeps its exception for the main thread to raise, and stops the others."""
+
+    def __init__(self, name: str, work, stop: threading.Event):
+        super().__init__(name=name, daemon=True)
+        self._work = work
+        self._stop_all = stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except _Stop:
+            pass
+        except BaseException as exc:  # raised again by the main thread
+            self.error = exc
+            self._stop_all.set()
+
+
+_POLL_SECONDS = 0.05
+_DONE = object()
+
+
+def _put(q: queue.Queue, item, stop: threading.Event, consumer: _Stage | None = None) -> None:
+    """Put, but give up when the chunk is being abandoned (raising the consumer's error if it failed)."""
+    while True:
+        if consumer is not None and consumer.error is not None:
+            raise consumer.error
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=_POLL_SECONDS)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event, producer: _Stage | None = None):
+    """Get, but give up when the chunk is being abandoned (raising the producer's error if it failed)."""
+    while True:
+        try:
+            return q.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            if producer is not None and producer.error is not None:
+                raise producer.error
+            if stop.is_set():
+                raise _Stop
+
+
+def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.device) -> str:
+    """One line on how frames of this size will run (whole or tiled), for the log."""
+    plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"], settings["batch_size"],
+                    device, settings["precision"], settings["cpu_pixel_budget"], settings["memory_fraction"],
+                    settings["edge_context"])
+    height, width = image.shape[-2:]
+    precision = str(plan.dtype).replace("torch.", "")
+    if plan.grid is None:
+        return f"{width}x{height} frames whole on {device} in {precision}"
+    return (f"{width}x{height} frames in {len(plan.grid)} tiles of {plan.grid.tile_width}x{plan.grid.tile_height} "
+            f"(batches of {plan.batch_size}) on {device} in {precision}")
+
+
+def run_frames(
+    model: torch.nn.Module,
+    card: dict,
+    frames: Sequence[int],
+    source_pattern: str,
+    output_pattern: str,
+    route: ChannelRoute,
+    settings: dict | None = None,
+    device: torch.device | None = None,
+    nonfinite: str = "error",
+    colorspace: str | None = None,
+) -> dict:
+    """Run ``model`` (already loaded) over ``frames`` from ``source_pattern`` to ``output_pattern``.
+
+    ``settings``: the ``infer`` section (see config.schema.yaml); missing keys take the defaults.
+    ``nonfinite``: "error" (a NaN/inf in a source frame stops the chunk, naming the frame) or
+    "replace" (zeroed with a warning), as ``ingest.nonfinite``. ``colorspace``: the working space if
+    the card records none (the card's, which training used, always wins). Returns the timing summary.
+    """
+    settings = infer_settings(settings)
+    device = device if device is not None else resolve_device(settings["device"])
+    space = card_space(card, fallback=colorspace)
+    source, output = FramePattern(source_pattern), FramePattern(output_pattern)
+    frames = list(frames)
+    depth = max(1, int(settings["read_ahead"]))
+    attributes = {"duplidog:model_id": model_id(card), "duplidog:version": duplidog.__version__}
+    read_channels = route.read
+    n_input = len(route.input)
+    passthrough_index = [read_channels.index(c) for c in route.passthrough]
+
+    stop = threading.Event()
+    read_queue: queue.Queue = queue.Queue(maxsize=depth)
+    write_queue: queue.Queue = queue.Queue(maxsize=depth)
+    written: list[int] = []
+
+    def read_frames() -> None:
+        for frame in frames:
+            path = source.path(frame)
+            info = imageio.read_info(path)
+            pixels = imageio.read_pixels(path, read_channels)
+            network_input = imageio.check_finite(pixels[:, :, :n_input], path, nonfinite)
+            _put(read_queue, (frame, info, network_input, pixels[:, :, passthrough_index]), stop)
+        _put(read_queue, _DONE, stop)
+
+    def write_frames() -> None:
+        while True:
+            item = _get(write_queue, stop)
+            if item is _DONE:
+                return
+            frame, info, pixels = item
+            imageio.write_pixels(output.path(frame), pixels, like=info, channel_names=route.written,
+                                 attributes={**attributes, "duplidog:source": Path(info.path).name})
+            written.append(frame)
+
+    reader = _Stage("duplidog-read", read_frames, stop)
+    writer = _Stage("duplidog-write", write_frames, stop)
+    first_wait = wait_read = wait_write = compute = 0.0
+    start = time.perf_counter()
+    reader.start()
+    writer.start()
+    try:
+        for index in range(len(frames) + 1):
+            t0 = time.perf_counter()
+            item = _get(read_queue, stop, reader)
+            waited = time.perf_counter() - t0
+            if item is _DONE:
+                break
+            if index == 0:
+                first_wait = waited
+            else:
+                wait_read += waited
+            frame, info, network_input, passthrough = item
+            t0 = time.perf_counter()
+            image = torch.from_numpy(np.ascontiguousarray(colour.encode(network_input, space).transpose(2, 0, 1)))
+            image = image[None]
+            if index == 0:
+                log.info("%s", _describe_run(model, image, settings, device))
+            result = apply_model(
+                model, image, tile=settings["tile"], overlap=settings["overlap"],
+                batch_size=settings["batch_size"], device=device, precision=settings["precision"],
+                cpu_pixel_budget=settings["cpu_pixel_budget"], memory_fraction=settings["memory_fraction"],
+                edge_context=settings["edge_context"],
+            )
+            result = colour.decode(result[0].permute(1, 2, 0).numpy(), space)
+            if passthrough.shape[2]:
+                if result.shape[:2] != passthrough.shape[:2]:
+                    raise DuplidogError(
+                        f"{info.path}: cannot copy channels {', '.join(route.passthrough)} through a model "
+                        f"that changes the resolution ({passthrough.shape[1]}x{passthrough.shape[0]} -> "
+                        f"{result.shape[1]}x{result.shape[0]})"
+                    )
+                result = np.concatenate([result, passthrough], axis=2)
+            spent = time.perf_counter() - t0
+            compute += spent
+            log.info("frame %d: %.2fs", frame, spent)
+            t0 = time.perf_counter()
+            _put(write_queue, (frame, info, result), stop, writer)
+            wait_write += time.perf_counter() - t0
+        _put(write_queue, _DONE, stop, writer)
+        while writer.is_alive():
+            writer.join(timeout=_POLL_SECONDS)
+            if reader.error is not None:
+                raise reader.error
+    except _Stop:
+        pass  # a stage failed: its error is raised below
+    finally:
+        if reader.error or writer.error or written != frames:
+            stop.set()  # abandon the chunk: let the other stages finish their current item and leave
+        reader.join()
+        writer.join()
+    for stage in (reader, writer):
+        if stage.error is not None:
+            raise stage.error
+    seconds = time.perf_counter() - start
+    return {
+        "frames": len(written),
+        "frame_list": format_frame_list(written),
+        "seconds": round(seconds, 4),
+        "fps": round(len(written) / seconds, 4) if seconds > 0 and written else 0.0,
+        "compute_seconds": round(compute, 4),
+        "first_read_seconds": round(first_wait, 4),
+        "wait_read_seconds": round(wait_read, 4),
+        "wait_write_seconds": round(wait_write, 4),
+        "device": str(device),
+        "model_id": model_id(card),
+    }
+
+
+def _write_summary(summary: dict, summary_path: str | Path | None) -> None:
+    if summary_path is not None:
+        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+
+
+def infer_frames(
+    model_dir: str | Path,
+    plan_path: str | Path,
+    frames: Iterable[int] | None,
+    output_pattern: str | None,
+    settings: dict | None = None,
+    summary_path: str | Path | None = None,
+) -> dict:
+    """Apply the model in ``model_dir`` to ``frames`` of the shot described by ``plan.json``.
+
+    Args:
+        frames: the chunk's frames (default: every frame of the plan).
+        output_pattern: where frames go (default: the plan's ``output``).
+        settings: the ``infer`` section of the shot config (missing keys: defaults).
+        summary_path: if given, the summary is also written there as JSON (atomically).
+    Returns the summary: frames, seconds, fps and where the time went.
+    """
+    from duplidog.ingest import read_plan
+    from duplidog.modelstore import load_model
+
+    plan = read_plan(plan_path)
+    settings = infer_settings(settings)
+    frames = list(plan["frames"] if frames is None else frames)
+    route = ChannelRoute(tuple(plan["input_channels"]), tuple(plan["output_channels"]),
+                         tuple(plan.get("passthrough_channels", ())))
+    device = resolve_device(settings["device"])
+    t0 = time.perf_counter()
+    model, card = load_model(model_dir, device)
+    check_route_against_card(route, card, model_dir)
+    load_seconds = time.perf_counter() - t0
+    log.info("model %s loaded on %s in %.2fs; frames %s", model_id(card), device, load_seconds,
+             format_frame_list(frames))
+    summary = run_frames(model, card, frames, plan["source"], output_pattern or plan["output"], route,
+                         settings, device, plan.get("nonfinite", "error"), plan.get("colorspace"))
+    summary["load_seconds"] = round(load_seconds, 4)
+    _write_summary(summary, summary_path)
+    log.info("%d frames in %.1fs (%.2f frames/s)", summary["frames"], summary["seconds"], summary["fps"])
+    return summary
+
+
+def infer_sequence(
+    model_dir: str | Path,
+    source_pattern: str,
+    output_pattern: str,
+    frames: Iterable[int] | None = None,
+    tile: str | int = "auto",
+    device: str | None = None,
+    settings: dict | None = None,
+) -> dict:
+    """``infer_frames`` without a shot plan (the command line's ``duplidog infer``).
+
+    Channels come from the model card: the network reads its trained input channels from the source
+    and writes its output channels; every other source channel is copied through. ``frames`` default
+    to every source frame found on disk.
+    """
+    from duplidog.modelstore import load_model
+
+    settings = {**infer_settings(settings), "tile": tile}
+    if device is not None:
+        settings["device"] = device
+    source = FramePattern(source_pattern)
+    frames = list(source.existing_frames() if frames is None else frames)
+    if not frames:
+        raise DuplidogError(f"{source_pattern}: no source frames found")
+    missing = [f for f in frames if not Path(source.path(f)).is_file()]
+    if missing:
+        raise DuplidogError(f"{source_pattern}: frames {format_frame_list(missing)} missing")
+    torch_device = resolve_device(settings["device"])
+    model, card = load_model(model_dir, torch_device)
+    info = imageio.read_info(source.path(frames[0]))
+    route = route_from_card(card, info)
+    return run_frames(model, card, frames, source_pattern, output_pattern, route, settings, torch_device)
+
+
+def route_from_card(card: dict, info: imageio.ImageInfo) -> ChannelRoute:
+    """Channels for a plan-less run: the card's input and output names, the rest of the source copied."""
+    names = list(info.channel_names)
+    inputs, outputs = card.get("input_channels"), card.get("output_channels")
+    if not isinstance(inputs, list) or not isinstance(outputs, list):
+        raise DuplidogError(f"{info.path}: the model card names no input/output channels; run with a shot plan")
+    missing = [c for c in inputs if c not in names]
+    if missing:
+        raise DuplidogError(
+            f"{info.path}: no channel {', '.join(missing)}, which the model reads (the file has {', '.join(names)})"
+        )
+    passthrough = tuple(c for c in names if c not in inputs and c not in outputs)
+    return ChannelRoute(tuple(inputs), tuple(outputs), passthrough)

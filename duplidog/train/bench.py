@@ -1,0 +1,159 @@
+"""``duplidog bench train``: what the data path costs, and how fast each preset trains on this device.
+
+Two measurements, both printed as ratios or rates rather than asserted (speed depends on the machine):
+
+* **data-path overhead** = seconds per step when every batch is read from the Zarr pool by the
+  streaming workers, divided by seconds per step for the very same batches already in memory. Near
+  1.0 means the workers keep up and streaming costs nothing; well above 1.0 means training waits for
+  the disk or the decompression (more ``train.num_workers``, or let the pool load onto the device);
+* **steps/s per preset**, with batches in memory: the real training step (forward over every pyramid
+  level, the loss mix, backward, clipping, AdamW, schedule, weight average) from ``loop.StepRunner``.
+
+Without a ``pool_path`` a synthetic pool with the default tile size is written to a temporary folder
+with the pool's own writer, so the reads are real Zarr reads of sharded, compressed chunks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+import torch
+
+from duplidog.train.data import EpochPlan, StreamedBatches
+from duplidog.train.device import choose_device, choose_precision
+from duplidog.train.ema import WeightAverage
+from duplidog.train.losses import LossMix
+from duplidog.train.loop import StepRunner
+from duplidog.train.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+def synthetic_pool(path: Path, tiles: int, tile_size: int, border: int, channels: int = 3) -> Path:
+    """A pool of smooth random tiles (target = a grade of the source), written like a real one."""
+    from duplidog.pool import pool_settings, store
+
+    settings = pool_settings({"tile_size": tile_size, "border": border})
+    rng = np.random.default_rng(0)
+    attributes = {"duplidog_pool": store.POOL_FORMAT, "seed": 0, "tile_size": tile_size, "border": border,
+                  "source_channels": ["R", "G", "B"][:channels], "target_channels": ["R", "G", "B"][:channels],
+                  "colorspace": "display", "synthetic": True}
+    writer = store.TileWriter(path, tiles, channels, channels, tile_size, int(settings["shard_tiles"]),
+                              store.compressor(settings), attributes)
+    coarse = tile_size // 8
+    for _ in range(tiles):
+        low = torch.from_numpy(rng.random((1, channels, coarse, coarse), dtype=np.float32))
+        smooth = torch.nn.functional.interpolate(low, size=(tile_size, tile_size), mode="bicubic")[0].numpy()
+        source = np.clip(smooth + 0.03 * rng.standard_normal(smooth.shape, dtype=np.float32), 0, 1)
+        writer.add(source, source * 0.8 + 0.05, frame=1001, y=0, x=0, augmented=False)
+    writer.close()
+    return path
+
+
+def _runner(model_settings: dict, settings: dict, channels: int, border: int, tile_size: int, device, precision):
+    from duplidog.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"), channels, channels,
+                        **(model_settings.get("overrides") or {})).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]),
+                                  betas=tuple(float(b) for b in settings["betas"]),
+                                  weight_decay=float(settings["weight_decay"]))
+    scheduler = warmup_cosine(optimizer, 1000, 10, float(settings["min_lr"]))
+    loss_mix = LossMix({k: v for k, v in settings["losses"].items() if k != "vgg"}, border,
+                       float(settings["coarse_level_weight"]), float(settings["charbonnier_eps"])).to(device)
+    return StepRunner(model, model, loss_mix, optimizer, scheduler, precision.scaler(),
+                      WeightAverage(model, float(settings["ema_decay"])), precision, int(settings["accumulate"]),
+                      float(settings["grad_clip"]), tile_size)
+
+
+def _seconds_per_step(runner: StepRunner, batches: Iterable, steps: int, warmup: int) -> float:
+    stream = iter(batches)
+    for _ in range(warmup):
+        runner(stream)
+    started = time.perf_counter()
+    for _ in range(steps):
+        runner(stream)  # loss.item() inside synchronises the device every step
+    return (time.perf_counter() - started) / steps
+
+
+def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, presets=None,
+                steps: Optional[int] = None, warmup: Optional[int] = None, tiles: int = 256, device: Optional[str] = None,
+                print_fn=print) -> Dict[str, object]:
+    """Print and return the data-path overhead and steps/s per preset (see the module docstring).
+
+    Args:
+        pool_path: a pool to read; default a synthetic one in a temporary folder.
+        config: a resolved shot config (train, model and pool sections); default the defaults.
+        presets: preset names to time; default every preset of the configured architecture.
+        steps: timed steps per measurement; default 20 on a GPU, 3 on the CPU.
+        warmup: untimed steps first (allocation, cuDNN autotuning); default 3 on a GPU, 1 on the CPU.
+        tiles: size of the synthetic pool.
+        device: override ``train.device``.
+    """
+    from duplidog.model import PRESETS
+    from duplidog.pool import open_pool
+    from duplidog.settings import defaults
+
+    config = config or defaults()
+    settings = dict(config["train"])
+    model_settings = dict(config.get("model", {}))
+    device = choose_device(device or settings["device"])
+    precision = choose_precision(device, settings["precision"])
+    steps = steps or (20 if device.type != "cpu" else 3)
+    warmup = warmup if warmup is not None else (3 if device.type != "cpu" else 1)
+    arch = model_settings.get("arch", "msrn")
+    presets = list(presets or PRESETS.get(arch, {}).keys())
+    results: Dict[str, object] = {"device": str(device), "precision": precision.name}
+
+    with tempfile.TemporaryDirectory(prefix="duplidog-bench-train-") as tmp:
+        if pool_path is None:
+            pool_config = config.get("pool", {})
+            pool_path = synthetic_pool(Path(tmp) / "pool.zarr", tiles, int(pool_config.get("tile_size", 128)),
+                                       int(pool_config.get("border", 16)))
+        group = open_pool(pool_path)
+        n, channels, tile_size, _ = group["source"].shape
+        border = int(group.attrs.get("border", 0))
+        batch = int(settings["batch_size"]) * int(settings["accumulate"])
+        plan = EpochPlan(n, int(settings["batch_size"]), float(settings["epoch_fraction"]), 0,
+                         bool(settings["augment_dihedral"]))
+        print_fn(f"train bench on {device} ({precision.name}): pool of {n} tiles of {tile_size} px, "
+                 f"batch {batch}, {steps} timed steps after {warmup}")
+
+        # Data path: streamed from Zarr by workers vs the same batches held in memory.
+        workers = int(settings["num_workers"])
+        total = (warmup + steps) * int(settings["accumulate"])
+        streamed = StreamedBatches(str(pool_path), plan, device, workers, int(settings["prefetch_batches"]))
+        try:
+            runner = _runner(model_settings, settings, channels, border, tile_size, device, precision)
+            read_seconds = _seconds_per_step(runner, streamed.batches(0), steps, warmup)
+        finally:
+            streamed.close()
+        in_memory = list(itertools.islice(StreamedBatches(str(pool_path), plan, device, 0, 1).batches(0), total))
+        runner = _runner(model_settings, settings, channels, border, tile_size, device, precision)
+        memory_seconds = _seconds_per_step(runner, in_memory, steps, warmup)
+        overhead = read_seconds / memory_seconds
+        results["data_path"] = {"streamed_s_per_step": read_seconds, "in_memory_s_per_step": memory_seconds,
+                                "overhead": overhead, "num_workers": workers}
+        print_fn(f"data path ({model_settings.get('preset', 'small')}): streamed from Zarr with {workers} worker(s) "
+                 f"{read_seconds * 1e3:.1f} ms/step, same batches in memory {memory_seconds * 1e3:.1f} ms/step "
+                 f"-> overhead x{overhead:.2f}")
+
+        # Steps per second of each preset, batches in memory.
+        per_preset = {}
+        for preset in presets:
+            runner = _runner({**model_settings, "preset": preset}, settings, channels, border, tile_size, device,
+                             precision)
+            seconds = _seconds_per_step(runner, in_memory, steps, warmup)
+            per_preset[preset] = 1.0 / seconds
+            parameters = sum(p.numel() for p in runner.model.parameters())
+            print_fn(f"preset {preset}: {1.0 / seconds:.2f} steps/s ({batch * tile_size * tile_size / seconds / 1e6:.2f} "
+                     f"Mpx/s trained, {parameters} parameters)")
+        results["steps_per_s"] = per_preset
+    return results

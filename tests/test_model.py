@@ -1,0 +1,264 @@
+"""The network: shapes, gradients, shared weights, locality (tile == whole frame), reach, builders, export.
+
+Tiny networks (width 4-8, 1-3 levels) on small random tensors keep this fast on two shared CPU cores;
+the device is a parameter so the same checks run on a GPU where there is one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from duplidog.errors import DuplidogError
+from duplidog.model import MODELS, PRESETS, build_from_config, build_model, count_parameters, macs_per_megapixel
+from duplidog.model import analysis, blocks, msrn
+from duplidog.model.analysis import measure_reach
+
+torch.set_num_threads(2)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+    ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+TINY = dict(width=4, depth=1, levels=2, stages=1)
+
+
+def tolerance(device: str) -> float:
+    return 1e-5 if device == "cpu" else 1e-4
+
+
+@pytest.fixture(autouse=True)
+def exact_gpu_maths():
+    """TF32 would make tile-vs-whole comparisons on a GPU differ by more than rounding."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [(3, 3), (3, 1), (4, 4), (1, 3)])
+@pytest.mark.parametrize("size", [(16, 16), (8, 24)])
+def test_output_shapes_for_channel_combinations(device, channels, size):
+    cin, cout = channels
+    torch.manual_seed(0)
+    model = build_model(in_channels=cin, out_channels=cout, **TINY).to(device)
+    x = torch.rand(2, cin, *size, device=device)
+    y = model(x)
+    assert y.shape == (2, cout, *size)
+    levels = model(x, all_levels=True)
+    assert [tuple(t.shape) for t in levels] == [(2, cout, size[0] // 2, size[1] // 2), (2, cout, *size)]
+    assert torch.equal(levels[-1], y)
+    assert model.residual == (cin == cout)
+
+
+def test_three_levels_come_coarse_to_fine():
+    model = build_model(**{**TINY, "levels": 3})
+    outputs = model(torch.rand(1, 3, 32, 16), all_levels=True)
+    assert [tuple(t.shape[-2:]) for t in outputs] == [(8, 4), (16, 8), (32, 16)]
+
+
+def test_sizes_not_a_multiple_are_refused():
+    model = build_model(**TINY)
+    assert model.size_multiple == 4
+    with pytest.raises(ValueError, match="size_multiple"):
+        model(torch.rand(1, 3, 16, 18))
+
+
+@pytest.mark.parametrize("block", ["res", "msrb"])
+def test_every_parameter_gets_a_gradient(block):
+    torch.manual_seed(0)
+    model = build_model(block=block, **TINY)
+    outputs = model(torch.rand(2, 3, 16, 16), all_levels=True)
+    sum(o.square().mean() for o in outputs).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+def test_residual_network_starts_near_the_identity():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    residual = build_model(**TINY)
+    assert (residual(x) - x).abs().mean() < 0.05 * x.abs().mean()
+    direct = build_model(in_channels=3, out_channels=1, **TINY)
+    assert not direct.residual and direct(x).shape == (2, 1, 32, 32)
+    forced = build_model(residual=False, **TINY)
+    assert (forced(x) - x).abs().mean() > 0.2 * x.abs().mean()  # the check above can fail
+
+
+def test_one_set_of_weights_serves_every_level():
+    counts = {levels: count_parameters(build_model(**{**TINY, "levels": levels})) for levels in (1, 2, 3)}
+    assert len(set(counts.values())) == 1, counts
+    model = build_model(**{**TINY, "levels": 3})
+    calls = []
+    model.stem.register_forward_hook(lambda module, inputs, output: calls.append(tuple(output.shape[-2:])))
+    model(torch.rand(1, 3, 16, 16))
+    assert calls == [(4, 4), (8, 8), (16, 16)]  # the same stem ran at every level, coarse to fine
+    assert not any(re.search(r"level", name) for name, _ in model.named_parameters())
+
+
+def run_crop(model, frame, top, left, size):
+    crop = frame[:, :, top:top + size, left:left + size]
+    return model(crop)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("settings", [
+    dict(width=4, depth=1, levels=2, stages=1, block="res"),
+    dict(width=4, depth=1, levels=3, stages=1, block="msrb"),
+    dict(width=4, depth=1, levels=2, stages=1, recurrent="none", in_channels=4, out_channels=1),
+])
+def test_a_tile_gives_the_whole_frame_values_beyond_reach(device, settings):
+    torch.manual_seed(0)
+    model = build_model(**settings).to(device).eval()
+    m, reach = model.size_multiple, model.reach
+    size = m * -(-(2 * reach + 3 * m) // m)  # room for `reach` on both sides of a non-empty interior
+    frame = torch.rand(1, model.in_channels, size + 4 * m, size + 6 * m, device=device)
+    with torch.no_grad():
+        whole = model(frame)
+        top, left = 2 * m, 3 * m  # an aligned origin, away from every frame edge
+        tile = run_crop(model, frame, top, left, size)
+        inner = slice(reach + 1, size - reach - 1)
+        expected = whole[:, :, top:top + size, left:left + size][:, :, inner, inner]
+        assert (tile[:, :, inner, inner] - expected).abs().max() <= tolerance(device)
+        # The same check catches a misaligned tile: the pyramid's 2x2 averages then straddle other pixels.
+        shifted = run_crop(model, frame, top + 1, left, size)
+        moved = whole[:, :, top + 1:top + 1 + size, left:left + size][:, :, inner, inner]
+        assert (shifted[:, :, inner, inner] - moved).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("settings", [
+    dict(width=8, depth=1, levels=2, stages=1, block="res"),
+    dict(width=8, depth=1, levels=2, stages=1, block="msrb", kernel_size=5),
+    dict(width=8, depth=1, levels=3, stages=1, in_channels=3, out_channels=1),
+    dict(width=8, depth=0, levels=1, stages=1, recurrent="none"),
+])
+def test_reach_is_an_upper_bound_and_not_loose(settings):
+    torch.manual_seed(0)
+    model = build_model(**settings)
+    measured = measure_reach(model)
+    assert measured <= model.reach
+    assert measured >= 0.7 * model.reach, (measured, model.reach)
+
+
+def test_measure_reach_sees_a_one_convolution_network():
+    class OneConv(nn.Module):
+        in_channels, size_multiple, reach = 1, 1, 3
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 7, padding=3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    assert measure_reach(OneConv()) == 3
+
+
+BANNED_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+                 nn.LayerNorm, nn.LocalResponseNorm, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+                 nn.MultiheadAttention, nn.Transformer)
+BANNED_CALLS = r"adaptive_\w+pool|group_norm|instance_norm|batch_norm|layer_norm|scaled_dot_product|\.mean\(|\.sum\(|amax|Norm\("
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS["msrn"]))
+def test_no_layer_looks_at_the_whole_image(preset):
+    model = build_model(preset=preset)
+    banned = [name for name, module in model.named_modules() if isinstance(module, BANNED_LAYERS)]
+    assert banned == []
+
+
+def test_network_source_calls_no_whole_image_statistics():
+    for module in (blocks, msrn):
+        source = inspect.getsource(module)
+        code = "\n".join(line.split("#")[0] for line in source.splitlines())  # comments may name them
+        code = re.sub(r'"""[\s\S]*?"""', "", code)  # and so may docstrings
+        assert not re.search(BANNED_CALLS, code), (module.__name__, re.search(BANNED_CALLS, code))
+
+
+def test_config_is_json_and_rebuilds_the_same_network():
+    torch.manual_seed(0)
+    model = build_model(preset="small", in_channels=4, out_channels=1, width=6, levels=2).eval()
+    config = json.loads(json.dumps(model.config))
+    assert config["arch"] == "msrn" and config["preset"] == "small"
+    assert config["width"] == 6 and config["levels"] == 2 and config["in_channels"] == 4
+    rebuilt = build_from_config(config).eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert rebuilt.config == model.config
+    x = torch.rand(1, 4, 16, 16)
+    assert torch.equal(rebuilt(x), model(x))
+
+
+def test_builders_name_bad_settings():
+    with pytest.raises(DuplidogError, match="architecture 'unet'"):
+        build_model(arch="unet")
+    with pytest.raises(DuplidogError, match="preset 'huge'"):
+        build_model(preset="huge")
+    with pytest.raises(DuplidogError, match="widht"):
+        build_model(widht=8)
+    with pytest.raises(DuplidogError, match="odd"):
+        build_model(kernel_size=4)
+    with pytest.raises(DuplidogError, match="architecture"):
+        build_from_config({"arch": "nope"})
+    assert MODELS["msrn"] is msrn.MSRN
+
+
+def test_presets_grow_towards_copycat_scale():
+    sizes = {p: build_model(preset=p) for p in ("small", "medium", "large")}
+    params = {p: count_parameters(m) for p, m in sizes.items()}
+    assert params["small"] < params["medium"] < params["large"]
+    assert 100_000 < params["small"] < 1_000_000
+    assert 5_000_000 < params["large"] < 9_000_000  # CopyCat's SRN template: ~6.9 M
+    macs = macs_per_megapixel(sizes["large"], side=32)
+    assert 0.8e12 < macs < 1.6e12  # CopyCat's SRN template: ~1.27 TMAC per megapixel
+
+
+def test_macs_count_a_known_convolution():
+    class OneConv(nn.Module):
+        in_channels, size_multiple = 2, 1
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 5, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    assert macs_per_megapixel(OneConv()) == pytest.approx(1e6 * 2 * 5 * 9)
+    assert analysis.summary(OneConv())["parameters"] == 2 * 5 * 9 + 5
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, yet Nuke still reads it
+def test_traced_and_scripted_networks_keep_height_and_width_dynamic():
+    torch.manual_seed(0)
+    model = build_model(**TINY).eval()
+    other = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        expected = model(other)
+        traced = torch.jit.trace(model, torch.rand(1, 3, 16, 16))
+        assert (traced(other) - expected).abs().max() < 1e-6
+        scripted = torch.jit.script(model)
+        assert (scripted(other) - expected).abs().max() < 1e-6
+        assert len(scripted(other, True)) == model.levels
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_onnx_export_keeps_height_and_width_dynamic(tmp_path: Path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = build_model(**TINY).eval()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.rand(1, 3, 16, 16),), str(path), opset_version=17, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "h", 3: "w"}},
+                      dynamo=False)
+    other = torch.rand(1, 3, 24, 40)
+    result = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": other.numpy()})[0]
+    with torch.no_grad():
+        assert abs(result - model(other).numpy()).max() < 1e-5

@@ -1,0 +1,336 @@
+"""Training: losses, data order, resume, signals, budgets and the saved model, on a tiny real shot.
+
+The shot is ingested and pooled with the real stages (``tests/trainshot.py``); the network is a real
+MSRN cut down to a few hundred parameters, so every ``train`` call takes a second or two on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from duplidog.errors import DuplidogError
+from duplidog.train import checkpoint as ckpt
+from duplidog.train.data import DeviceBatches, EpochPlan, StreamedBatches, dihedral
+from duplidog.train.losses import LossMix, TERMS, downsample_to, ms_ssim
+from duplidog.train.monitor import ConvergenceMeter
+from duplidog.train.schedule import lr_factor
+
+sys.path.insert(0, str(Path(__file__).parent))
+from trainshot import build_tiny_shot, with_train  # noqa: E402
+
+torch.set_num_threads(1)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+    ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+
+
+@pytest.fixture(scope="module")
+def shot(tmp_path_factory):
+    return build_tiny_shot(tmp_path_factory.mktemp("trainshot"))
+
+
+def run(shot, work: Path, **train):
+    from duplidog.train import train as train_fn
+
+    return train_fn(shot["pool"], shot["plan"], shot["manifest"], work / "model", work / "train",
+                    with_train(shot["config"], **train))
+
+
+def final_state(work: Path) -> dict:
+    steps = ckpt.list_checkpoints(work / "train/checkpoints")
+    return ckpt.load_checkpoint(steps[-1][1])
+
+
+# -- losses ------------------------------------------------------------------------------------------------
+
+def fake_vgg_weights(path: Path) -> Path:
+    """A file shaped like torchvision's VGG19 weights (features only, random values)."""
+    import torchvision
+
+    with torch.device("meta"):
+        features = torchvision.models.vgg19().features
+    generator = torch.Generator().manual_seed(0)
+    state = {f"features.{k}": torch.randn(v.shape, generator=generator) * 0.02 for k, v in features.state_dict().items()}
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("term", sorted(TERMS))
+def test_each_loss_is_finite_with_gradients(term, device, tmp_path):
+    vgg = str(fake_vgg_weights(tmp_path / "vgg19.pth")) if term == "vgg" else ""
+    mix = LossMix({term: 1.0}, border=2, vgg19_weights=vgg).to(device)
+    generator = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 3, 32, 32, generator=generator).to(device)
+    fine = (target + 0.1 * torch.randn(2, 3, 32, 32, generator=generator).to(device)).requires_grad_()
+    coarse = torch.rand(2, 3, 16, 16, generator=generator).to(device).requires_grad_()
+    total, parts = mix([coarse, fine], target, input_size=32)
+    assert torch.isfinite(total) and total.item() > 0
+    total.backward()
+    for output in (coarse, fine):
+        assert output.grad is not None and torch.isfinite(output.grad).all() and output.grad.abs().sum() > 0
+    assert set(parts) == {term}
+
+
+def test_border_is_excluded_from_the_loss():
+    border = 3
+    target = torch.rand(2, 3, 16, 16)
+    fine = target.clone()
+    fine[..., :border, :] = 10.0  # garbage in the context border only
+    fine[..., :, -border:] = -10.0
+    coarse = downsample_to(target, (8, 8)).clone()
+    coarse[..., :1, :] = 5.0  # the border at half resolution is ceil(3 / 2) = 2 pixels
+    mix = LossMix({"l1": 1.0, "gradient": 1.0, "ms_ssim": 1.0, "frequency": 1.0}, border=border)
+    total, _ = mix([coarse, fine], target, input_size=16)
+    assert total.item() == pytest.approx(0.0, abs=1e-6)
+    fine[..., border, border] += 1.0  # one pixel just inside the border counts
+    total, parts = mix([coarse, fine], target, input_size=16)
+    assert parts["l1"].item() > 0 and total.item() > 0
+
+
+def test_pyramid_targets_are_averaged_like_the_network():
+    from duplidog.model import build_model
+
+    model = build_model("msrn", "small", 3, 3, levels=3, stages=1, width=4, depth=0)
+    target = torch.rand(1, 3, 32, 32)
+    outputs = model(target, all_levels=True)
+    assert [tuple(o.shape[-2:]) for o in outputs] == [(8, 8), (16, 16), (32, 32)]
+    # The network's own pyramid of its input: 2x2 means per level.
+    expected = torch.nn.functional.avg_pool2d(torch.nn.functional.avg_pool2d(target, 2), 2)
+    assert torch.allclose(downsample_to(target, (8, 8)), expected, atol=1e-6)
+
+
+def test_ms_ssim_is_one_for_identical_images_and_drops_with_noise():
+    x = torch.rand(1, 3, 64, 64)
+    assert ms_ssim(x, x).item() == pytest.approx(1.0, abs=1e-5)
+    assert ms_ssim(x, x + 0.2 * torch.randn_like(x)).item() < 0.9
+
+
+def test_vgg_absent_is_a_clear_error(shot, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    losses = {**shot["config"]["train"]["losses"], "vgg": 0.1}
+    with pytest.raises(DuplidogError, match="vgg19-dcbb9e9d.pth.*train.vgg19_weights"):
+        run(shot, tmp_path, losses=losses)
+    with pytest.raises(DuplidogError, match=str(tmp_path / "nowhere.pth")):
+        run(shot, tmp_path, losses=losses, vgg19_weights=str(tmp_path / "nowhere.pth"))
+
+
+# -- schedule, convergence, data order ---------------------------------------------------------------------
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    factors = [lr_factor(s, 100, 10, 1e-3) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert lr_factor(100, 100, 10, 1e-3) * 1e-3 == pytest.approx(1e-7)
+
+
+def test_convergence_status_follows_the_trend():
+    def status(values):
+        meter = ConvergenceMeter(window=20)
+        for step, value in enumerate(values):
+            meter.add(step, value)
+        return meter.status()
+
+    rng = np.random.default_rng(0)
+    assert status([1.0 * 0.97**s for s in range(20)]) == "converging"
+    assert status([0.5 * (1 + 0.01 * rng.standard_normal()) for _ in range(20)]) == "plateauing"
+    assert status([0.5 * 1.05**s for s in range(20)]) == "diverging"
+    assert status([0.5, float("nan"), 0.4, 0.3, 0.2]) == "diverging"
+
+
+def test_epochs_draw_subsets_and_resume_needs_only_the_batch_number():
+    plan = EpochPlan(pool_size=40, batch_size=4, epoch_fraction=0.5, seed=3)
+    assert plan.batches_per_epoch == 5
+    epoch0 = np.concatenate([plan.indices(b) for b in range(5)])
+    assert len(set(epoch0.tolist())) == 20  # a subset, without repeats
+    epoch1 = np.concatenate([plan.indices(b) for b in range(5, 10)])
+    assert set(epoch0.tolist()) != set(epoch1.tolist())
+    again = EpochPlan(pool_size=40, batch_size=4, epoch_fraction=0.5, seed=3)
+    assert np.array_equal(again.indices(7), plan.indices(7))
+    assert np.array_equal(again.augment_codes(7), plan.augment_codes(7))
+
+
+def test_dihedral_codes_are_the_eight_symmetries():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    images = {tuple(dihedral(x, code).flatten().tolist()) for code in range(8)}
+    assert len(images) == 8
+
+
+def test_streamed_workers_and_device_copy_give_the_same_batches(shot):
+    from duplidog.pool import open_pool
+
+    group = open_pool(shot["pool"])
+    plan = EpochPlan(group["source"].shape[0], 4, 0.5, seed=5)
+    device = torch.device("cpu")
+    in_memory = DeviceBatches(group, plan, device).batches(start=3)
+    streamed_source = StreamedBatches(str(shot["pool"]), plan, device, num_workers=1, prefetch=2)
+    streamed = streamed_source.batches(start=3)
+    try:
+        for _ in range(3):
+            (a_src, a_tgt), (b_src, b_tgt) = next(in_memory), next(streamed)
+            assert torch.equal(a_src, b_src) and torch.equal(a_tgt, b_tgt)
+    finally:
+        streamed_source.close()
+
+
+# -- the loop ------------------------------------------------------------------------------------------------
+
+def test_training_learns_and_saves_the_model_with_its_card(shot, tmp_path):
+    result = run(shot, tmp_path, steps=60, validate_every=30, checkpoint_every=30)
+    metrics = pd.read_csv(tmp_path / "train/metrics.csv")
+    losses = metrics["loss"].dropna().to_numpy()
+    assert losses[-10:].mean() < 0.6 * losses[:10].mean(), losses
+    assert result["steps"] == 60 and result["stopped_by"] == "steps" and result["resumed_from"] is None
+    assert result["validation_psnr"] > result["validation_psnr_identity"], result
+    assert set(metrics["status"].dropna()) <= {"starting", "converging", "plateauing", "diverging"}
+    assert metrics["val_psnr"].notna().sum() == 2  # at step 30 and at the end
+    for name in ("loss.png", "contact_final.png", "contact_00000030.png"):
+        assert (tmp_path / "train" / name).stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "train/tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss/total", "loss/charbonnier", "train/lr", "validation/psnr"} <= set(tags)
+    assert "activations/stem/std" in tags and any(t.startswith("activations/head/") for t in tags)
+
+    from duplidog.modelstore import load_model
+
+    model, card = load_model(tmp_path / "model", "cpu")
+    assert card["input_channels"] == ["R", "G", "B"] and card["output_channels"] == ["R", "G", "B"]
+    assert card["colorspace"]["name"] == "log"
+    assert card["training"]["steps"] == 60 and len(card["training"]["keyframe_fingerprint"]) == 64
+    assert card["training"]["pool_fingerprint"] and card["metrics"]["validation"]["psnr"] == result["validation_psnr"]
+    assert card["model"]["width"] == 8
+    # The saved weights are the weight average of the final checkpoint.
+    ema = final_state(tmp_path)["ema"]["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value.cpu(), ema[key])
+
+
+def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tmp_path, monkeypatch):
+    from duplidog.train import TrainingInterrupted
+    from duplidog.train.monitor import TrainingMonitor
+
+    run(shot, tmp_path / "straight", steps=20, checkpoint_every=0)
+    straight = final_state(tmp_path / "straight")
+
+    record = TrainingMonitor.step
+
+    def record_then_sigterm(self, step, *args):
+        record(self, step, *args)
+        if step == 10:
+            signal.raise_signal(signal.SIGTERM)  # the real handler: finish the step, checkpoint, stop
+
+    monkeypatch.setattr(TrainingMonitor, "step", record_then_sigterm)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 10"):
+        run(shot, tmp_path / "resumed", steps=20, checkpoint_every=0)
+    monkeypatch.undo()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "resumed/train/checkpoints")] == [10]
+    result = run(shot, tmp_path / "resumed", steps=20, checkpoint_every=0)
+    assert result["resumed_from"] == 10 and result["steps"] == 20
+    resumed = final_state(tmp_path / "resumed")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for key, value in straight["ema"]["model"].items():
+        assert torch.equal(value, resumed["ema"]["model"][key]), key
+    assert torch.equal(straight["optimizer"]["state"][0]["exp_avg_sq"], resumed["optimizer"]["state"][0]["exp_avg_sq"])
+
+
+def test_changed_pool_or_settings_start_from_scratch(shot, tmp_path, caplog):
+    work = tmp_path / "work"
+    run(shot, work, steps=4, checkpoint_every=2, validate_every=0)
+    caplog.set_level("INFO")
+    other = build_tiny_shot(tmp_path / "other", pool_overrides={"tiles_per_keyframe": 20})
+    shifted = dict(shot, pool=other["pool"])
+    result = run(shifted, work, steps=4, checkpoint_every=2, validate_every=0)
+    assert result["resumed_from"] is None
+    assert "tile pool changed" in caplog.text
+    assert (work / "train/checkpoints/superseded/step_00000004.pt").is_file()
+    caplog.clear()
+    result = run(shifted, work, steps=4, checkpoint_every=2, validate_every=0, lr=0.001)
+    assert result["resumed_from"] is None and "train.lr" in caplog.text
+    # An operational setting (how often to log) does not block resuming.
+    result = run(shifted, work, steps=6, checkpoint_every=2, validate_every=0, lr=0.001, log_every=3)
+    assert result["resumed_from"] is None  # steps changed: the schedule differs
+    result = run(shifted, work, steps=6, checkpoint_every=2, validate_every=0, lr=0.001, log_every=2)
+    assert result["resumed_from"] == 6
+
+
+def test_sigterm_checkpoints_and_a_rerun_resumes_within_max_minutes(shot, tmp_path):
+    script = tmp_path / "job.py"
+    # Streamed through a spawned worker, from a script without a __main__ guard (as Snakemake runs it).
+    config = with_train(shot["config"], steps=100000, checkpoint_every=0, validate_every=0,
+                        data_on_device="never", num_workers=1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import torch
+        torch.set_num_threads(1)
+        from duplidog.logs import log_to
+        log_to(None)
+        from duplidog.train import train
+        config = json.load(open({str(tmp_path / "config.json")!r}))
+        train({str(shot["pool"])!r}, {str(shot["plan"])!r}, {str(shot["manifest"])!r},
+              {str(tmp_path / "model")!r}, {str(tmp_path / "train")!r}, config)
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "train/metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > 3:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[0].decode()
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode != 0
+    assert "stopped by SIGTERM" in output and "training data streamed" in output, output
+    found = ckpt.list_checkpoints(tmp_path / "train/checkpoints")
+    assert len(found) == 1 and found[0][0] >= 3
+    assert not (tmp_path / "model").exists()
+
+    from duplidog.train import train
+
+    result = train(shot["pool"], shot["plan"], shot["manifest"], tmp_path / "model", tmp_path / "train",
+                   with_train(config, max_minutes=0.1))
+    assert result["resumed_from"] == found[0][0]
+    assert result["stopped_by"] == "max_minutes" and found[0][0] <= result["steps"] < 100000
+    assert (tmp_path / "model/model.json").is_file()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_checkpoints_are_plain_data_and_pruned(shot, tmp_path, device):
+    result = run(shot, tmp_path, steps=8, checkpoint_every=2, keep_checkpoints=2, validate_every=4, device=device)
+    assert result["device"].startswith(device) and result["steps"] == 8
+    steps = [s for s, _ in ckpt.list_checkpoints(tmp_path / "train/checkpoints")]
+    state = final_state(tmp_path)  # weights_only=True load
+    best = state["best_step"]
+    assert steps[-2:] == [6, 8] and set(steps) <= {6, 8, best}
+    for key in ("model", "ema", "optimizer", "scaler", "scheduler", "rng", "data", "config", "pool_fingerprint"):
+        assert key in state
+    assert state["data"]["next_batch"] == 8
+
+
+def test_warm_start_needs_the_same_network(shot, tmp_path):
+    run(shot, tmp_path / "first", steps=2, validate_every=0)
+    result = run(shot, tmp_path / "second", steps=2, validate_every=0, init_from=str(tmp_path / "first/model"))
+    assert result["steps"] == 2
+    wider = with_train(shot["config"], steps=2, validate_every=0, init_from=str(tmp_path / "first/model"))
+    wider["model"]["overrides"] = {**wider["model"]["overrides"], "width": 12}
+    from duplidog.train import train
+
+    with pytest.raises(DuplidogError, match="does not fit"):
+        train(shot["pool"], shot["plan"], shot["manifest"], tmp_path / "m3", tmp_path / "w3", wider)
