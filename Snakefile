@@ -6,7 +6,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The defaults sit beside this Snakefile, so a run from another working directory finds them too.
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "rules/common.smk"
