@@ -184,6 +184,8 @@ def assemble(
     out_dir = Path(out_dir)
     plan = read_plan(plan_path)
     manifest = read_manifest(manifest_path)
+    if not (output_pattern or plan.get("output")):
+        raise DuplidogError(f"{plan_path}: the plan records no output pattern; give one")
     output = FramePattern(output_pattern or plan["output"])
     source = FramePattern(plan["source"])
     frames = [int(f) for f in plan["frames"]]

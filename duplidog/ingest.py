@@ -78,8 +78,8 @@ def choose_validation_frames(keyframes: list[int], count: int, minimum: int) -> 
     return sorted(by_centrality[:count])
 
 
-def check_output_pattern(output: str, source: str, target: str, frames: list[int]) -> None:
-    """Refuse an output that would overwrite the plates or keyframes, or that cannot be written."""
+def check_output_pattern(output: str, source: str, target: str, frames: list[int], writable: bool = True) -> None:
+    """Refuse an output that would overwrite the plates or keyframes, or (``writable``) that cannot be written."""
     out, src, tgt = FramePattern(output), FramePattern(source), FramePattern(target)
     for frame in frames:
         destination = os.path.realpath(out.path(frame))
@@ -88,6 +88,8 @@ def check_output_pattern(output: str, source: str, target: str, frames: list[int
                 f"{output}: output would overwrite the source or target frame {frame} ({out.path(frame)}); "
                 "choose another output pattern"
             )
+    if not writable:
+        return
     folder = Path(out.path(frames[0])).parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -97,10 +99,17 @@ def check_output_pattern(output: str, source: str, target: str, frames: list[int
         raise DuplidogError(f"{folder}: output folder is not writable")
 
 
+# The settings ingest reads. The workflow gives ingest only these, so that a change to anything else
+# (the output pattern, inference settings) does not rerun ingest and with it the pool and training.
+INGEST_KEYS = ("shot", "source", "target", "frames", "colorspace", "seed", "channels", "ingest")
+
+
 def ingest(config: dict, out_dir: str | Path) -> dict:
     """Check a resolved shot config against the files and write ``manifest.csv`` and ``plan.json``.
 
-    Returns the plan. ``config`` is a full config (see duplidog.settings.resolve).
+    Returns the plan. ``config`` is a full config (see duplidog.settings.resolve), or only the keys
+    ingest reads (INGEST_KEYS): without ``output`` the output pattern is not checked here (the
+    workflow checks it when it builds the DAG) and the plan records none.
     """
     from duplidog import channels as channel_choice
     from duplidog import colour, imageio
@@ -108,8 +117,9 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     shot = discover_frames(config)
     source, target = FramePattern(config["source"]), FramePattern(config["target"])
-    output = default_output_pattern(config)
-    check_output_pattern(output, config["source"], config["target"], shot.frames)
+    output = default_output_pattern(config) if "output" in config else None
+    if output is not None:
+        check_output_pattern(output, config["source"], config["target"], shot.frames)
 
     infos = {frame: imageio.read_info(source.path(frame)) for frame in sorted(set(shot.frames) | set(shot.keyframes))}
     first = infos[shot.frames[0]]

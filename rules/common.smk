@@ -9,7 +9,7 @@ from snakemake.utils import validate
 
 from duplidog import demo
 from duplidog.errors import DuplidogError
-from duplidog.ingest import discover_frames, ShotFrames
+from duplidog.ingest import INGEST_KEYS, check_output_pattern, discover_frames, ShotFrames
 from duplidog.sequence import FramePattern
 from duplidog.settings import default_output_pattern, resolve
 
@@ -89,7 +89,9 @@ def load_shots(config):
             frames = ShotFrames(frames=list(demo.FRAMES), keyframes=list(demo.KEYFRAMES))
         else:
             frames = discover_frames(shot_config)
-        shots[name] = Shot(name, shot_config, frames, default_output_pattern(shot_config), is_demo)
+        output = default_output_pattern(shot_config)
+        check_output_pattern(output, shot_config["source"], shot_config["target"], frames.frames, writable=False)
+        shots[name] = Shot(name, shot_config, frames, output, is_demo)
     return shots
 
 
@@ -109,10 +111,13 @@ def shot_of(wildcards):
     return SHOTS[wildcards.shot]
 
 
-def source_frames(wildcards):
+def keyframe_sources(wildcards):
+    """The source frames of the keyframes: what training learns from, so a change to one reruns ingest
+    and everything after it. Ingest also reads every other frame's header, but does not declare them:
+    a replaced plate frame reruns only its inference chunk (which checks its size against the plan)."""
     shot = shot_of(wildcards)
     pattern = FramePattern(shot.config["source"])
-    return [pattern.path(f) for f in sorted(set(shot.frames.frames) | set(shot.frames.keyframes))]
+    return [pattern.path(f) for f in shot.frames.keyframes]
 
 
 def target_frames(wildcards):
@@ -131,8 +136,10 @@ def output_pattern(wildcards):
     return shot_of(wildcards).output
 
 
-def shot_config(wildcards):
-    return shot_of(wildcards).config
+def ingest_config(wildcards):
+    """The settings ingest reads, and only those: a change to any other setting does not rerun it."""
+    config = shot_of(wildcards).config
+    return {key: config[key] for key in INGEST_KEYS}
 
 
 def section(name):
@@ -151,15 +158,31 @@ def init_model(wildcards):
     return [str(Path(init_from) / "model.json")] if init_from else []
 
 
+def _plain(value):
+    # The profile's values arrive parsed (Resource objects); a rule takes plain values or functions.
+    return getattr(value, "_evaluator", None) or getattr(value, "value", value)
+
+
 def profile_resources(rule_name):
     """Resources a profile sets for `rule_name` (set-resources), for rules generated under other names."""
-    return dict(workflow.resource_settings.overwrite_resources.get(rule_name, {}))
+    settings = workflow.resource_settings.overwrite_resources.get(rule_name, {})
+    return {name: _plain(value) for name, value in settings.items()}
+
+
+def profile_threads(rule_name, default=1):
+    """Threads a profile sets for `rule_name` (set-threads), for rules generated under other names."""
+    return _plain(workflow.resource_settings.overwrite_threads.get(rule_name, default))
 
 
 def all_outputs():
+    """What a run delivers. The frames and the model are named, not only the QC: Snakemake does not
+    remake a missing file that only feeds up-to-date outputs, and a deleted frame must come back."""
     targets = []
     for shot in SHOTS.values():
+        targets += [FramePattern(shot.output).path(f) for f in shot.frames.frames]
         targets += [
+            f"results/{shot.name}/model/model.safetensors",
+            f"results/{shot.name}/model/model.json",
             f"results/{shot.name}/assemble/summary.json",
             f"results/{shot.name}/assemble/contact_sheet.png",
         ]

@@ -23,6 +23,7 @@ for _shot in SHOTS.values():
                 output=_shot.output,
                 settings=_shot.config["infer"],
                 summary=f"results/{_shot.name}/infer/{_chunk.name}.json",
+            threads: profile_threads("infer_chunk", default=2)
             resources:
                 gpu=1,
                 **profile_resources("infer_chunk"),

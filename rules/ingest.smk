@@ -2,7 +2,7 @@
 
 rule ingest:
     input:
-        source=source_frames,
+        source=keyframe_sources,
         target=target_frames,
     output:
         manifest="results/{shot}/ingest/manifest.csv",
@@ -12,7 +12,7 @@ rule ingest:
     benchmark:
         "benchmarks/{shot}/ingest.tsv"
     params:
-        config=shot_config,
+        config=ingest_config,
     conda:
         "../workflow/envs/duplidog.yaml"
     script:

@@ -22,8 +22,8 @@ rule train:
     params:
         model=section("model"),
         train=section("train"),
-        infer=section("infer"),
         seed=section("seed"),
+    threads: 8  # data loading beside the GPU; on CPU, the network's threads (capped by --cores)
     resources:
         gpu=1,
     conda:

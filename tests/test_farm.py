@@ -98,7 +98,8 @@ def test_farm_run_goes_through_slurm_and_matches_a_local_run(slurm_cluster, tiny
     local, farm = tmp_path / "local", tmp_path / "farm"
     local.mkdir(), farm.mkdir()
     started = time.monotonic()
-    snakemake("--profile", str(ROOT / "profiles/local"), *tiny_demo_shot, cwd=local)
+    # The same thread counts as the farm overlay's (max-threads), so CPU sums come out the same.
+    snakemake("--profile", str(ROOT / "profiles/local"), "--max-threads", "2", *tiny_demo_shot, cwd=local)
     local_s = time.monotonic() - started
     started = time.monotonic()
     snakemake(*FARM_PROFILES, *tiny_demo_shot, cwd=farm)

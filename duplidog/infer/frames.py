@@ -198,13 +198,15 @@ def run_frames(
     device: torch.device | None = None,
     nonfinite: str = "error",
     colorspace: str | None = None,
+    plate_size: tuple[int, int] | None = None,
 ) -> dict:
     """Run ``model`` (already loaded) over ``frames`` from ``source_pattern`` to ``output_pattern``.
 
     ``settings``: the ``infer`` section (see config.schema.yaml); missing keys take the defaults.
     ``nonfinite``: "error" (a NaN/inf in a source frame stops the chunk, naming the frame) or
     "replace" (zeroed with a warning), as ``ingest.nonfinite``. ``colorspace``: the working space if
-    the card records none (the card's, which training used, always wins). Returns the timing summary.
+    the card records none (the card's, which training used, always wins). ``plate_size``: the (width,
+height) ingest found; a frame of another size (replaced since) is an error. Returns the timing summary.
     """
     settings = infer_settings(settings)
     device = device if device is not None else resolve_device(settings["device"])
@@ -226,6 +228,9 @@ def run_frames(
         for frame in frames:
             path = source.path(frame)
             info = imageio.read_info(path)
+            if plate_size is not None and (info.width, info.height) != tuple(plate_size):
+                raise DuplidogError(f"{path}: {info.width}x{info.height}, but the plate is "
+                                    f"{plate_size[0]}x{plate_size[1]} (every frame of a shot has one size)")
             pixels = imageio.read_pixels(path, read_channels)
             network_input = imageio.check_finite(pixels[:, :, :n_input], path, nonfinite)
             _put(read_queue, (frame, info, network_input, pixels[:, :, passthrough_index]), stop)
@@ -352,8 +357,12 @@ def infer_frames(
     load_seconds = time.perf_counter() - t0
     log.info("model %s loaded on %s in %.2fs; frames %s", model_id(card), device, load_seconds,
              format_frame_list(frames))
-    summary = run_frames(model, card, frames, plan["source"], output_pattern or plan["output"], route,
-                         settings, device, plan.get("nonfinite", "error"), plan.get("colorspace"))
+    output_pattern = output_pattern or plan.get("output")
+    if not output_pattern:
+        raise DuplidogError(f"{plan_path}: the plan records no output pattern; give one")
+    summary = run_frames(model, card, frames, plan["source"], output_pattern, route,
+                         settings, device, plan.get("nonfinite", "error"), plan.get("colorspace"),
+                         (plan["width"], plan["height"]))
     summary["load_seconds"] = round(load_seconds, 4)
     _write_summary(summary, summary_path)
     log.info("%d frames in %.1fs (%.2f frames/s)", summary["frames"], summary["seconds"], summary["fps"])

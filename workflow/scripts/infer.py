@@ -1,9 +1,14 @@
 from pathlib import Path
 
+import torch
+
 from duplidog.infer import infer_frames
 from duplidog.logs import log_to
 
 log_to(snakemake.log[0])
+# As many threads as the job was given (SLURM --cpus-per-task, or Snakemake's share of --cores), not
+# the whole node's; and the same count gives the same floating-point sums on every run.
+torch.set_num_threads(snakemake.threads)
 infer_frames(
     model_dir=Path(snakemake.input.model).parent,
     plan_path=snakemake.input.plan,
