@@ -42,6 +42,7 @@ FORMATS = {
 
 def write_format_shot(root: Path, shot: str, ext: str, pixel_type: str, attributes: dict, value_range) -> Path:
     rng = np.random.default_rng(len(shot))
+    (root / shot).mkdir()
     for frame in FRAMES:
         plate = random_pixels(rng, (*SIZE, 3), *value_range)
         write_with_oiio(root / f"{shot}/plate.{frame}.{ext}", plate, pixel_type, **attributes)
@@ -52,6 +53,7 @@ def write_format_shot(root: Path, shot: str, ext: str, pixel_type: str, attribut
 
 def write_roto_shot(root: Path) -> Path:
     rng = np.random.default_rng(9)
+    (root / "roto").mkdir()
     for frame in FRAMES:
         plate = random_pixels(rng, (*SIZE, 3), -1, 50)
         write_with_oiio(root / f"roto/plate.{frame}.exr", plate, "half", compression="zip")
@@ -83,7 +85,8 @@ def batch_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("formats")
     shots = [write_format_shot(root, shot, *spec) for shot, spec in FORMATS.items()] + [write_roto_shot(root)]
     batch = root / "batch.yaml"
-    batch.write_text(yaml.safe_dump({"shots": [p.name for p in shots], **TINY, "train": {**TINY["train"], "steps": 2}}))
+    batch.write_text(yaml.safe_dump({"shots": [p.name for p in shots], **TINY, "train": {**TINY["train"], "steps": 2},
+                                   "infer": {"chunk_size": len(FRAMES)}}))
     snakemake("--profile", str(ROOT / "profiles/local"), "--cores", "2", "--configfile", str(batch), cwd=root)
     for shot in FORMATS:
         zero_the_head(root / f"results/{shot}/model")
