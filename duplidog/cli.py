@@ -102,6 +102,11 @@ def cmd_assemble(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    if args.what == "quality":
+        from duplidog.quality import bench_quality, format_rows
+
+        print(format_rows(bench_quality(steps=args.steps, preset=args.preset)))
+        return
     if args.what == "infer":
         from duplidog.infer.bench import bench_infer as bench
     elif args.what == "train":
@@ -160,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("bench", help="measure speed, printed as ratios against a reference")
-    p.add_argument("what", choices=["pool", "train", "infer"])
+    p.add_argument("what", choices=["pool", "train", "infer", "quality"],
+                   help="quality: a trained model against doing nothing and a fitted curve, on unseen frames")
+    p.add_argument("--steps", type=int, help="quality: training steps per shot (default: train.steps)")
+    p.add_argument("--preset", default="small", choices=["small", "medium", "large"], help="quality: network preset")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list or show trained models")
