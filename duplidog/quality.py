@@ -2,7 +2,8 @@
 
 Three synthetic shots with the truth known on every frame, made from the demo's procedural scene and
 camera move (duplidog.demo): ``cleanup`` (dust removed and a grade, exactly the demo), ``look`` (the
-grade alone) and ``roto`` (a one-channel matte of the bright areas from an RGB plate). Each goes through
+grade alone) and ``roto`` (a one-channel matte of two shaded objects that move across the plate on
+their own paths, from an RGB plate). Each goes through
 the stages the pipeline runs (ingest, pool, train, infer_frames); the non-key frames are then scored
 against two baselines: doing nothing (the plate) and a per-channel curve fitted on the keyframes (the
 fix a compositor could get from a 1D LUT). PSNR for images (peak 1.0, scene-linear values), IoU of
@@ -75,9 +76,39 @@ def iou(result: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
 
 
 # -- the shots -------------------------------------------------------------------------------------
-def matte(clean: np.ndarray) -> np.ndarray:
-    """The roto shot's truth: where the scene's luminance is above 0.18 (a hard-edged, moving shape)."""
-    return (clean.mean(-1, keepdims=True) > 0.18).astype(np.float32)
+# The roto shot's objects: centre and radii as fractions of the frame, motion in frame fractions per
+# frame, albedo (scene-linear RGB, inside the background's range so no key or curve separates them).
+ROTO_OBJECTS = (
+    dict(centre=(0.22, 0.40), radii=(0.14, 0.17), motion=(0.022, 0.006), albedo=(0.42, 0.34, 0.22)),
+    dict(centre=(0.80, 0.70), radii=(0.07, 0.10), motion=(-0.018, -0.012), albedo=(0.20, 0.30, 0.26)),
+)
+
+
+def roto_objects(frame: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The roto shot's foreground at ``frame``: its colour (H, W, 3) and coverage (H, W, 1).
+
+    Each object is an ellipse lit like a sphere from the top left, with an anti-aliased edge (a
+    one-pixel ramp of coverage), moving on its own straight path while the camera drifts over the
+    background. Its colours lie inside the background's, so what separates it is shape and
+    shading, which is what a roto artist follows and what a per-pixel curve cannot see.
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    t = frame - demo.FRAMES[0]
+    colour = np.zeros((height, width, 3), np.float32)
+    alpha = np.zeros((height, width), np.float32)
+    for thing in ROTO_OBJECTS:
+        cx = (thing["centre"][0] + thing["motion"][0] * t) * width
+        cy = (thing["centre"][1] + thing["motion"][1] * t) * height
+        rx, ry = thing["radii"][0] * width, thing["radii"][1] * height
+        u, v = (xx - cx) / rx, (yy - cy) / ry
+        radius = np.sqrt(u * u + v * v)
+        coverage = np.clip(0.5 - (radius - 1.0) * min(rx, ry), 0.0, 1.0)
+        normal_z = np.sqrt(np.clip(1.0 - radius * radius, 0.0, 1.0))
+        shade = 0.3 + 0.9 * np.clip(-0.5 * u - 0.5 * v + 0.7 * normal_z, 0.0, None)
+        shaded = shade[..., None] * np.asarray(thing["albedo"], np.float32)
+        colour = colour * (1 - coverage[..., None]) + shaded * coverage[..., None]  # later objects in front
+        alpha = alpha * (1 - coverage) + coverage
+    return colour, alpha[..., None]
 
 
 def write_shot(kind: str, directory: Path, width: int = demo.WIDTH, height: int = demo.HEIGHT) -> dict:
@@ -98,8 +129,12 @@ def write_shot(kind: str, directory: Path, width: int = demo.WIDTH, height: int 
     plates, truth = {}, {}
     for frame in demo.FRAMES:
         clean = demo.render(frame, canvas, width, height)
-        plate = clean * spots if kind == "cleanup" else clean
-        fixed, names = (matte(clean), ["A"]) if kind == "roto" else (demo.grade(clean), None)
+        if kind == "roto":
+            foreground, alpha = roto_objects(frame, width, height)
+            plate, fixed, names = clean * (1 - alpha) + foreground * alpha, alpha, ["A"]
+        else:
+            plate = clean * spots if kind == "cleanup" else clean
+            fixed, names = demo.grade(clean), None
         imageio.write_pixels(directory / f"plate/plate.{frame:04d}.exr", plate, like)
         if frame in demo.KEYFRAMES:
             imageio.write_pixels(directory / f"fixed/fixed.{frame:04d}.exr", fixed, like, channel_names=names)

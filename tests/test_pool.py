@@ -293,6 +293,10 @@ def test_colour_follows_colour_to(tmp_path):
     spread = per_tile.std(axis=2) / per_tile.mean(axis=2)
     assert spread.max() < 5e-3  # a multiplication of scene values, not of encoded ones
 
+    untouched = zarr.open_group(build_pool(manifest, plan, tmp_path / "n.zarr", {**settings, "grain": 0.05,
+                                                                               "colour_to": "none"})["path"])
+    np.testing.assert_array_equal(untouched["target"][:], untouched["source"][:])  # no colour, no grain
+
     grain = {**settings, "exposure_stops": 0.0, "colour_gain": 0.0, "grain": 0.05}
     grainy = zarr.open_group(build_pool(manifest, plan, tmp_path / "g.zarr", {**grain, "colour_to": "both"})["path"])
     source, target = grainy["source"][:].astype(np.float32), grainy["target"][:].astype(np.float32)

@@ -23,6 +23,22 @@ further than ``reach`` from its edge. That is the contract the tiled inference r
 When input and output channels match (RGB -> RGB, RGBA -> RGBA) each level predicts a correction
 added to its input, so the untrained network starts near the identity and learns only the fix (a
 paint cleanup changes few pixels). Otherwise (RGB -> matte) it predicts the output directly.
+
+Beside the encoder-decoder, each level has a *per-pixel colour path* from the level's image straight
+to the output: one learnable curve per input channel (a 1D LUT, ``curve_knots`` knots over the
+training data's range, ``curve_range``), a 1x1 colour matrix, and in parallel a small MLP of 1x1
+convolutions (``colour_width`` hidden features) for what curves and a matrix cannot do. Much of what
+an artist does to a shot is a function of each pixel's own colour -- a grade, a look, much of a key --
+and a spatial network only approximates such a function coarsely through its few full-resolution
+features; curves and a matrix are how grading tools themselves represent it, and they learn it to
+float16 precision in a few hundred steps. The encoder-decoder is left to learn what needs context
+(paint, edges, mattes of objects). In the spirit of the "global plus local" split of Gharbi et al.,
+"Deep Bilateral Learning for Real-Time Image Enhancement" (SIGGRAPH 2017) and the learnt curves of
+Moran et al., "CURL: Neural Curve Layers for Global Image Enhancement" (ICPR 2020), but strictly per
+pixel, so tiles stay exact and the reach is unchanged. Past the data's range the curves continue their
+end segments and the MLP (ReLUs) is linear, so highlights brighter than any keyframe's are extended,
+never flattened. In a residual network the colour path starts as the identity and replaces the skip
+from the input; otherwise it starts near zero.
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ from torch import nn
 
 from duplidog.model.blocks import (
     UPSAMPLE_RADIUS,
+    ChannelCurves,
     ConvGRUCell,
     conv,
     downsample2x,
@@ -53,11 +70,11 @@ from duplidog.model.blocks import (
 #   large   6.3 M parameters,  1150 GMAC/MP  (MSRB; CopyCat SRN scale)
 PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(levels=3, width=8, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
-                  recurrent="gru", recurrent_kernel=3),
+                  recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33),
     "medium": dict(levels=3, width=12, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
-                   recurrent="gru", recurrent_kernel=3),
+                   recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=33),
     "large": dict(levels=3, width=20, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
-                  recurrent="gru", recurrent_kernel=3),
+                  recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=65),
 }
 
 # The output convolution starts with weights scaled down by this, so a residual network starts close
@@ -92,6 +109,56 @@ class DecoderStage(nn.Module):
         return self.blocks(F.relu(self.up(upsample2x(x))) + skip)
 
 
+class ColourPath(nn.Module):
+    """Per pixel: curves per input channel, a colour matrix, plus an MLP of 1x1 convolutions.
+
+    With ``identity=True`` (same channels in and out) it starts as the identity; otherwise the matrix
+    starts small. The MLP's last layer starts scaled down twice as much as the network's head (it sits
+    beside the matrix, which already carries the colour), so it adds almost nothing at first while
+    every layer still receives gradients.
+
+    Args:
+        in_channels, out_channels: channels of the image and of the output.
+        width: hidden features of the MLP (0: no MLP).
+        depth: hidden layers of the MLP.
+        knots: knots of each curve (0: no curves, the matrix sees the image itself).
+        curve_range: input values of the first and last knot.
+        identity: start as the identity (needs in_channels == out_channels).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, width: int, depth: int = 2, knots: int = 0,
+                 curve_range: Sequence[float] = (0.0, 1.0), identity: bool = False):
+        super().__init__()
+        self.curves = ChannelCurves(in_channels, knots, *curve_range) if knots else None
+        self.matrix = nn.Conv2d(in_channels, out_channels, 1)
+        with torch.no_grad():
+            if identity:
+                self.matrix.weight.copy_(torch.eye(out_channels, in_channels).view(out_channels, in_channels, 1, 1))
+            else:
+                self.matrix.weight.mul_(HEAD_INIT_SCALE)
+            self.matrix.bias.zero_()
+        layers: List[nn.Module] = []
+        if width:
+            channels = in_channels
+            for _ in range(max(1, depth)):
+                layers += [nn.Conv2d(channels, width, 1), nn.ReLU()]
+                channels = width
+            last = nn.Conv2d(channels, out_channels, 1)
+            with torch.no_grad():
+                last.weight.mul_(HEAD_INIT_SCALE**2)
+                last.bias.zero_()
+            layers.append(last)
+        self.mlp = nn.Sequential(*layers) if layers else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        curves = self.curves
+        out = self.matrix(x if curves is None else curves(x))
+        mlp = self.mlp
+        if mlp is not None:
+            out = out + mlp(x)
+        return out
+
+
 class MSRN(nn.Module):
     """Multi-scale recurrent network (Tao et al. 2018 scale recurrence, Li et al. 2018 MSRB blocks).
 
@@ -112,6 +179,12 @@ class MSRN(nn.Module):
         branch_kernels: the parallel kernels of an MSRB. Default [3, 5].
         recurrent: ``"gru"`` (a ConvGRU carried from level to level) or ``"none"``. Default gru.
         recurrent_kernel: odd kernel of the ConvGRU. Default 3.
+        colour_width: hidden features of the colour path's MLP (0: none). Default 0.
+        colour_depth: hidden layers of the colour path's MLP. Default 2.
+        curve_knots: knots of the colour path's curves (0: none). Default 0. With colour_width also 0
+            there is no colour path at all, as in models saved before it existed; every preset has one.
+        curve_range: working-space values of the first and last knot; training sets it to the tile
+            pool's range of source values. Default [0, 1].
         residual: predict a correction added to the input; default (None) when in == out channels.
     """
 
@@ -130,6 +203,10 @@ class MSRN(nn.Module):
         branch_kernels: Sequence[int] = (3, 5),
         recurrent: str = "gru",
         recurrent_kernel: int = 3,
+        colour_width: int = 0,
+        colour_depth: int = 2,
+        curve_knots: int = 0,
+        curve_range: Sequence[float] = (0.0, 1.0),
         residual: Optional[bool] = None,
     ):
         super().__init__()
@@ -139,6 +216,11 @@ class MSRN(nn.Module):
                 raise ValueError(f"MSRN {name} must be at least 1, got {value}")
         if depth < 0 or stages < 0:
             raise ValueError(f"MSRN depth and stages must not be negative, got depth={depth}, stages={stages}")
+        if colour_width < 0 or colour_depth < 1 or curve_knots < 0 or curve_knots == 1:
+            raise ValueError(f"MSRN colour_width must not be negative, colour_depth at least 1 and curve_knots 0 or at "
+                             f"least 2, got {colour_width}, {colour_depth}, {curve_knots}")
+        if len(curve_range) != 2 or not float(curve_range[1]) > float(curve_range[0]):
+            raise ValueError(f"MSRN curve_range must be [low, high] with high > low, got {list(curve_range)}")
         if recurrent not in ("gru", "none"):
             raise ValueError(f"MSRN recurrent must be 'gru' or 'none', got {recurrent!r}")
         if residual is None:
@@ -156,7 +238,8 @@ class MSRN(nn.Module):
             in_channels=self.in_channels, out_channels=self.out_channels, levels=self.levels, width=int(width),
             depth=int(depth), stages=int(stages), kernel_size=int(kernel_size), block=str(block),
             branch_kernels=[int(k) for k in branch_kernels], recurrent=str(recurrent),
-            recurrent_kernel=int(recurrent_kernel), residual=self.residual,
+            recurrent_kernel=int(recurrent_kernel), colour_width=int(colour_width), colour_depth=int(colour_depth),
+            curve_knots=int(curve_knots), curve_range=[float(v) for v in curve_range], residual=self.residual,
         )
         self.preset = "custom"
 
@@ -171,6 +254,8 @@ class MSRN(nn.Module):
             [DecoderStage(channels[i + 1], channels[i], **blocks) for i in reversed(range(stages))]
         )
         self.head = conv(width, out_channels, kernel_size)
+        self.colour = ColourPath(in_channels, out_channels, colour_width, colour_depth, curve_knots, curve_range,
+                                 identity=self.residual) if colour_width or curve_knots else None
         with torch.no_grad():
             self.head.weight.mul_(HEAD_INIT_SCALE)
             self.head.bias.zero_()
@@ -241,7 +326,10 @@ class MSRN(nn.Module):
         for stage in self.decoder:
             x = stage(x, skips.pop())
         out = self.head(x)
-        if self.residual:
+        colour = self.colour
+        if colour is not None:
+            out = out + colour(image)  # in a residual network the colour path carries the input through
+        elif self.residual:
             out = out + image
         return out, hidden
 

@@ -63,8 +63,8 @@ def pool_settings(settings: dict | None = None) -> dict:
         raise DuplidogError(f"pool.scale_min/scale_max: need 0 < {merged['scale_min']} <= {merged['scale_max']}")
     if not 0.0 <= float(merged["colour_gain"]) < 1.0:
         raise DuplidogError(f"pool.colour_gain: {merged['colour_gain']} is not in [0, 1)")
-    if merged["colour_to"] not in ("both", "source"):
-        raise DuplidogError(f"pool.colour_to: {merged['colour_to']!r} is not 'both' or 'source'")
+    if merged["colour_to"] not in ("none", "both", "source"):
+        raise DuplidogError(f"pool.colour_to: {merged['colour_to']!r} is not 'none', 'both' or 'source'")
     if merged["compressor"] not in ("blosc-zstd", "zstd"):
         raise DuplidogError(f"pool.compressor: {merged['compressor']!r} is not 'blosc-zstd' or 'zstd'")
     for key in ("tiles_per_keyframe", "max_attempts", "shard_tiles"):

@@ -29,7 +29,7 @@ from duplidog.train.data import EpochPlan, StreamedBatches
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
-from duplidog.train.loop import StepRunner
+from duplidog.train.loop import StepRunner, parameter_groups
 from duplidog.train.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ def _runner(model_settings: dict, settings: dict, channels: int, border: int, ti
     torch.manual_seed(0)
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"), channels, channels,
                         **(model_settings.get("overrides") or {})).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(settings["lr"]),
-                                  betas=tuple(float(b) for b in settings["betas"]),
-                                  weight_decay=float(settings["weight_decay"]))
+    optimizer = torch.optim.AdamW(parameter_groups(model, float(settings["lr"]), float(settings["weight_decay"]),
+                                                   float(settings["curve_lr_scale"])),
+                                  betas=tuple(float(b) for b in settings["betas"]))
     scheduler = warmup_cosine(optimizer, 1000, 10, float(settings["min_lr"]))
     loss_mix = LossMix({k: v for k, v in settings["losses"].items() if k != "vgg"}, border,
                        float(settings["coarse_level_weight"]), float(settings["charbonnier_eps"])).to(device)

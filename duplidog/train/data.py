@@ -114,6 +114,16 @@ def read_tiles(array, indices: np.ndarray) -> np.ndarray:
     return np.asarray(array.oindex[unique])[inverse]
 
 
+def value_range(array, max_tiles: int = 512, margin: float = 0.02) -> list[float]:
+    """[low, high] of the values of up to ``max_tiles`` evenly spaced tiles of a pool array, widened by
+    ``margin`` of the span on each side (a deterministic sample: a resumed run gets the same range)."""
+    picks = np.unique(np.linspace(0, array.shape[0] - 1, min(max_tiles, array.shape[0])).round().astype(np.int64))
+    values = read_tiles(array, picks).astype(np.float32)
+    low, high = float(np.min(values)), float(np.max(values))
+    pad = max(margin * (high - low), 1e-3)
+    return [low - pad, high + pad]
+
+
 def pool_bytes(group) -> int:
     return sum(int(np.prod(group[name].shape)) * group[name].dtype.itemsize for name in ("source", "target"))
 

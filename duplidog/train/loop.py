@@ -39,7 +39,7 @@ import torch
 
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
-from duplidog.train.data import EpochPlan, make_batches
+from duplidog.train.data import EpochPlan, make_batches, value_range
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
@@ -140,6 +140,20 @@ def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> dict:
     return card
 
 
+def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, curve_lr_scale: float) -> list:
+    """AdamW groups: the network's weights, and the colour path's curves (LUT values: a larger step,
+    no decay, which would pull each knot's value towards 0 rather than towards a smooth curve)."""
+    from duplidog.model.blocks import ChannelCurves
+
+    curves = {id(p) for m in model.modules() if isinstance(m, ChannelCurves) for p in m.parameters()}
+    weights = [p for p in model.parameters() if id(p) not in curves]
+    groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
+    if curves:
+        groups.append({"params": [p for p in model.parameters() if id(p) in curves], "lr": lr * curve_lr_scale,
+                       "weight_decay": 0.0})
+    return groups
+
+
 def clear_run_outputs(work_dir: Path) -> None:
     """Before a fresh start, remove an earlier run's curves and pictures so they cannot be mixed in.
 
@@ -217,7 +231,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     from duplidog import colour
     from duplidog.ingest import read_plan
     from duplidog.model import build_model
-    from duplidog.modelstore import save_model
+    from duplidog.modelstore import read_card, save_model
     from duplidog.pool import open_pool, pool_fingerprint
 
     called = time.monotonic()
@@ -249,23 +263,30 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
 
     # -- network and optimizer --------------------------------------------------------------------------
     seed_everything(seed)
+    init_from = settings.get("init_from") or ""
+    overrides = dict(model_settings.get("overrides") or {})
+    # The colour path's curves span the data's values; a warm start keeps the knots its curves were
+    # learnt on, or its weights would mean other values.
+    if "curve_range" not in overrides:
+        previous = read_card(init_from).get("model", {}).get("curve_range") if init_from else None
+        overrides["curve_range"] = previous or value_range(group["source"])
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
-                        in_channels=in_channels, out_channels=out_channels, **(model_settings.get("overrides") or {}))
+                        in_channels=in_channels, out_channels=out_channels, **overrides)
     if tile_size % model.size_multiple:
         raise DuplidogError(
             f"{pool_path}: pool tiles of {tile_size} px are not a multiple of the network's size_multiple "
             f"{model.size_multiple} (set pool.tile_size to a multiple of it)"
         )
     lr = float(settings["lr"])
-    init_from = settings.get("init_from") or ""
     if init_from:
         warm_start(model, init_from)
         lr *= float(settings["finetune_lr_scale"])
         log.info("warm start from %s, learning rate scaled to %.3g", init_from, lr)
     model.to(device)
     ema = WeightAverage(model, float(settings["ema_decay"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(float(b) for b in settings["betas"]),
-                                  weight_decay=float(settings["weight_decay"]))
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, float(settings["weight_decay"]),
+                                                   float(settings["curve_lr_scale"])),
+                                  betas=tuple(float(b) for b in settings["betas"]))
     warmup = int(round(float(settings["warmup_fraction"]) * total_steps))
     scheduler = warmup_cosine(optimizer, total_steps, warmup, float(settings["min_lr"]))
     scaler = precision.scaler()
