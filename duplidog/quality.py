@@ -6,8 +6,10 @@ grade alone) and ``roto`` (a one-channel matte of two shaded objects that move a
 their own paths, from an RGB plate). Each goes through
 the stages the pipeline runs (ingest, pool, train, infer_frames); the non-key frames are then scored
 against two baselines: doing nothing (the plate) and a per-channel curve fitted on the keyframes (the
-fix a compositor could get from a 1D LUT). PSNR for images (peak 1.0, scene-linear values), IoU of
-matte > 0.5 for the matte.
+fix a compositor could get from a 1D LUT). PSNR for images (peak 1.0) on scene-linear values, where
+the highlights (up to about 25 here) dominate, and in the working space (the log-like encoding the
+network learns in, ``duplidog.colour``), where an error counts as much in the shadows as in a
+highlight, as the eye sees it; IoU of matte > 0.5 for the matte.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def write_shot(kind: str, directory: Path, width: int = demo.WIDTH, height: int 
 def evaluate_shot(kind: str, directory: Path, settings: dict | None = None,
                   size: tuple[int, int] = (demo.WIDTH, demo.HEIGHT)) -> dict:
     """Train on ``kind``'s keyframes with ``settings`` (a partial shot config) and score the other frames."""
-    from duplidog import imageio
+    from duplidog import colour, imageio
     from duplidog.infer import infer_frames
     from duplidog.ingest import ingest
     from duplidog.pool import build_pool
@@ -175,9 +177,17 @@ def evaluate_shot(kind: str, directory: Path, settings: dict | None = None,
     curve = dict(zip(unseen, curve_baseline([shot["plates"][f] for f in keys], [shot["truth"][f] for f in keys],
                                             [shot["plates"][f] for f in unseen])))
     score = iou if kind == "roto" else psnr
-    mean = lambda images: float(np.mean([score(images[f], shot["truth"][f]) for f in unseen]))  # noqa: E731
+
+    def mean(images: dict, space: str | None = None) -> float:
+        shaped = (lambda x: x) if space is None else (lambda x: colour.encode(x, space))  # noqa: E731
+        return float(np.mean([score(shaped(images[f]), shaped(shot["truth"][f])) for f in unseen]))
+
+    working = None if kind == "roto" else plan["colorspace"]
     row = {"shot": kind, "metric": "IoU" if kind == "roto" else "PSNR dB", "model": mean(output),
            "nothing": None if kind == "roto" else mean(shot["plates"]), "curve": mean(curve),
+           "model_working": None if working is None else mean(output, working),
+           "nothing_working": None if working is None else mean(shot["plates"], working),
+           "curve_working": None if working is None else mean(curve, working),
            "frames": len(unseen), "steps": trained["steps"], "train_seconds": round(seconds, 1),
            "steps_per_second": round(trained["steps"] / seconds, 2) if seconds else None}
     baselines = [v for v in (row["nothing"], row["curve"]) if v is not None]
@@ -204,9 +214,11 @@ def format_rows(rows: Sequence[dict]) -> str:
     def cell(value, digits=3):
         return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
-    header = ("shot", "metric", "model", "nothing", "curve", "model-best", "frames", "steps", "train s", "steps/s")
+    header = ("shot", "metric", "model", "nothing", "curve", "model-best", "working: model", "nothing", "curve",
+              "frames", "steps", "train s", "steps/s")
     lines = [header] + [(r["shot"], r["metric"], cell(r["model"]), cell(r["nothing"]), cell(r["curve"]),
-                         cell(r["margin"], 3), cell(r["frames"]), cell(r["steps"]), cell(r["train_seconds"], 1),
-                         cell(r["steps_per_second"], 2)) for r in rows]
+                         cell(r["margin"], 3), cell(r.get("model_working")), cell(r.get("nothing_working")),
+                         cell(r.get("curve_working")), cell(r["frames"]), cell(r["steps"]),
+                         cell(r["train_seconds"], 1), cell(r["steps_per_second"], 2)) for r in rows]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)) for line in lines)

@@ -24,7 +24,15 @@ torch.set_num_threads(2)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
-TINY = dict(width=4, depth=1, levels=2, stages=1)
+TINY = dict(width=4, depth=1, levels=2, stages=1, colour_width=4, curve_knots=5)
+
+
+def bend_curves(model):
+    """Give the colour path's curves values other than the identity, so every lookup matters."""
+    with torch.no_grad():
+        curves = model.colour.curves.values
+        curves.add_(0.2 * torch.randn_like(curves))
+    return model
 
 
 def tolerance(device: str) -> float:
@@ -90,6 +98,39 @@ def test_residual_network_starts_near_the_identity():
     assert not direct.residual and direct(x).shape == (2, 1, 32, 32)
     forced = build_model(residual=False, **TINY)
     assert (forced(x) - x).abs().mean() > 0.2 * x.abs().mean()  # the check above can fail
+
+
+def test_curves_start_as_the_identity_learn_a_tone_curve_and_extend_their_end_segments():
+    torch.manual_seed(0)
+    curves = blocks.ChannelCurves(2, knots=17, low=0.0, high=1.0)
+    x = torch.rand(4096, 2, 1, 1)
+    assert torch.allclose(curves(x), x, atol=1e-6)
+    wanted = lambda v: torch.cat([v[:, :1] ** 2, 0.5 * v[:, 1:] + 0.1], 1)  # noqa: E731
+    optimizer = torch.optim.Adam(curves.parameters(), lr=0.02)
+    for step in range(300):
+        optimizer.param_groups[0]["lr"] = 0.02 * (1 - step / 300)
+        optimizer.zero_grad()
+        (curves(x) - wanted(x)).abs().mean().backward()
+        optimizer.step()
+    probe = torch.linspace(0, 1, 101).view(-1, 1, 1, 1).repeat(1, 2, 1, 1)
+    with torch.no_grad():
+        assert (curves(probe) - wanted(probe)).abs().max() < 5e-3
+        outside = torch.tensor([-0.5, 2.0]).view(-1, 1, 1, 1).repeat(1, 2, 1, 1)
+        # Past the last knot the line through the last two goes on: 1 + 2 * (2 - 1) for v ** 2 ...
+        assert torch.allclose(curves(outside)[:, 1, 0, 0], 0.5 * outside[:, 1, 0, 0] + 0.1, atol=1e-2)
+        assert abs(float(curves(outside)[1, 0]) - (1.0 + (1 - (15 / 16) ** 2) * 16 * 1.0)) < 0.05
+
+
+def test_the_colour_path_carries_a_residual_network_input_and_adds_no_reach():
+    torch.manual_seed(0)
+    plain = build_model(**{**TINY, "colour_width": 0, "curve_knots": 0})
+    coloured = build_model(**TINY)
+    assert plain.colour is None and coloured.colour is not None and coloured.reach == plain.reach
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert (coloured.colour(x) - x).abs().max() < 0.01  # curves and matrix start as the identity
+    with pytest.raises(DuplidogError, match="curve_range"):
+        build_model(**TINY, curve_range=[1.0, 0.0])
 
 
 def test_one_set_of_weights_serves_every_level():
@@ -237,7 +278,7 @@ def test_macs_count_a_known_convolution():
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, yet Nuke still reads it
 def test_traced_and_scripted_networks_keep_height_and_width_dynamic():
     torch.manual_seed(0)
-    model = build_model(**TINY).eval()
+    model = bend_curves(build_model(**TINY)).eval()
     other = torch.rand(1, 3, 24, 40)
     with torch.no_grad():
         expected = model(other)
@@ -253,7 +294,7 @@ def test_onnx_export_keeps_height_and_width_dynamic(tmp_path: Path):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = build_model(**TINY).eval()
+    model = bend_curves(build_model(**TINY)).eval()
     path = tmp_path / "model.onnx"
     torch.onnx.export(model, (torch.rand(1, 3, 16, 16),), str(path), opset_version=17, input_names=["x"],
                       output_names=["y"], dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "h", 3: "w"}},

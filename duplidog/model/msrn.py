@@ -64,10 +64,11 @@ from duplidog.model.blocks import (
 
 # Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (~6.9 M parameters,
 # ~1.27 TMAC per megapixel). Measured with duplidog.model.analysis (see tests/test_model.py):
-#   small   0.17 M parameters,   27 GMAC/MP  (Tao's ResBlocks, 3x3: the fewest MACs for its depth, so CPU
+#   small   0.17 M parameters,   28 GMAC/MP  (Tao's ResBlocks, 3x3: the fewest MACs for its depth, so CPU
 #                                             training of 128 px tiles runs at a few steps/s)
-#   medium  2.3 M parameters,   415 GMAC/MP  (Li's multi-scale residual blocks)
-#   large   6.3 M parameters,  1150 GMAC/MP  (MSRB; CopyCat SRN scale)
+#   medium  2.3 M parameters,   416 GMAC/MP  (Li's multi-scale residual blocks)
+#   large   6.3 M parameters,  1152 GMAC/MP  (MSRB; CopyCat SRN scale)
+# The colour path (curves, matrix, MLP) is under 0.1 % of the parameters and 0.7-2.6 GMAC/MP of these.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(levels=3, width=8, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33),
