@@ -38,7 +38,8 @@ Moran et al., "CURL: Neural Curve Layers for Global Image Enhancement" (ICPR 202
 pixel, so tiles stay exact and the reach is unchanged. Past the data's range the curves continue their
 end segments and the MLP (ReLUs) is linear, so highlights brighter than any keyframe's are extended,
 never flattened. In a residual network the colour path starts as the identity and replaces the skip
-from the input; otherwise it starts near zero.
+from the input; otherwise it starts near zero. It runs once, at full resolution, and each level adds its
+correction to the colour path's output averaged down to that level.
 """
 
 from __future__ import annotations
@@ -78,9 +79,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                   recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=65),
 }
 
-# The output convolution starts with weights scaled down by this, so a residual network starts close
-# to the identity (and a direct one close to zero) while every layer still receives gradients.
-HEAD_INIT_SCALE = 0.1
+# The head (the encoder-decoder's last convolution) starts with its weights scaled down by this, so each
+# level's output starts as nearly what the colour path (or the input) gives and the spatial correction
+# grows only where the loss asks for it, while every layer still receives gradients (the near-zero last
+# layers of residual branches of Goyal et al. 2017 and Fixup). Measured on the quality bench's colour
+# look: 58.5 dB in the working space after 300 steps with a head at zero, 54.0 with one scaled by 0.1.
+HEAD_INIT_SCALE = 0.01
+# A colour matrix that is not the identity (RGB -> matte) starts small but not zero, so the curves
+# before it learn from the first step.
+MATRIX_INIT_SCALE = 0.1
 
 
 class EncoderStage(nn.Module):
@@ -114,9 +121,8 @@ class ColourPath(nn.Module):
     """Per pixel: curves per input channel, a colour matrix, plus an MLP of 1x1 convolutions.
 
     With ``identity=True`` (same channels in and out) it starts as the identity; otherwise the matrix
-    starts small. The MLP's last layer starts scaled down twice as much as the network's head (it sits
-    beside the matrix, which already carries the colour), so it adds almost nothing at first while
-    every layer still receives gradients.
+    starts small. The MLP's last layer starts nearly at zero like the network's head: the matrix
+    already carries the colour, and the MLP adds only what it cannot.
 
     Args:
         in_channels, out_channels: channels of the image and of the output.
@@ -136,7 +142,7 @@ class ColourPath(nn.Module):
             if identity:
                 self.matrix.weight.copy_(torch.eye(out_channels, in_channels).view(out_channels, in_channels, 1, 1))
             else:
-                self.matrix.weight.mul_(HEAD_INIT_SCALE)
+                self.matrix.weight.mul_(MATRIX_INIT_SCALE)
             self.matrix.bias.zero_()
         layers: List[nn.Module] = []
         if width:
@@ -146,7 +152,7 @@ class ColourPath(nn.Module):
                 channels = width
             last = nn.Conv2d(channels, out_channels, 1)
             with torch.no_grad():
-                last.weight.mul_(HEAD_INIT_SCALE**2)
+                last.weight.mul_(HEAD_INIT_SCALE)
                 last.bias.zero_()
             layers.append(last)
         self.mlp = nn.Sequential(*layers) if layers else None
@@ -304,14 +310,14 @@ class MSRN(nn.Module):
                 reach = max(reach + (UPSAMPLE_RADIUS + k) * f, skips.pop())
                 reach += sequence_radius(stage.blocks) * f
             reach += k * spacing  # head
-            out_reach = max(reach, image) if self.residual else reach
+            out_reach = max(reach, image) if self.residual or self.colour is not None else reach
         assert out_reach is not None
         return out_reach
 
     # -- computation --------------------------------------------------------------------------------
     def _level(self, image: torch.Tensor, previous: torch.Tensor,
                hidden: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """One pass of the shared encoder-decoder at one pyramid level."""
+        """One pass of the shared encoder-decoder at one pyramid level: its correction, and the state."""
         x = F.relu(self.stem(torch.cat([image, previous], 1)))
         skips: List[torch.Tensor] = []
         for stage in self.encoder:
@@ -326,13 +332,7 @@ class MSRN(nn.Module):
         x = self.bottleneck_out(x)
         for stage in self.decoder:
             x = stage(x, skips.pop())
-        out = self.head(x)
-        colour = self.colour
-        if colour is not None:
-            out = out + colour(image)  # in a residual network the colour path carries the input through
-        elif self.residual:
-            out = out + image
-        return out, hidden
+        return self.head(x), hidden
 
     def forward_levels(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The prediction of every level, coarse to fine, each at its level's resolution."""
@@ -343,11 +343,21 @@ class MSRN(nn.Module):
         pyramid: List[torch.Tensor] = [x]
         for _ in range(self.levels - 1):
             pyramid.append(downsample2x(pyramid[-1]))
-        coarsest = pyramid[-1]
-        if self.residual:
-            prediction = coarsest  # Tao's choice: the input is the first guess at the coarsest level
+        # What each level's correction is added to: the colour path's output (run once, at full resolution,
+        # then averaged down like the image, so every level is asked for the average of a per-pixel
+        # function rather than the function of an average), or in a residual network without one the image.
+        bases: List[torch.Tensor] = []
+        colour = self.colour
+        if colour is not None:
+            bases.append(colour(x))
+            for _ in range(self.levels - 1):
+                bases.append(downsample2x(bases[-1]))
+        elif self.residual:
+            bases = pyramid
+        if len(bases) > 0:
+            prediction = bases[-1]  # Tao's choice: the input (here its colour-mapped version) is the first guess
         else:
-            prediction = torch.zeros_like(coarsest[:, :1]).repeat(1, self.out_channels, 1, 1)
+            prediction = torch.zeros_like(pyramid[-1][:, :1]).repeat(1, self.out_channels, 1, 1)
         hidden: Optional[torch.Tensor] = None
         outputs: List[torch.Tensor] = []
         for level in range(self.levels - 1, -1, -1):
@@ -355,7 +365,8 @@ class MSRN(nn.Module):
                 prediction = upsample2x(prediction)
                 if hidden is not None:
                     hidden = upsample2x(hidden)
-            prediction, hidden = self._level(pyramid[level], prediction, hidden)
+            correction, hidden = self._level(pyramid[level], prediction, hidden)
+            prediction = correction + bases[level] if len(bases) > 0 else correction
             outputs.append(prediction)
         return outputs
 
