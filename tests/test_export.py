@@ -35,8 +35,11 @@ def save_tiny_model(model_dir: Path, channels_in, channels_out, space="linear", 
     torch.manual_seed(seed)
     network = build_model("msrn", "small", in_channels=len(channels_in), out_channels=len(channels_out), **TINY)
     with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.05)
+        for name, parameter in network.named_parameters():
+            if name.endswith("curves.values"):  # a tone curve, not noise: random knots would extend
+                parameter.mul_(1.1).add_(0.02)  # to slopes that turn highlights into 1e8
+            else:
+                parameter.add_(torch.randn_like(parameter) * 0.05)
     card = {"input_channels": list(channels_in), "output_channels": list(channels_out),
             "colorspace": colour.describe(space), "training": {"shot": "sh010", "steps": 7}}
     save_model(model_dir, network, card)

@@ -47,3 +47,18 @@ def test_a_short_run_scores_unseen_frames_of_the_look_and_the_matte(tmp_path):
     assert 0.0 <= rows[1]["model"] <= 1.0
     assert (tmp_path / "roto/out/out.1002.exr").is_file()
     assert "look" in format_rows(rows) and "IoU" in format_rows(rows)
+
+
+def test_the_roto_shot_is_not_a_key_no_curve_of_the_plate_separates_its_objects(tmp_path):
+    from duplidog import demo
+    from duplidog.quality import write_shot
+
+    shot = write_shot("roto", tmp_path, 96, 64)
+    keys = demo.KEYFRAMES
+    unseen = [f for f in demo.FRAMES if f not in keys][::5]
+    mattes = [shot["truth"][f] for f in unseen]
+    assert all(0.05 < m.mean() < 0.5 and m.max() == 1.0 for m in mattes)  # objects in every frame, edges soft
+    assert any(0.0 < v < 1.0 for v in np.unique(mattes[0]))
+    curve = curve_baseline([shot["plates"][f] for f in keys], [shot["truth"][f] for f in keys],
+                           [shot["plates"][f] for f in unseen])
+    assert np.mean([iou(c, m) for c, m in zip(curve, mattes)]) < 0.7
