@@ -2,7 +2,8 @@
 together in one Snakemake command (a batch of shot files), each in its own results/<shot>/.
 
 The identity run: the shots are trained (a few steps, so ingest, pool and train really run), then each
-model's output convolution is zeroed. A residual MSRN then returns its input exactly, so the frames
+model's output convolution is zeroed and its colour path reset to the identity. A residual MSRN then
+returns its input (to float32 rounding, far below every format's step), so the frames
 that inference writes must hold the plate's stored values bit for bit: the reader, the working-space
 transform and its inverse, the tiler and the writer may change nothing. A roto shot (RGB plate, `A`
 keyframes) must come back as a one-channel matte.
@@ -71,12 +72,21 @@ def shot_file(root: Path, shot: str, ext: str) -> Path:
 
 
 def zero_the_head(model_dir: Path) -> None:
-    """Make the trained residual network the identity: its correction is the output convolution's."""
+    """Make the trained residual network the identity: its correction is the output convolution's, and
+    its colour path goes back to where it starts (identity curves and matrix, a silent MLP)."""
     model, card = load_model(model_dir)
     assert model.residual
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()
+        path = model.colour
+        channels = path.matrix.weight.shape[0]
+        path.matrix.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+        path.matrix.bias.zero_()
+        knots = path.curves.knots
+        path.curves.values.copy_(torch.linspace(path.curves.low, path.curves.high, knots).repeat(channels, 1))
+        path.mlp[-1].weight.zero_()
+        path.mlp[-1].bias.zero_()
     save_model(model_dir, model, {k: v for k, v in card.items() if k not in ("weights",)})
 
 

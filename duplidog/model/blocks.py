@@ -157,8 +157,9 @@ class ChannelCurves(nn.Module):
         if knots < 2 or not high > low:
             raise ValueError(f"curves need at least 2 knots and high > low, got knots={knots}, {low}..{high}")
         self.channels, self.knots = int(channels), int(knots)
-        self.low, self.step = float(low), (float(high) - float(low)) / (knots - 1)
-        positions = torch.linspace(float(low), float(high), knots)
+        self.low, self.high = float(low), float(high)
+        self.step = (self.high - self.low) / (knots - 1)
+        positions = torch.linspace(self.low, self.high, knots)
         self.values = nn.Parameter(positions.repeat(channels, 1))  # (channels, knots): the identity
         self.register_buffer("offsets", (torch.arange(channels) * knots).view(1, channels, 1, 1), persistent=False)
 
