@@ -179,7 +179,10 @@ def evaluate_shot(kind: str, directory: Path, settings: dict | None = None,
     score = iou if kind == "roto" else psnr
 
     def mean(images: dict, space: str | None = None) -> float:
-        shaped = (lambda x: x) if space is None else (lambda x: colour.encode(x, space))  # noqa: E731
+        """The mean score over the unseen frames, on scene values or (``space``) encoded into it."""
+        def shaped(x):
+            return x if space is None else colour.encode(x, space)
+
         return float(np.mean([score(shaped(images[f]), shaped(shot["truth"][f])) for f in unseen]))
 
     working = None if kind == "roto" else plan["colorspace"]
