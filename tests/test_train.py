@@ -128,6 +128,24 @@ def test_vgg_absent_is_a_clear_error(shot, tmp_path, monkeypatch):
 
 # -- schedule, convergence, data order ---------------------------------------------------------------------
 
+def test_curves_take_their_own_step_without_weight_decay_and_span_the_pool():
+    from duplidog.model import build_model
+    from duplidog.train.data import value_range
+    from duplidog.train.loop import parameter_groups
+
+    model = build_model(preset="small")
+    weights, curves = parameter_groups(model, 1e-3, 1e-4, 10.0)
+    assert curves["params"] == [model.colour.curves.values]
+    assert curves["lr"] == pytest.approx(1e-2) and curves["weight_decay"] == 0.0 and weights["weight_decay"] == 1e-4
+    assert len(weights["params"]) + 1 == len(list(model.parameters()))
+    import zarr
+
+    values = np.linspace(-0.1, 2.0, 6 * 3 * 4 * 4, dtype=np.float32).reshape(6, 3, 4, 4)
+    tiles = zarr.create_array(zarr.storage.MemoryStore(), data=values, chunks=(1, 3, 4, 4))
+    low, high = value_range(tiles, max_tiles=6)
+    assert low < -0.1 and high > 2.0 and high - low < 2.1 * 1.05
+
+
 def test_schedule_warms_up_then_decays_to_the_floor():
     factors = [lr_factor(s, 100, 10, 1e-3) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)

@@ -145,12 +145,11 @@ def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, cur
     no decay, which would pull each knot's value towards 0 rather than towards a smooth curve)."""
     from duplidog.model.blocks import ChannelCurves
 
-    curves = {id(p) for m in model.modules() if isinstance(m, ChannelCurves) for p in m.parameters()}
-    weights = [p for p in model.parameters() if id(p) not in curves]
+    curves = [p for m in model.modules() if isinstance(m, ChannelCurves) for p in m.parameters()]
+    weights = [p for p in model.parameters() if all(p is not c for c in curves)]
     groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
     if curves:
-        groups.append({"params": [p for p in model.parameters() if id(p) in curves], "lr": lr * curve_lr_scale,
-                       "weight_decay": 0.0})
+        groups.append({"params": curves, "lr": lr * curve_lr_scale, "weight_decay": 0.0})
     return groups
 
 
