@@ -67,14 +67,15 @@ FLAME_INPUT, FLAME_OUTPUT = "input_image", "output_image"
 FLAME_MINIMUM_VERSION = "2025.2"
 
 
-def mirror_index(length: int, padded: int, device: torch.device) -> torch.Tensor:
-    """Source rows (or columns) for mirror padding ``length`` pixels up to ``padded`` on the far side.
+def mirror_index(length: int, padded: int, device: torch.device, before: int = 0) -> torch.Tensor:
+    """Source rows (or columns) for mirror padding ``length`` pixels to ``padded``, ``before`` of them
+    ahead of the first pixel and the rest after the last.
 
     The same folding as ``duplidog.infer.tiling.mirror_indices`` (edge pixel not repeated, folding back
     and forth when the padding is longer than the image), written with tensor ops only so that
     TorchScript keeps it for any size and ``torch.export`` keeps the sizes symbolic.
     """
-    positions = torch.arange(padded, device=device)
+    positions = torch.arange(padded, device=device) - before
     period = torch.full([], 2 * (length - 1), dtype=torch.long, device=device).clamp(min=1)
     folded = torch.remainder(positions, period)
     return torch.where(folded < length, folded, period - folded)
@@ -83,15 +84,17 @@ def mirror_index(length: int, padded: int, device: torch.device) -> torch.Tensor
 class SceneModel(nn.Module):
     """A duplidog network wrapped to take and return scene values of any size (what hosts expect).
 
-    forward: encode into the working space, mirror-pad bottom/right to ``size_multiple``, run the
-    network, crop to ``scale`` x the input size, decode. Channels are reordered between the host's
+    forward: encode into the working space, mirror-pad ``context`` pixels all round and then
+    bottom/right to ``size_multiple`` (as ``infer.tiling.frame_padding``), run the network, crop to
+    ``scale`` x the input size, decode. Channels are reordered between the host's
     layout and the network's when they differ (Flame wants colour before alpha): the network's input
     channel j is the host's ``host_to_network[j]``, the host's output k the network's ``network_to_host[k]``.
     """
 
     def __init__(self, network: nn.Module, space: Any, size_multiple: int, scale: int,
-                 host_to_network: Sequence[int], network_to_host: Sequence[int]):
+                 host_to_network: Sequence[int], network_to_host: Sequence[int], context: int = 0):
         super().__init__()
+        self.context = int(context)
         self.network = network
         self.encode = WorkingSpaceModule(space, "encode")
         self.decode = WorkingSpaceModule(space, "decode")
@@ -109,12 +112,14 @@ class SceneModel(nn.Module):
         multiple = self.size_multiple
         if self.reorder_input:
             x = x.index_select(1, self.host_to_network)
+        c = self.context
         y = self.encode(x)
-        y = y.index_select(2, mirror_index(height, (height + multiple - 1) // multiple * multiple, x.device))
-        y = y.index_select(3, mirror_index(width, (width + multiple - 1) // multiple * multiple, x.device))
+        y = y.index_select(2, mirror_index(height, (height + 2 * c + multiple - 1) // multiple * multiple, x.device, c))
+        y = y.index_select(3, mirror_index(width, (width + 2 * c + multiple - 1) // multiple * multiple, x.device, c))
         out = self.network(y)
         assert isinstance(out, torch.Tensor)
-        out = out[:, :, : self.scale * height, : self.scale * width]
+        scale = self.scale
+        out = out[:, :, scale * c: scale * (c + height), scale * c: scale * (c + width)]
         if self.reorder_output:
             out = out.index_select(1, self.network_to_host)
         return self.decode(out)
@@ -375,13 +380,14 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
 
     if to == "nuke":
         wrapper = SceneModel(network, space, multiple, scale, range(network.in_channels),
-                             range(network.out_channels)).eval()
+                             range(network.out_channels), network.edge_context).eval()
         result = _export_nuke(wrapper, card, out, network, space, frames)
     else:
         colour_in, alpha_in, order_in = flame_layout(names_in, "input", card_path)
         colour_out, alpha_out, order_out = flame_layout(names_out, "output", card_path)
         host_to_network = torch.argsort(torch.tensor(order_in)).tolist()
-        wrapper = SceneModel(network, space, multiple, scale, host_to_network, order_out).eval()
+        wrapper = SceneModel(network, space, multiple, scale, host_to_network, order_out,
+                             network.edge_context).eval()
         result = _export_flame(wrapper, card, out, network, space, frames, order_in, order_out,
                                ((colour_in, alpha_in), (colour_out, alpha_out)))
     result.update(target=to, model_id=card.get("id"), check_sizes=[list(s) for s in CHECK_SIZES],

@@ -145,6 +145,9 @@ def _describe_mismatch(expected: Mapping[str, torch.Tensor], found: Mapping[str,
 def load_model(model_dir: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
     """The network saved in ``model_dir``, on ``device`` in eval mode, and its card.
 
+    The network's ``edge_context`` attribute is the card's (0 when absent): what ``infer`` mirrors
+    around each frame with its ``edge_context: auto``.
+
     Raises DuplidogError naming the folder or file when it is missing, the card is not valid JSON or
     names an unknown architecture, or the weights are missing, damaged or do not fit the card.
     """
@@ -169,4 +172,6 @@ def load_model(model_dir: Union[str, os.PathLike], device: Union[str, torch.devi
     if mismatch:
         raise DuplidogError(f"{weights}: weights do not fit the network in {CARD_NAME}: {mismatch}")
     model.load_state_dict(state, strict=True)
+    # The context its training tiles gave every scored pixel; inference mirrors that much around frames.
+    model.edge_context = int(card.get("edge_context", 0) or 0)
     return model.to(device).eval(), card

@@ -41,7 +41,7 @@ def save_tiny_model(model_dir: Path, channels_in, channels_out, space="linear", 
             else:
                 parameter.add_(torch.randn_like(parameter) * 0.05)
     card = {"input_channels": list(channels_in), "output_channels": list(channels_out),
-            "colorspace": colour.describe(space), "training": {"shot": "sh010", "steps": 7}}
+            "colorspace": colour.describe(space), "edge_context": 6, "training": {"shot": "sh010", "steps": 7}}
     save_model(model_dir, network, card)
     return model_dir
 
@@ -80,6 +80,9 @@ def test_mirror_index_folds_like_the_tiler():
         for padded in (length, length + 1, length + 7, 3 * length + 11):
             expected = mirror_indices(length, 0, padded - length)
             assert mirror_index(length, padded, torch.device("cpu")).tolist() == expected.tolist(), (length, padded)
+            if padded > length + 2:  # with context ahead of the first pixel too
+                ahead = mirror_indices(length, 2, padded - length - 2)
+                assert mirror_index(length, padded, torch.device("cpu"), 2).tolist() == ahead.tolist()
 
 
 # -- Nuke ----------------------------------------------------------------------------------------------------

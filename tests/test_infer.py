@@ -51,8 +51,21 @@ def test_mirrored_edge_context_is_exact_too(net):
     tiled = apply_model(net, image, tile=64, edge_context=20)
     assert (whole - tiled).abs().max().item() <= 1e-3
     # and it does change the edge (the network meets mirrored context instead of its zero padding)
-    plain = apply_model(net, image, tile="none")
+    plain = apply_model(net, image, tile="none", edge_context=0)
     assert (plain - whole)[..., 0, :].abs().max().item() > 1e-4
+
+
+def test_auto_edge_context_is_the_context_the_model_was_trained_with(net):
+    image = frame(70, 45, seed=2)
+    unknown = apply_model(net, image, tile="none")  # a network without the attribute: no context
+    assert torch.equal(unknown, apply_model(net, image, tile="none", edge_context=0))
+    net.edge_context = 20
+    try:
+        assert torch.equal(apply_model(net, image, tile="none"), apply_model(net, image, tile="none", edge_context=20))
+    finally:
+        del net.edge_context
+    with pytest.raises(DuplidogError, match="edge_context"):
+        apply_model(net, image, edge_context="wide")
 
 
 def test_the_exactness_test_catches_an_understated_reach():

@@ -231,10 +231,20 @@ def test_training_learns_and_saves_the_model_with_its_card(shot, tmp_path):
     assert card["training"]["steps"] == 60 and len(card["training"]["keyframe_fingerprint"]) == 64
     assert card["training"]["pool_fingerprint"] and card["metrics"]["validation"]["psnr"] == result["validation_psnr"]
     assert card["model"]["width"] == 8
+    # Inference gives frames the context the tiles gave training; the curves span the pool's values.
+    border = open_pool_attrs(shot["pool"])["border"]
+    assert card["edge_context"] == border > 0 and model.edge_context == border
+    assert card["model"]["curve_range"][0] < card["model"]["curve_range"][1]
     # The saved weights are the weight average of the final checkpoint.
     ema = final_state(tmp_path)["ema"]["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value.cpu(), ema[key])
+
+
+def open_pool_attrs(path) -> dict:
+    from duplidog.pool import open_pool
+
+    return dict(open_pool(path).attrs)
 
 
 def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tmp_path, monkeypatch):

@@ -46,6 +46,16 @@ class RunPlan:
     dtype: torch.dtype
 
 
+def resolve_edge_context(model: torch.nn.Module, setting: str | int) -> int:
+    """The mirrored context around each frame: ``"auto"`` is the context the model was trained with
+    (``model.edge_context``, which ``modelstore.load_model`` sets from the card; 0 when unknown)."""
+    if setting == "auto":
+        return int(getattr(model, "edge_context", 0) or 0)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise DuplidogError(f"infer.edge_context: must be 'auto' or a whole number of pixels >= 0, got {setting!r}")
+    return setting
+
+
 def model_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
     """(size_multiple, reach, scale) of a duplidog network; scale is 1 unless the model says otherwise."""
     try:
@@ -180,7 +190,7 @@ def plan_run(
     precision: str = "auto",
     cpu_pixel_budget: int | None = None,
     memory_fraction: float = DEFAULT_MEMORY_FRACTION,
-    edge_context: int = 0,
+    edge_context: str | int = "auto",
 ) -> RunPlan:
     """Decide whole-frame or tiles (and the tile size and batch) for a frame of ``image_shape``.
 
@@ -194,6 +204,7 @@ def plan_run(
     dtype = autocast_dtype(device, precision)
     multiple, reach, scale = model_geometry(model)
     _, channels, height, width = image_shape
+    edge_context = resolve_edge_context(model, edge_context)
     padding = frame_padding(height, width, multiple, edge_context)
     padded_h, padded_w = padding.padded_size(height, width)
     if batch_size < 1:
@@ -290,7 +301,7 @@ def apply_model(
     precision: str = "auto",
     cpu_pixel_budget: int | None = None,
     memory_fraction: float = DEFAULT_MEMORY_FRACTION,
-    edge_context: int = 0,
+    edge_context: str | int = "auto",
 ) -> torch.Tensor:
     """Run ``model`` over a (1, C, H, W) float32 working-space CPU tensor; returns (1, C', sH, sW) CPU float32.
 
@@ -308,9 +319,12 @@ def apply_model(
             as far as ``memory_fraction`` of the available RAM allows.
         memory_fraction: the share of free device memory (or RAM) "auto" plans to use.
         edge_context: mirrored pixels added around the frame before the network sees it (then
-            cropped off); 0 lets the network meet the frame edge as it met tile edges in training.
+            cropped off). "auto": the model's training context (the tile pool's border: the loss
+            never scored pixels with less context than that, so a frame edge without it is where a
+            network errs most); 0 lets the network meet the frame edge unpadded.
     """
     _check_image(image)
+    edge_context = resolve_edge_context(model, edge_context)
     device = torch.device(device) if device is not None else model_device(model)
     if model_device(model) != device:
         model.to(device)

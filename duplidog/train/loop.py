@@ -271,6 +271,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         overrides["curve_range"] = previous or value_range(group["source"])
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
                         in_channels=in_channels, out_channels=out_channels, **overrides)
+    model.edge_context = border  # validation, like production, mirrors this much around each frame
     if tile_size % model.size_multiple:
         raise DuplidogError(
             f"{pool_path}: pool tiles of {tile_size} px are not a multiple of the network's size_multiple "
@@ -428,6 +429,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                 "scale": int(getattr(model, "scale", 1)),
                 "reach": int(model.reach),
                 "size_multiple": int(model.size_multiple),
+                "edge_context": border,
                 "training": {
                     "shot": plan.get("shot"),
                     "steps": step,
