@@ -24,8 +24,8 @@ When input and output channels match (RGB -> RGB, RGBA -> RGBA) each level predi
 added to its input, so the untrained network starts near the identity and learns only the fix (a
 paint cleanup changes few pixels). Otherwise (RGB -> matte) it predicts the output directly.
 
-Beside the encoder-decoder, each level has a *per-pixel colour path* from the level's image straight
-to the output: one learnable curve per input channel (a 1D LUT, ``curve_knots`` knots over the
+Beside the encoder-decoder there is a *per-pixel colour path* from the image straight to the
+output: one learnable curve per input channel (a 1D LUT, ``curve_knots`` knots over the
 training data's range, ``curve_range``), a 1x1 colour matrix, and in parallel a small MLP of 1x1
 convolutions (``colour_width`` hidden features) for what curves and a matrix cannot do. Much of what
 an artist does to a shot is a function of each pixel's own colour -- a grade, a look, much of a key --
@@ -69,7 +69,7 @@ from duplidog.model.blocks import (
 #                                             training of 128 px tiles runs at a few steps/s)
 #   medium  2.3 M parameters,   416 GMAC/MP  (Li's multi-scale residual blocks)
 #   large   6.3 M parameters,  1152 GMAC/MP  (MSRB; CopyCat SRN scale)
-# The colour path (curves, matrix, MLP) is under 0.1 % of the parameters and 0.7-2.6 GMAC/MP of these.
+# The colour path (curves, matrix, MLP) is under 0.1 % of the parameters and 0.4-1.2 GMAC/MP of these.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(levels=3, width=8, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33),
