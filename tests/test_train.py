@@ -153,6 +153,43 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(100, 100, 10, 1e-3) * 1e-3 == pytest.approx(1e-7)
 
 
+def test_a_time_budget_anneals_the_schedule_by_its_deadline():
+    from duplidog.train.schedule import TrainingClock, TrainingSchedule
+
+    clock = TrainingClock()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = TrainingSchedule(optimizer, total_steps=1000, warmup_steps=0, min_lr=1e-7, budget_seconds=100.0,
+                                clock=clock)
+    clock.resume(50.0)  # half the budget gone after a handful of steps: the decay follows the time
+    schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(0.5e-3, rel=0.01)
+    clock.resume(100.0)
+    schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(1e-7, rel=0.01)
+    state = schedule.state_dict()
+    resumed = TrainingSchedule(optimizer, 1000, 0, 1e-7, 100.0, TrainingClock())
+    resumed.load_state_dict(state)  # a resumed run continues the clock, not a fresh budget
+    assert resumed.steps == 2 and resumed.clock() >= 100.0 and resumed.get_last_lr()[0] == pytest.approx(1e-7, rel=0.01)
+
+
+def test_change_weights_count_the_changed_pixels_more_and_leave_uniform_fixes_alone():
+    from duplidog.train.losses import change_weights
+
+    source = torch.zeros(1, 3, 16, 16)
+    target = source.clone()
+    target[..., 8, 8] = 1.0  # a one-pixel paint-out
+    weights = change_weights(source, target, extra=10.0, threshold=0.01, radius=2)
+    assert weights[0, 0, 8, 8] == 11.0 and weights[0, 0, 6, 10] == 11.0 and weights[0, 0, 5, 8] == 1.0
+    prediction = source.clone()  # leaves the object in
+    plain, _ = LossMix({"l1": 1.0}, border=0, coarse_level_weight=0.0)(prediction, target, 16, source)
+    weighted, _ = LossMix({"l1": 1.0}, border=0, coarse_level_weight=0.0, change_weight=10.0)(
+        prediction, target, 16, source)
+    assert weighted.item() > 5 * plain.item()
+    graded = source + 0.5  # every pixel changes: the weighted mean is the plain one
+    assert torch.allclose(change_weights(source, graded, 10.0, 0.01, 2), torch.full((1, 1, 16, 16), 11.0))
+    assert change_weights(source, target[:, :1], 10.0, 0.01, 2) is None  # a matte: no correspondence
+
+
 def test_convergence_status_follows_the_trend():
     def status(values):
         meter = ConvergenceMeter(window=20)

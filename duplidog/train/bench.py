@@ -30,7 +30,7 @@ from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
 from duplidog.train.loop import StepRunner, parameter_groups
-from duplidog.train.schedule import warmup_cosine
+from duplidog.train.schedule import TrainingSchedule
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _runner(model_settings: dict, settings: dict, channels: int, border: int, ti
     optimizer = torch.optim.AdamW(parameter_groups(model, float(settings["lr"]), float(settings["weight_decay"]),
                                                    float(settings["curve_lr_scale"])),
                                   betas=tuple(float(b) for b in settings["betas"]))
-    scheduler = warmup_cosine(optimizer, 1000, 10, float(settings["min_lr"]))
+    scheduler = TrainingSchedule(optimizer, 1000, 10, float(settings["min_lr"]))
     loss_mix = LossMix({k: v for k, v in settings["losses"].items() if k != "vgg"}, border,
                        float(settings["coarse_level_weight"]), float(settings["charbonnier_eps"])).to(device)
     return StepRunner(model, model, loss_mix, optimizer, scheduler, precision.scaler(),

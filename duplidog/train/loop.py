@@ -44,7 +44,7 @@ from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
 from duplidog.train.monitor import ActivationStats, TrainingMonitor, read_metrics
-from duplidog.train.schedule import warmup_cosine
+from duplidog.train.schedule import TrainingClock, TrainingSchedule
 from duplidog.train.validate import load_validation_frames, validate, write_contact_sheet
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class StepRunner:
                         outputs = self.forward(source, all_levels=True)
                 else:
                     outputs = self.forward(source, all_levels=True)
-            loss, parts = self.loss_mix(outputs, target, self.tile_size)
+            loss, parts = self.loss_mix(outputs, target, self.tile_size, source)
             self.scaler.scale(loss / self.accumulate).backward()
             loss_sum += loss.item() / self.accumulate
             for name, value in parts.items():
@@ -234,6 +234,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     from duplidog.pool import open_pool, pool_fingerprint
 
     called = time.monotonic()
+    clock = TrainingClock()  # the budget's clock: a resumed run continues the earlier runs' time
     settings = config["train"]
     model_settings = config.get("model", {})
     seed = int(config.get("seed", 0))
@@ -241,7 +242,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = work_dir / "checkpoints"
     max_minutes = settings.get("max_minutes")
-    deadline = called + 60.0 * float(max_minutes) if max_minutes else None
+    budget_seconds = 60.0 * float(max_minutes) if max_minutes else None
     total_steps = int(settings["steps"])
     accumulate = max(1, int(settings["accumulate"]))
 
@@ -288,11 +289,11 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                                                    float(settings["curve_lr_scale"])),
                                   betas=tuple(float(b) for b in settings["betas"]))
     warmup = int(round(float(settings["warmup_fraction"]) * total_steps))
-    scheduler = warmup_cosine(optimizer, total_steps, warmup, float(settings["min_lr"]))
+    scheduler = TrainingSchedule(optimizer, total_steps, warmup, float(settings["min_lr"]), budget_seconds, clock)
     scaler = precision.scaler()
     loss_mix = LossMix(settings["losses"], border, float(settings["coarse_level_weight"]),
                        float(settings["charbonnier_eps"]), settings.get("vgg19_weights") or "",
-                       autocast=precision.autocast).to(device)
+                       autocast=precision.autocast, change_weight=float(settings["change_weight"])).to(device)
     epochs = EpochPlan(n_tiles, int(settings["batch_size"]), float(settings["epoch_fraction"]), seed,
                        bool(settings["augment_dihedral"]))
 
@@ -384,7 +385,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                     raise TrainingInterrupted(
                         f"{work_dir}: training stopped by {name} at step {step}; checkpoint {path.name} written, "
                         f"rerun to resume", stop.signum)
-                if deadline is not None and time.monotonic() >= deadline:
+                if budget_seconds is not None and clock() >= budget_seconds:
                     stopped_by = "max_minutes"
                     monitor.write(f"train: train.max_minutes ({max_minutes}) reached at step {step}; stopping")
                     break

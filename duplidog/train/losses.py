@@ -45,22 +45,51 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 
 # -- individual terms: (prediction, target) float32 (N, C, H, W) -> scalar ----------------------------
 
-def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (prediction - target).abs().mean()
+def _mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values``, or their weighted mean with (N, 1, H, W) ``weights`` broadcast over channels."""
+    if weights is None:
+        return values.mean()
+    weights = weights.expand_as(values)
+    return (values * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def charbonnier_loss(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    return torch.sqrt((prediction - target) ** 2 + eps * eps).mean()
+def l1_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    return _mean((prediction - target).abs(), weights)
 
 
-def gradient_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def charbonnier_loss(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-3,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+    return _mean(torch.sqrt((prediction - target) ** 2 + eps * eps), weights)
+
+
+def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     def dx(t):
         return t[..., :, 1:] - t[..., :, :-1]
 
     def dy(t):
         return t[..., 1:, :] - t[..., :-1, :]
 
-    return 0.5 * ((dx(prediction) - dx(target)).abs().mean() + (dy(prediction) - dy(target)).abs().mean())
+    wx = None if weights is None else weights[..., :, 1:]
+    wy = None if weights is None else weights[..., 1:, :]
+    return 0.5 * (_mean((dx(prediction) - dx(target)).abs(), wx) + _mean((dy(prediction) - dy(target)).abs(), wy))
+
+
+def change_weights(source: torch.Tensor, target: torch.Tensor, extra: float, threshold: float,
+                   radius: int) -> torch.Tensor | None:
+    """Per pixel (N, 1, H, W): 1, plus ``extra`` where the fix changes the image (|target - source|
+    above ``threshold`` in any channel) or within ``radius`` pixels of such a change.
+
+    A paint-out changes a few percent of a tile: under a plain mean, leaving the objects in costs the
+    loss almost nothing next to the texture everywhere else. Where everything changes (a grade, a
+    degrain) the weights are uniform and the mean is the plain one. None when it does not apply (no
+    extra weight, or source and target channels that do not correspond, as for a matte).
+    """
+    if extra <= 0 or source.shape[1] != target.shape[1]:
+        return None
+    changed = ((target.float() - source.float()).abs().amax(1, keepdim=True) > threshold).float()
+    if radius > 0:
+        changed = F.max_pool2d(changed, 2 * radius + 1, stride=1, padding=radius)
+    return 1.0 + extra * changed
 
 
 def frequency_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -217,6 +246,10 @@ TERMS: Dict[str, Callable] = {
 }
 
 
+#: Terms that take per-pixel weights (the others are statistics of the whole tile).
+WEIGHTED_TERMS = ("l1", "charbonnier", "gradient")
+
+
 def downsample_to(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """The target at a pyramid level's size: k x k means, as the network's 2x2 average pooling per level."""
     height, width = int(size[0]), int(size[1])
@@ -242,13 +275,19 @@ class LossMix(nn.Module):
         border: context border of the pool's tiles, in input-tile pixels; excluded from the loss.
         coarse_level_weight: a level's weight relative to the next finer one (finest is 1).
         charbonnier_eps: the epsilon of the Charbonnier term.
+        change_weight: extra weight of the pixels the fix changes, in the pixel and gradient terms
+            (``change_weights``; 0: a plain mean).
+        change_threshold, change_radius: what counts as changed, and how far around it the weight reaches.
         vgg19_weights: path of the VGG19 weights ("" = torch hub cache), read only if 'vgg' is used.
         autocast: context factory for the VGG term's forward pass.
     """
 
     def __init__(self, weights: Mapping[str, float], border: int, coarse_level_weight: float = 0.5,
-                 charbonnier_eps: float = 1e-3, vgg19_weights: str = "", autocast: Callable = None):
+                 charbonnier_eps: float = 1e-3, vgg19_weights: str = "", autocast: Callable = None,
+                 change_weight: float = 0.0, change_threshold: float = 0.01, change_radius: int = 2):
         super().__init__()
+        self.change_weight, self.change_threshold = float(change_weight), float(change_threshold)
+        self.change_radius = int(change_radius)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             raise DuplidogError(f"train.losses: unknown term(s) {', '.join(unknown)}; known: {', '.join(TERMS)}")
@@ -260,22 +299,28 @@ class LossMix(nn.Module):
         self.charbonnier_eps = float(charbonnier_eps)
         self.vgg = VGGPerceptualLoss(vgg19_weights_path(vgg19_weights), autocast) if "vgg" in self.weights else None
 
-    def term(self, name: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def term(self, name: str, prediction: torch.Tensor, target: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
         if name == "vgg":
             return self.vgg(prediction, target)
         if name == "charbonnier":
-            return charbonnier_loss(prediction, target, self.charbonnier_eps)
+            return charbonnier_loss(prediction, target, self.charbonnier_eps, weights)
+        if name in WEIGHTED_TERMS:
+            return TERMS[name](prediction, target, weights=weights)
         return TERMS[name](prediction, target)
 
     def forward(self, outputs: List[torch.Tensor] | torch.Tensor, target: torch.Tensor,
-                input_size: int) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                input_size: int, source: torch.Tensor | None = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Total loss and each term's (level-weighted) value; ``outputs`` coarse to fine.
 
-        ``input_size``: the input tiles' side, which the border is measured in.
+        ``input_size``: the input tiles' side, which the border is measured in. ``source``: the input
+        tiles, from which the change weights are found (without it, plain means).
         """
         if isinstance(outputs, torch.Tensor):
             outputs = [outputs]
         target = target.float()
+        weights = None if source is None else change_weights(source, target, self.change_weight,
+                                                              self.change_threshold, self.change_radius)
         parts: Dict[str, torch.Tensor] = {name: 0.0 for name in self.weights}
         with torch.autocast(outputs[-1].device.type, enabled=False):
             for level, output in enumerate(outputs):
@@ -287,9 +332,10 @@ class LossMix(nn.Module):
                 border = math.ceil(self.border * size[0] / input_size)
                 prediction = crop_border(output.float(), border)
                 wanted = crop_border(downsample_to(target, size), border)
+                level_weights = None if weights is None else crop_border(downsample_to(weights, size), border)
                 if prediction.shape[-1] < 1 or prediction.shape[-2] < 1:
                     continue
                 for name in self.weights:
-                    parts[name] = parts[name] + level_weight * self.term(name, prediction, wanted)
+                    parts[name] = parts[name] + level_weight * self.term(name, prediction, wanted, level_weights)
         total = sum(self.weights[name] * value for name, value in parts.items())
         return total, parts
