@@ -20,16 +20,22 @@ def _shot_config(args) -> dict:
     from duplidog import settings
 
     config = settings.load_shot_file(args.shot) if args.shot else settings.resolve({})
-    for assignment in args.set or []:
-        key, _, value = assignment.partition("=")
-        import yaml
+    _apply_sets(config, args.set)
+    return settings.resolve(config, origin=args.shot or "config")
 
+
+def _apply_sets(config: dict, assignments: list[str] | None) -> dict:
+    """``--set section.key=value`` (the value read as YAML) written into ``config``."""
+    import yaml
+
+    for assignment in assignments or []:
+        key, _, value = assignment.partition("=")
         node = config
         *parents, leaf = key.split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = yaml.safe_load(value)
-    return settings.resolve(config, origin=args.shot or "config")
+    return config
 
 
 def _results(args, config) -> Path:
@@ -103,9 +109,7 @@ def cmd_assemble(args) -> None:
 
 def cmd_bench(args) -> None:
     if args.what == "quality":
-        from duplidog.quality import bench_quality, format_rows
-
-        print(format_rows(bench_quality(steps=args.steps, preset=args.preset)))
+        _bench_quality(args)
         return
     if args.what == "infer":
         from duplidog.infer.bench import bench_infer as bench
@@ -114,6 +118,27 @@ def cmd_bench(args) -> None:
     else:
         from duplidog.pool.bench import bench_pool as bench
     bench()
+
+
+def _bench_quality(args) -> None:
+    from duplidog.quality import bench_quality, format_table
+    from duplidog.settings import resolve
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise DuplidogError(f"--size {args.size}: give WIDTHxHEIGHT, e.g. 480x270") from None
+    settings = _apply_sets({}, args.set)
+    resolve(settings, origin="--set")  # a bad --set fails here, not after the first shot
+    out = Path(args.out)
+    rows = bench_quality(shots=args.shots, minutes=args.minutes, steps=args.steps, out_dir=out, settings=settings,
+                         size=(width, height), frames=args.frames, peer=args.peer == "tunet",
+                         reuse_peer=not args.retrain_peer, tag=args.tag)
+    name = "quality.json" if args.tag == "default" else f"quality_{args.tag}.json"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print(format_table(rows))
+    print(f"rows: {out / name}")
 
 
 def cmd_models(args) -> None:
@@ -164,11 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("bench", help="measure speed, printed as ratios against a reference")
+    p = sub.add_parser("bench", help="measure speed (ratios against a reference) or quality (against TuNet)")
     p.add_argument("what", choices=["pool", "train", "infer", "quality"],
-                   help="quality: a trained model against doing nothing and a fitted curve, on unseen frames")
-    p.add_argument("--steps", type=int, help="quality: training steps per shot (default: train.steps)")
-    p.add_argument("--preset", default="small", choices=["small", "medium", "large"], help="quality: network preset")
+                   help="quality: duplidog against TuNet, doing nothing and a fitted curve, on unseen frames")
+    p.add_argument("--minutes", type=float, default=3.0,
+                   help="quality: training minutes per shot, duplidog (train.max_minutes) and TuNet alike (3)")
+    p.add_argument("--steps", type=int, help="quality: duplidog's training steps (default: train.steps)")
+    p.add_argument("--shots", help="quality: paintout,look,... | aside | all (default: the photo shots)")
+    p.add_argument("--size", default="480x270", help="quality: frame size WIDTHxHEIGHT (480x270)")
+    p.add_argument("--frames", type=int, default=12, help="quality: frames per shot (12)")
+    p.add_argument("--out", default="results/bench_quality",
+                   help="quality: where shots, runs and quality.json are kept (results/bench_quality)")
+    p.add_argument("--peer", default="tunet", choices=["tunet", "none"],
+                   help="quality: train TuNet beside duplidog (needs TUNET_DIR, TUNET_VENV; see README)")
+    p.add_argument("--retrain-peer", action="store_true", help="quality: retrain TuNet even if a kept result fits")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="quality: override a duplidog setting, e.g. --set model.preset=medium (repeatable)")
+    p.add_argument("--tag", default="default",
+                   help="quality: name of this duplidog run, to compare settings on the same kept shots")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("models", help="list or show trained models")

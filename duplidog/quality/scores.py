@@ -1,34 +1,29 @@
-"""Does a trained model beat simple baselines on the frames it never saw?
+"""The quality bench's baselines and scores.
 
-Three synthetic shots with the truth known on every frame, made from the demo's procedural scene and
-camera move (duplidog.demo): ``cleanup`` (dust removed and a grade, exactly the demo), ``look`` (the
-grade alone) and ``roto`` (a one-channel matte of two shaded objects that move across the plate on
-their own paths, from an RGB plate). Each goes through
-the stages the pipeline runs (ingest, pool, train, infer_frames); the non-key frames are then scored
-against two baselines: doing nothing (the plate) and a per-channel curve fitted on the keyframes (the
-fix a compositor could get from a 1D LUT). PSNR for images (peak 1.0) on scene-linear values, where
-the highlights (up to about 25 here) dominate, and in the working space (the log-like encoding the
-network learns in, ``duplidog.colour``), where an error counts as much in the shadows as in a
-highlight, as the eye sees it; IoU of matte > 0.5 for the matte.
+Baselines: doing nothing (the plate) and a per-channel curve fitted on the keyframes (the fix a
+compositor could get from a 1D LUT). Scores, all with peak 1.0: PSNR of the whole frame, PSNR inside
+the region the fix changes (``changed_region``: a paint-out's patch, a matte's edge band), the worst
+32x32 block's PSNR (a local failure an average hides), temporal PSNR (``flicker``: how well the
+frame-to-frame change matches the truth's) and, for mattes, IoU and mean absolute error.
+
+``score_shot`` scores linear shots on display values (the sRGB OETF of max(x, 0), what an artist
+looks at and the space the TuNet peer works in), sRGB-encoded shots as they are, mattes as they are.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
-import time
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from duplidog import demo
-
-SHOTS = ("cleanup", "look", "roto")
 CURVE_BINS = 64
+REGION_THRESHOLD = 0.02  # display units: a change smaller than this is not part of the fix
+REGION_DILATE = 4  # px
+BLOCK = 32
 
 
-# -- baselines and scores --------------------------------------------------------------------------
+# -- baselines -------------------------------------------------------------------------------------
 def fit_curve(source: np.ndarray, target: np.ndarray, bins: int = CURVE_BINS) -> tuple[np.ndarray, np.ndarray]:
     """A piecewise-linear curve source -> target through the mean target of each source quantile bin."""
     source, target = source.ravel().astype(np.float64), target.ravel().astype(np.float64)
@@ -66,9 +61,29 @@ def curve_baseline(key_sources: Sequence[np.ndarray], key_targets: Sequence[np.n
     return [np.stack([apply_curve(curves[c], feature(p, c)) for c in range(tgt.shape[-1])], -1) for p in plates]
 
 
+# -- display values --------------------------------------------------------------------------------
+def srgb_encode(values: np.ndarray) -> np.ndarray:
+    """The standard sRGB OETF of x clipped to [0, 1]: what a monitor shows, and all that the peer's
+    8-bit files can hold, so neither method is scored on highlights the other cannot deliver."""
+    x = np.clip(np.asarray(values, np.float64), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
+
+
+def display(image: np.ndarray, task: str, encoding: str) -> np.ndarray:
+    """What is scored: linear images sRGB-encoded, sRGB-encoded images and mattes as they are."""
+    if task == "roto" or encoding != "linear":
+        return np.asarray(image, np.float32)
+    return srgb_encode(image)
+
+
+# -- scores ----------------------------------------------------------------------------------------
+def _psnr_of_mse(mse: float, peak: float = 1.0) -> float:
+    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
+
+
 def psnr(result: np.ndarray, truth: np.ndarray, peak: float = 1.0) -> float:
     mse = float(np.mean((result.astype(np.float64) - truth.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
+    return _psnr_of_mse(mse, peak)
 
 
 def iou(result: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
@@ -77,151 +92,135 @@ def iou(result: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-# -- the shots -------------------------------------------------------------------------------------
-# The roto shot's objects: centre and radii as fractions of the frame, motion in frame fractions per
-# frame, albedo (scene-linear RGB, inside the background's range so no key or curve separates them).
-ROTO_OBJECTS = (
-    dict(centre=(0.22, 0.40), radii=(0.14, 0.17), motion=(0.022, 0.006), albedo=(0.42, 0.34, 0.22)),
-    dict(centre=(0.80, 0.70), radii=(0.07, 0.10), motion=(-0.018, -0.012), albedo=(0.20, 0.30, 0.26)),
-)
+def mae(result: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(np.abs(result.astype(np.float64) - truth.astype(np.float64))))
 
 
-def roto_objects(frame: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """The roto shot's foreground at ``frame``: its colour (H, W, 3) and coverage (H, W, 1).
+def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` (bool HxW) grown by ``radius`` px in every direction (a square structuring element)."""
+    out = np.asarray(mask, bool)
+    if radius <= 0:
+        return out.copy()
+    for axis in (0, 1):
+        grown = out.copy()
+        n = out.shape[axis]
+        for shift in range(1, min(radius, n - 1) + 1):
+            ahead = [slice(None)] * 2
+            behind = [slice(None)] * 2
+            ahead[axis], behind[axis] = slice(shift, None), slice(None, n - shift)
+            grown[tuple(ahead)] |= out[tuple(behind)]
+            grown[tuple(behind)] |= out[tuple(ahead)]
+        out = grown
+    return out
 
-    Each object is an ellipse lit like a sphere from the top left, with an anti-aliased edge (a
-    one-pixel ramp of coverage), moving on its own straight path while the camera drifts over the
-    background. Its colours lie inside the background's, so what separates it is shape and
-    shading, which is what a roto artist follows and what a per-pixel curve cannot see.
+
+def changed_region(plate: np.ndarray, truth: np.ndarray, threshold: float = REGION_THRESHOLD,
+                   dilate: int = REGION_DILATE, *, matte: bool | None = None) -> np.ndarray:
+    """Where the fix acts (bool HxW), grown by ``dilate`` px.
+
+    For an image: where |truth - plate| exceeds ``threshold`` in any channel. For a matte (``matte``;
+    default: the truth has one channel and the plate more): the matte's edge band, where it lies
+    strictly between ``threshold`` and 1 - ``threshold`` or within ``dilate`` px of the edge of
+    matte > 0.5. Compare both images in the space they are scored in (``display``).
     """
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    t = frame - demo.FRAMES[0]
-    colour = np.zeros((height, width, 3), np.float32)
-    alpha = np.zeros((height, width), np.float32)
-    for thing in ROTO_OBJECTS:
-        cx = (thing["centre"][0] + thing["motion"][0] * t) * width
-        cy = (thing["centre"][1] + thing["motion"][1] * t) * height
-        rx, ry = thing["radii"][0] * width, thing["radii"][1] * height
-        u, v = (xx - cx) / rx, (yy - cy) / ry
-        radius = np.sqrt(u * u + v * v)
-        coverage = np.clip(0.5 - (radius - 1.0) * min(rx, ry), 0.0, 1.0)
-        normal_z = np.sqrt(np.clip(1.0 - radius * radius, 0.0, 1.0))
-        shade = 0.3 + 0.9 * np.clip(-0.5 * u - 0.5 * v + 0.7 * normal_z, 0.0, None)
-        shaded = shade[..., None] * np.asarray(thing["albedo"], np.float32)
-        colour = colour * (1 - coverage[..., None]) + shaded * coverage[..., None]  # later objects in front
-        alpha = alpha * (1 - coverage) + coverage
-    return colour, alpha[..., None]
+    truth = np.asarray(truth, np.float32)
+    if truth.ndim == 2:
+        truth = truth[..., None]
+    plate = np.asarray(plate, np.float32)
+    if plate.ndim == 2:
+        plate = plate[..., None]
+    if matte is None:
+        matte = truth.shape[-1] == 1 and plate.shape[-1] != 1
+    if matte:
+        m = truth[..., 0]
+        soft = (m > threshold) & (m < 1 - threshold)
+        inside = m > 0.5
+        edge = dilate_mask(inside, 1) & ~inside  # the outside pixels touching the inside
+        edge |= inside & dilate_mask(~inside, 1)  # and the inside pixels touching the outside
+        return dilate_mask(soft | edge, dilate)
+    changed = np.any(np.abs(truth - plate) > threshold, axis=-1)
+    return dilate_mask(changed, dilate)
 
 
-def write_shot(kind: str, directory: Path, width: int = demo.WIDTH, height: int = demo.HEIGHT) -> dict:
-    """Plates for every frame, targets on the keyframes; returns the shot config and the truth per frame."""
-    import OpenImageIO as oiio
-
-    from duplidog import imageio
-
-    if kind not in SHOTS:
-        raise ValueError(f"unknown quality shot {kind!r}; choose from {', '.join(SHOTS)}")
-    reach_x, reach_y = (int(max(demo.frame_offset(f)[i] for f in demo.FRAMES)) + 2 for i in (0, 1))
-    canvas = demo.scene(height + reach_y + 2, width + reach_x + 2)
-    spots = demo.dust(height, width)
-    spec = oiio.ImageSpec(width, height, 3, "half")
-    spec.channelnames = ("R", "G", "B")
-    spec.attribute("compression", "zip")
-    like = imageio.info_from_spec(directory / "plate.exr", spec, "openexr")
-    plates, truth = {}, {}
-    for frame in demo.FRAMES:
-        clean = demo.render(frame, canvas, width, height)
-        if kind == "roto":
-            foreground, alpha = roto_objects(frame, width, height)
-            plate, fixed, names = clean * (1 - alpha) + foreground * alpha, alpha, ["A"]
-        else:
-            plate = clean * spots if kind == "cleanup" else clean
-            fixed, names = demo.grade(clean), None
-        imageio.write_pixels(directory / f"plate/plate.{frame:04d}.exr", plate, like)
-        if frame in demo.KEYFRAMES:
-            imageio.write_pixels(directory / f"fixed/fixed.{frame:04d}.exr", fixed, like, channel_names=names)
-        # Scored against what the files hold (half floats), as the model sees them.
-        plates[frame] = imageio.read_pixels(directory / f"plate/plate.{frame:04d}.exr")
-        truth[frame] = fixed.astype(np.float16).astype(np.float32)
-    config = {"shot": kind, "source": str(directory / "plate/plate.%04d.exr"),
-              "target": str(directory / "fixed/fixed.%04d.exr"), "output": str(directory / "out/out.%04d.exr")}
-    return {"config": config, "plates": plates, "truth": truth}
+def region_psnr(result: np.ndarray, truth: np.ndarray, region: np.ndarray, peak: float = 1.0) -> float | None:
+    """PSNR over the pixels of ``region`` (bool HxW), every channel; None for an empty region."""
+    region = np.asarray(region, bool)
+    if not region.any():
+        return None
+    diff = result.astype(np.float64)[region] - truth.astype(np.float64)[region]
+    return _psnr_of_mse(float(np.mean(diff ** 2)), peak)
 
 
-# -- the benchmark ---------------------------------------------------------------------------------
-def evaluate_shot(kind: str, directory: Path, settings: dict | None = None,
-                  size: tuple[int, int] = (demo.WIDTH, demo.HEIGHT)) -> dict:
-    """Train on ``kind``'s keyframes with ``settings`` (a partial shot config) and score the other frames."""
-    from duplidog import colour, imageio
-    from duplidog.infer import infer_frames
-    from duplidog.ingest import ingest
-    from duplidog.pool import build_pool
-    from duplidog.settings import resolve
-    from duplidog.train import train
-
-    shot = write_shot(kind, directory, *size)
-    config = resolve({**(settings or {}), **shot["config"]}, origin=f"quality shot {kind}")
-    results = directory / "results"
-    plan = ingest(config, results / "ingest")
-    build_pool(results / "ingest/manifest.csv", results / "ingest/plan.json", results / "pool.zarr",
-               config["pool"], seed=config["seed"])
-    started = time.perf_counter()
-    trained = train(results / "pool.zarr", results / "ingest/plan.json", results / "ingest/manifest.csv",
-                    results / "model", results / "train",
-                    {"model": config["model"], "train": config["train"], "seed": config["seed"]})
-    seconds = time.perf_counter() - started
-    unseen = [f for f in plan["frames"] if f not in plan["keyframes"]]
-    infer_frames(results / "model", results / "ingest/plan.json", unseen, None, settings=config["infer"])
-    output = {f: imageio.read_pixels(directory / f"out/out.{f:04d}.exr") for f in unseen}
-    keys = plan["train_frames"] + plan["validation_frames"]
-    curve = dict(zip(unseen, curve_baseline([shot["plates"][f] for f in keys], [shot["truth"][f] for f in keys],
-                                            [shot["plates"][f] for f in unseen])))
-    score = iou if kind == "roto" else psnr
-
-    def mean(images: dict, space: str | None = None) -> float:
-        """The mean score over the unseen frames, on scene values or (``space``) encoded into it."""
-        def shaped(x):
-            return x if space is None else colour.encode(x, space)
-
-        return float(np.mean([score(shaped(images[f]), shaped(shot["truth"][f])) for f in unseen]))
-
-    working = None if kind == "roto" else plan["colorspace"]
-    row = {"shot": kind, "metric": "IoU" if kind == "roto" else "PSNR dB", "model": mean(output),
-           "nothing": None if kind == "roto" else mean(shot["plates"]), "curve": mean(curve),
-           "model_working": None if working is None else mean(output, working),
-           "nothing_working": None if working is None else mean(shot["plates"], working),
-           "curve_working": None if working is None else mean(curve, working),
-           "frames": len(unseen), "steps": trained["steps"], "train_seconds": round(seconds, 1),
-           "steps_per_second": round(trained["steps"] / seconds, 2) if seconds else None}
-    baselines = [v for v in (row["nothing"], row["curve"]) if v is not None]
-    row["margin"] = row["model"] - max(baselines)
-    return row
+def block_psnrs(result: np.ndarray, truth: np.ndarray, block: int = BLOCK, peak: float = 1.0) -> np.ndarray:
+    """PSNR of each non-overlapping ``block`` x ``block`` block (row-major; the last row and column of
+    blocks are narrower where the frame does not divide, so the frame's edge is scored too)."""
+    sq = (result.astype(np.float64) - truth.astype(np.float64)) ** 2
+    if sq.ndim == 3:
+        sq = sq.mean(-1)
+    h, w = sq.shape
+    rows, cols = np.arange(0, h, block), np.arange(0, w, block)
+    sums = np.add.reduceat(np.add.reduceat(sq, rows, axis=0), cols, axis=1)
+    counts = np.outer(np.diff(np.append(rows, h)), np.diff(np.append(cols, w)))
+    mse = sums / counts
+    with np.errstate(divide="ignore"):
+        return np.where(mse == 0, np.inf, 10 * np.log10(peak * peak / np.where(mse == 0, 1, mse)))
 
 
-def bench_quality(steps: int | None = None, preset: str = "small", shots: Iterable[str] = SHOTS,
-                  out_dir: str | Path | None = None, settings: dict | None = None,
-                  size: tuple[int, int] = (demo.WIDTH, demo.HEIGHT)) -> list[dict]:
-    """Every shot of ``shots`` (frames of ``size``) trained for ``steps`` (default: train.steps) and
-    scored; the rows."""
-    settings = dict(settings or {})
-    settings["model"] = {**settings.get("model", {}), "preset": preset}
-    if steps is not None:
-        settings["train"] = {**settings.get("train", {}), "steps": int(steps)}
-    settings["train"] = {"progress": False, **settings.get("train", {})}
-    with tempfile.TemporaryDirectory(prefix="duplidog-quality-") as scratch:
-        root = Path(out_dir) if out_dir is not None else Path(scratch)
-        return [evaluate_shot(kind, root / kind, settings, size) for kind in shots]
+def worst_block_psnr(result: np.ndarray, truth: np.ndarray, block: int = BLOCK, peak: float = 1.0) -> float:
+    """The lowest PSNR over the non-overlapping ``block`` x ``block`` blocks."""
+    return float(block_psnrs(result, truth, block, peak).min())
 
 
-def format_rows(rows: Sequence[dict]) -> str:
-    def cell(value, digits=3):
-        return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+def flicker(results, truths, peak: float = 1.0) -> float | None:
+    """Temporal PSNR: PSNR of the frame-to-frame change of the results against the truth's.
 
-    header = ("shot", "metric", "model", "nothing", "curve", "model-best", "working: model", "nothing", "curve",
-              "frames", "steps", "train s", "steps/s")
-    lines = [header] + [(r["shot"], r["metric"], cell(r["model"]), cell(r["nothing"]), cell(r["curve"]),
-                         cell(r["margin"], 3), cell(r.get("model_working")), cell(r.get("nothing_working")),
-                         cell(r.get("curve_working")), cell(r["frames"]), cell(r["steps"]),
-                         cell(r["train_seconds"], 1), cell(r["steps_per_second"], 2)) for r in rows]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)) for line in lines)
+    ``results`` and ``truths`` are sequences of consecutive frames, or dicts frame -> image, where the
+    pairs are the frames f, f + 1 that both hold. The squared error is pooled over every pair; inf if
+    the result changes exactly as the truth does, None if there is no pair.
+    """
+    if isinstance(results, Mapping):
+        pairs = [(f, f + 1) for f in sorted(results) if f + 1 in results]
+        get_r, get_t = results.__getitem__, truths.__getitem__
+    else:
+        pairs = [(i, i + 1) for i in range(len(results) - 1)]
+        get_r, get_t = results.__getitem__, truths.__getitem__
+    if not pairs:
+        return None
+    total, count = 0.0, 0
+    for a, b in pairs:
+        dr = get_r(b).astype(np.float64) - get_r(a).astype(np.float64)
+        dt = get_t(b).astype(np.float64) - get_t(a).astype(np.float64)
+        total += float(np.sum((dr - dt) ** 2))
+        count += dr.size
+    return _psnr_of_mse(total / count, peak)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def score_shot(results: Mapping[int, np.ndarray], truth: Mapping[int, np.ndarray],
+               plates: Mapping[int, np.ndarray], task: str, encoding: str,
+               threshold: float = REGION_THRESHOLD, dilate: int = REGION_DILATE, block: int = BLOCK) -> dict:
+    """Per-shot means over the frames of ``results``: psnr (whole frame), region_psnr, worst_block,
+    flicker (temporal PSNR over the pairs f, f + 1 of those frames) and, for roto, iou and mae."""
+    frames = sorted(results)
+    if not frames:
+        raise ValueError("score_shot: no frames to score")
+    shown = {f: display(results[f], task, encoding) for f in frames}
+    true = {f: display(truth[f], task, encoding) for f in frames}
+    roto = task == "roto"
+    regions = {f: changed_region(true[f] if roto else display(plates[f], task, encoding), true[f], threshold,
+                                 dilate, matte=roto) for f in frames}
+    scores = {
+        "psnr": _mean(psnr(shown[f], true[f]) for f in frames),
+        "region_psnr": _mean(region_psnr(shown[f], true[f], regions[f]) for f in frames),
+        "worst_block": _mean(worst_block_psnr(shown[f], true[f], block) for f in frames),
+        "flicker": flicker(shown, true),
+        "iou": _mean(iou(shown[f], true[f]) for f in frames) if roto else None,
+        "mae": _mean(mae(shown[f], true[f]) for f in frames) if roto else None,
+        "region_fraction": _mean(float(regions[f].mean()) for f in frames),
+        "frames": len(frames),
+    }
+    return scores
