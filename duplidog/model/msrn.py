@@ -71,7 +71,7 @@ from duplidog.model.blocks import (
 #   large   6.3 M parameters,  1152 GMAC/MP  (MSRB; CopyCat SRN scale)
 # The colour path (curves, matrix, MLP) is under 0.1 % of the parameters and 0.4-1.2 GMAC/MP of these.
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "small": dict(levels=3, width=8, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
+    "small": dict(levels=3, width=16, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33),
     "medium": dict(levels=3, width=12, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
                    recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=33),
@@ -336,6 +336,18 @@ class MSRN(nn.Module):
 
     def forward_levels(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The prediction of every level, coarse to fine, each at its level's resolution."""
+        return self._predict(x, False)[0]
+
+    @torch.jit.unused
+    def training_outputs(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        """Every level's prediction with the colour path's output detached from it, and that output.
+
+        Training with these lets the colour path learn only from its own loss (``train.colour_split``)
+        while the encoder-decoder learns what the colour path leaves; the sum is what ``forward`` gives.
+        """
+        return self._predict(x, True)
+
+    def _predict(self, x: torch.Tensor, detach_colour: bool) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
         if not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             height, width = int(x.shape[-2]), int(x.shape[-1])
             if height % self.size_multiple or width % self.size_multiple:
@@ -348,8 +360,10 @@ class MSRN(nn.Module):
         # function rather than the function of an average), or in a residual network without one the image.
         bases: List[torch.Tensor] = []
         colour = self.colour
+        colour_output: Optional[torch.Tensor] = None
         if colour is not None:
-            bases.append(colour(x))
+            colour_output = colour(x)
+            bases.append(colour_output.detach() if detach_colour else colour_output)
             for _ in range(self.levels - 1):
                 bases.append(downsample2x(bases[-1]))
         elif self.residual:
@@ -368,7 +382,7 @@ class MSRN(nn.Module):
             correction, hidden = self._level(pyramid[level], prediction, hidden)
             prediction = correction + bases[level] if len(bases) > 0 else correction
             outputs.append(prediction)
-        return outputs
+        return outputs, colour_output
 
     def forward(self, x: torch.Tensor, all_levels: bool = False) -> Union[torch.Tensor, List[torch.Tensor]]:
         """The finest prediction (N, out_channels, H, W), or every level's with ``all_levels=True``."""

@@ -21,6 +21,7 @@ The saved model is the weight average (EMA), with a card that says how it was ma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -49,6 +50,8 @@ from duplidog.train.validate import load_validation_frames, validate, write_cont
 
 log = logging.getLogger(__name__)
 
+#: Steps of a run given neither train.steps nor train.max_minutes (and the warm-up's measure with a budget alone).
+DEFAULT_STEPS = 300
 #: Consecutive steps with a non-finite loss or gradient after which training gives up.
 MAX_NONFINITE_STEPS = 20
 
@@ -182,6 +185,8 @@ class StepRunner:
         self.model, self.forward, self.loss_mix = model, forward, loss_mix
         self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
         self.precision, self.accumulate, self.grad_clip, self.tile_size = precision, accumulate, grad_clip, tile_size
+        # The colour path trained on a loss of its own (train.colour_split), where the network has one.
+        self.split_colour = loss_mix.colour_split and getattr(model, "colour", None) is not None
 
     def __call__(self, stream, stats: Optional[ActivationStats] = None):
         """Returns (loss, {term: value}, finite) averaged over the micro-batches."""
@@ -189,14 +194,13 @@ class StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, parts_sum = 0.0, {}
         for micro in range(self.accumulate):
-            source, target = next(stream)
-            with self.precision.autocast():
-                if stats is not None and micro == 0:
-                    with stats:
-                        outputs = self.forward(source, all_levels=True)
+            source, target = (t.contiguous(memory_format=torch.channels_last) for t in next(stream))
+            with self.precision.autocast(), (stats if stats is not None and micro == 0 else contextlib.nullcontext()):
+                if self.split_colour:
+                    outputs, colour_output = self.model.training_outputs(source)
                 else:
-                    outputs = self.forward(source, all_levels=True)
-            loss, parts = self.loss_mix(outputs, target, self.tile_size, source)
+                    outputs, colour_output = self.forward(source, all_levels=True), None
+            loss, parts = self.loss_mix(outputs, target, self.tile_size, source, colour_output)
             self.scaler.scale(loss / self.accumulate).backward()
             loss_sum += loss.item() / self.accumulate
             for name, value in parts.items():
@@ -243,7 +247,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     checkpoints = work_dir / "checkpoints"
     max_minutes = settings.get("max_minutes")
     budget_seconds = 60.0 * float(max_minutes) if max_minutes else None
-    total_steps = int(settings["steps"])
+    # Without a step count the budget alone ends the run (and the schedule); without either, DEFAULT_STEPS.
+    total_steps = int(settings["steps"]) if settings.get("steps") else (None if budget_seconds else DEFAULT_STEPS)
     accumulate = max(1, int(settings["accumulate"]))
 
     # -- data ------------------------------------------------------------------------------------------
@@ -283,17 +288,19 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         warm_start(model, init_from)
         lr *= float(settings["finetune_lr_scale"])
         log.info("warm start from %s, learning rate scaled to %.3g", init_from, lr)
-    model.to(device)
+    # Channels-last: the layout the CPU's (oneDNN) and the GPU's convolution kernels run fastest on.
+    model.to(device=device, memory_format=torch.channels_last)
     ema = WeightAverage(model, float(settings["ema_decay"]))
     optimizer = torch.optim.AdamW(parameter_groups(model, lr, float(settings["weight_decay"]),
                                                    float(settings["curve_lr_scale"])),
                                   betas=tuple(float(b) for b in settings["betas"]))
-    warmup = int(round(float(settings["warmup_fraction"]) * total_steps))
+    warmup = int(round(float(settings["warmup_fraction"]) * (total_steps or DEFAULT_STEPS)))
     scheduler = TrainingSchedule(optimizer, total_steps, warmup, float(settings["min_lr"]), budget_seconds, clock)
     scaler = precision.scaler()
     loss_mix = LossMix(settings["losses"], border, float(settings["coarse_level_weight"]),
                        float(settings["charbonnier_eps"]), settings.get("vgg19_weights") or "",
-                       autocast=precision.autocast, change_weight=float(settings["change_weight"])).to(device)
+                       autocast=precision.autocast, change_weight=float(settings["change_weight"]),
+                       colour_split=bool(settings["colour_split"])).to(device)
     epochs = EpochPlan(n_tiles, int(settings["batch_size"]), float(settings["epoch_fraction"]), seed,
                        bool(settings["augment_dihedral"]))
 
@@ -347,11 +354,12 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     batches, data_choice = make_batches(str(pool_path), group, epochs, device, settings)
     forward = torch.compile(model) if settings["compile"] else model
     frames = load_validation_frames(plan, manifest_path, int(settings["validation_frames_max"]))
-    monitor = TrainingMonitor(work_dir, total_steps, start_step, list(loss_mix.weights), settings,
+    monitor = TrainingMonitor(work_dir, total_steps, start_step, loss_mix.names, settings,
                               read_metrics(work_dir / "metrics.csv") if resumed_from is not None else None)
     monitor.write(f"train: {n_tiles} tiles of {tile_size} px (border {border}), {data_choice.mode}; "
                   f"{device} {precision.name}; {model.config.get('arch')} {model.config.get('preset')} "
-                  f"({sum(p.numel() for p in model.parameters())} parameters); steps {start_step} -> {total_steps}")
+                  f"({sum(p.numel() for p in model.parameters())} parameters); steps {start_step} -> "
+                  f"{total_steps or f'the end of {max_minutes} minutes'}")
 
     latest_results = []
 
@@ -378,7 +386,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     try:
         with StopRequest() as stop:
             stream = batches.batches(start_step * accumulate)
-            while step < total_steps:
+            while total_steps is None or step < total_steps:
                 if stop.signum is not None:  # checked here so a signal during validation counts too
                     path = write_checkpoint(step)
                     name = signal.Signals(stop.signum).name
@@ -404,7 +412,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                 last_loss = loss_sum
                 monitor.step(step, loss_sum, parts_sum, scheduler.get_last_lr()[0])
 
-                if validate_every > 0 and step % validate_every == 0 and step < total_steps:
+                if validate_every > 0 and step % validate_every == 0 and step != total_steps:
                     previous_best = best_step
                     run_validation(step)
                     validated_at = step

@@ -246,6 +246,26 @@ TERMS: Dict[str, Callable] = {
 }
 
 
+def colour_weights(source: torch.Tensor, target: torch.Tensor, threshold: float, radius: int,
+                   local_fraction: float = 0.5) -> torch.Tensor:
+    """Per pixel (N, 1, H, W): which pixels the colour path learns from (``train.colour_split``).
+
+    A tile where the fix changes less than ``local_fraction`` of the pixels holds a local edit (a
+    paint-out, a blemish): there the colour path learns only from the pixels the edit leaves alone (and
+    not within ``radius`` of it), so it cannot learn to key the painted-out objects' colours -- a per-pixel
+    rule that also hits highlights and shadows of those colours elsewhere. A tile the fix changes nearly
+    everywhere (a grade, a degrain) teaches the colour path from every pixel. Without corresponding
+    channels (a matte from RGB) every pixel counts.
+    """
+    ones = torch.ones_like(target[:, :1], dtype=torch.float32)
+    if source.shape[1] != target.shape[1]:
+        return ones
+    changed = ((target.float() - source.float()).abs().amax(1, keepdim=True) > threshold).float()
+    local = changed.mean(dim=(1, 2, 3), keepdim=True) < local_fraction
+    near = F.max_pool2d(changed, 2 * radius + 1, stride=1, padding=radius) if radius > 0 else changed
+    return torch.where(local, 1.0 - near, ones)
+
+
 #: Terms that take per-pixel weights (the others are statistics of the whole tile).
 WEIGHTED_TERMS = ("l1", "charbonnier", "gradient")
 
@@ -278,14 +298,18 @@ class LossMix(nn.Module):
         change_weight: extra weight of the pixels the fix changes, in the pixel and gradient terms
             (``change_weights``; 0: a plain mean).
         change_threshold, change_radius: what counts as changed, and how far around it the weight reaches.
+        colour_split: score the colour path's own output in a term of its own, ``colour`` (``colour_weights``),
+            for a network trained with its colour path detached from the rest (``MSRN.training_outputs``).
         vgg19_weights: path of the VGG19 weights ("" = torch hub cache), read only if 'vgg' is used.
         autocast: context factory for the VGG term's forward pass.
     """
 
     def __init__(self, weights: Mapping[str, float], border: int, coarse_level_weight: float = 0.5,
                  charbonnier_eps: float = 1e-3, vgg19_weights: str = "", autocast: Callable = None,
-                 change_weight: float = 0.0, change_threshold: float = 0.01, change_radius: int = 2):
+                 change_weight: float = 0.0, change_threshold: float = 0.01, change_radius: int = 2,
+                 colour_split: bool = False):
         super().__init__()
+        self.colour_split = bool(colour_split)
         self.change_weight, self.change_threshold = float(change_weight), float(change_threshold)
         self.change_radius = int(change_radius)
         unknown = sorted(set(weights) - set(TERMS))
@@ -299,6 +323,11 @@ class LossMix(nn.Module):
         self.charbonnier_eps = float(charbonnier_eps)
         self.vgg = VGGPerceptualLoss(vgg19_weights_path(vgg19_weights), autocast) if "vgg" in self.weights else None
 
+    @property
+    def names(self) -> List[str]:
+        """The terms a step reports."""
+        return list(self.weights) + (["colour"] if self.colour_split else [])
+
     def term(self, name: str, prediction: torch.Tensor, target: torch.Tensor,
              weights: torch.Tensor | None = None) -> torch.Tensor:
         if name == "vgg":
@@ -310,11 +339,13 @@ class LossMix(nn.Module):
         return TERMS[name](prediction, target)
 
     def forward(self, outputs: List[torch.Tensor] | torch.Tensor, target: torch.Tensor,
-                input_size: int, source: torch.Tensor | None = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                input_size: int, source: torch.Tensor | None = None,
+                colour_output: torch.Tensor | None = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Total loss and each term's (level-weighted) value; ``outputs`` coarse to fine.
 
         ``input_size``: the input tiles' side, which the border is measured in. ``source``: the input
-        tiles, from which the change weights are found (without it, plain means).
+        tiles, from which the change weights are found (without it, plain means). ``colour_output``: the
+        colour path's own output, scored by the ``colour`` term when ``colour_split`` is on.
         """
         if isinstance(outputs, torch.Tensor):
             outputs = [outputs]
@@ -337,5 +368,12 @@ class LossMix(nn.Module):
                     continue
                 for name in self.weights:
                     parts[name] = parts[name] + level_weight * self.term(name, prediction, wanted, level_weights)
-        total = sum(self.weights[name] * value for name, value in parts.items())
+            if self.colour_split and colour_output is not None:
+                border = self.border
+                mask = None if source is None else colour_weights(source, target, self.change_threshold,
+                                                                  2 * self.change_radius)
+                parts["colour"] = charbonnier_loss(crop_border(colour_output.float(), border),
+                                                   crop_border(target, border), self.charbonnier_eps,
+                                                   None if mask is None else crop_border(mask, border))
+        total = sum(self.weights.get(name, 1.0) * value for name, value in parts.items())
         return total, parts

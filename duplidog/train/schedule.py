@@ -22,21 +22,22 @@ import torch
 DEFAULT_MIN_LR = 1e-7
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float = DEFAULT_MIN_LR,
+def lr_factor(step: int, total_steps: Optional[int], warmup_steps: int, base_lr: float, min_lr: float = DEFAULT_MIN_LR,
               time_progress: float = 0.0) -> float:
     """Multiplier of ``base_lr`` at optimizer step ``step`` (0-based).
 
     Steps ``0 .. warmup_steps-1`` rise linearly to 1 (never exactly 0, so no step is wasted); then a
     half cosine falls from 1 to ``min_lr / base_lr``, at a progress that is the larger of the steps'
-    (end of warm-up to ``total_steps``) and ``time_progress`` (the share of the time budget spent).
+    (end of warm-up to ``total_steps``; None: a run that only a time budget ends) and ``time_progress``
+    (the share of the time budget spent).
     """
     if base_lr <= 0:
         return 0.0
     floor = min(1.0, min_lr / base_lr)
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max(0.0, (step - warmup_steps) / decay_steps, float(time_progress)))
+    step_progress = 0.0 if total_steps is None else (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, step_progress, float(time_progress)))
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -64,14 +65,15 @@ class TrainingSchedule:
         clock: the training clock the budget is measured on.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: Optional[int], warmup_steps: int,
                  min_lr: float = DEFAULT_MIN_LR, budget_seconds: Optional[float] = None,
                  clock: Optional[TrainingClock] = None):
         self.optimizer = optimizer
         self.bases = [float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups]
         for group, base in zip(optimizer.param_groups, self.bases):
             group["initial_lr"] = base
-        self.total_steps, self.warmup_steps, self.min_lr = int(total_steps), int(warmup_steps), float(min_lr)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.warmup_steps, self.min_lr = int(warmup_steps), float(min_lr)
         self.budget = float(budget_seconds) if budget_seconds else None
         self.clock = clock or TrainingClock()
         self.steps = 0
