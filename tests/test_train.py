@@ -190,6 +190,32 @@ def test_change_weights_count_the_changed_pixels_more_and_leave_uniform_fixes_al
     assert change_weights(source, target[:, :1], 10.0, 0.01, 2) is None  # a matte: no correspondence
 
 
+def test_the_colour_path_learns_a_local_edit_only_from_the_pixels_it_leaves_alone():
+    from duplidog.model import build_model
+    from duplidog.train.losses import colour_weights
+
+    source = torch.rand(2, 3, 16, 16)
+    target = source.clone()
+    target[0, :, 4:8, 4:8] = 0.0  # tile 0: a small paint-out
+    target[1] = source[1] * 0.5  # tile 1: a grade, every pixel changes
+    weights = colour_weights(source, target, threshold=0.01, radius=1)
+    assert weights[0, 0, 5, 5] == 0 and weights[0, 0, 3, 3] == 0 and weights[0, 0, 12, 12] == 1
+    assert torch.all(weights[1] == 1)
+    assert torch.all(colour_weights(source, target[:, :1], 0.01, 1) == 1)  # a matte: every pixel
+
+    model = build_model("msrn", "small", 3, 3, levels=2, stages=1, width=4, depth=1, colour_width=4, curve_knots=5)
+    outputs, colour_output = model.training_outputs(source)
+    assert torch.allclose(outputs[-1], model(source), atol=1e-6)  # the same sum as inference
+    mix = LossMix({"charbonnier": 1.0}, border=0, colour_split=True)
+    total, parts = mix(outputs, target, 16, source, colour_output)
+    assert set(parts) == {"charbonnier", "colour"} and mix.names == ["charbonnier", "colour"]
+    model.zero_grad()
+    parts["charbonnier"].backward(retain_graph=True)  # the main loss does not reach the colour path
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.colour.parameters())
+    parts["colour"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.colour.parameters())
+
+
 def test_convergence_status_follows_the_trend():
     def status(values):
         meter = ConvergenceMeter(window=20)

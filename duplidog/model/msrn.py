@@ -65,8 +65,9 @@ from duplidog.model.blocks import (
 
 # Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (~6.9 M parameters,
 # ~1.27 TMAC per megapixel). Measured with duplidog.model.analysis (see tests/test_model.py):
-#   small   0.17 M parameters,   28 GMAC/MP  (Tao's ResBlocks, 3x3: the fewest MACs for its depth, so CPU
-#                                             training of 128 px tiles runs at a few steps/s)
+#   small   0.66 M parameters,  108 GMAC/MP  (Tao's ResBlocks, 3x3: the fewest MACs for its depth, so CPU
+#                                             training of 128 px tiles runs at about 2 steps/s; width 16
+#                                             because 8 could not learn a paint-out, see docs/quality.md)
 #   medium  2.3 M parameters,   416 GMAC/MP  (Li's multi-scale residual blocks)
 #   large   6.3 M parameters,  1152 GMAC/MP  (MSRB; CopyCat SRN scale)
 # The colour path (curves, matrix, MLP) is under 0.1 % of the parameters and 0.4-1.2 GMAC/MP of these.
@@ -78,6 +79,11 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "large": dict(levels=3, width=20, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=65),
 }
+
+# A network whose outputs are not its inputs' channels (a matte from RGB) has no colour path unless asked:
+# a per-pixel map from colour to matte is a key, which marks every region of the object's colours rather
+# than following its shape (on the real-photograph roto, IoU 0.907 with it and 0.923 without).
+WITHOUT_COLOUR_PATH = dict(colour_width=0, curve_knots=0)
 
 # The head (the encoder-decoder's last convolution) starts with its weights scaled down by this, so each
 # level's output starts as nearly what the colour path (or the input) gives and the spatial correction
