@@ -236,6 +236,15 @@ def test_config_is_json_and_rebuilds_the_same_network():
     assert torch.equal(rebuilt(x), model(x))
 
 
+def test_a_matte_network_has_no_colour_path_unless_asked():
+    matte = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2)
+    assert matte.colour is None and matte.config["colour_width"] == 0 and matte.config["curve_knots"] == 0
+    assert build_from_config(matte.config).colour is None  # the card rebuilds it so
+    asked = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2, colour_width=8)
+    assert asked.colour is not None
+    assert build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2).colour is not None
+
+
 def test_builders_name_bad_settings():
     with pytest.raises(DuplidogError, match="architecture 'unet'"):
         build_model(arch="unet")
