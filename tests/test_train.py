@@ -187,7 +187,11 @@ def test_change_weights_count_the_changed_pixels_more_and_leave_uniform_fixes_al
     assert weighted.item() > 5 * plain.item()
     graded = source + 0.5  # every pixel changes: the weighted mean is the plain one
     assert torch.allclose(change_weights(source, graded, 10.0, 0.01, 2), torch.full((1, 1, 16, 16), 11.0))
-    assert change_weights(source, target[:, :1], 10.0, 0.01, 2) is None  # a matte: no correspondence
+    matte = torch.zeros(1, 1, 16, 16)
+    matte[..., 8:, :] = 1.0  # a matte's weight is on its edge
+    edge = change_weights(source, matte, 10.0, 0.01, 1)
+    assert edge[0, 0, 8, 3] == 11.0 and edge[0, 0, 2, 3] == 1.0 and edge[0, 0, 14, 3] == 1.0
+    assert change_weights(source, target, 0.0, 0.01, 2) is None
 
 
 def test_the_colour_path_learns_a_local_edit_only_from_the_pixels_it_leaves_alone():

@@ -61,13 +61,15 @@ def _runner(model_settings: dict, settings: dict, channels: int, border: int, ti
 
     torch.manual_seed(0)
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"), channels, channels,
-                        **(model_settings.get("overrides") or {})).to(device)
+                        **(model_settings.get("overrides") or {})).to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, float(settings["lr"]), float(settings["weight_decay"]),
                                                    float(settings["curve_lr_scale"])),
                                   betas=tuple(float(b) for b in settings["betas"]))
     scheduler = TrainingSchedule(optimizer, 1000, 10, float(settings["min_lr"]))
     loss_mix = LossMix({k: v for k, v in settings["losses"].items() if k != "vgg"}, border,
-                       float(settings["coarse_level_weight"]), float(settings["charbonnier_eps"])).to(device)
+                       float(settings["coarse_level_weight"]), float(settings["charbonnier_eps"]),
+                       change_weight=float(settings["change_weight"]),
+                       colour_split=bool(settings["colour_split"])).to(device)
     return StepRunner(model, model, loss_mix, optimizer, scheduler, precision.scaler(),
                       WeightAverage(model, float(settings["ema_decay"])), precision, int(settings["accumulate"]),
                       float(settings["grad_clip"]), tile_size)

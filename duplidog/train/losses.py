@@ -81,12 +81,19 @@ def change_weights(source: torch.Tensor, target: torch.Tensor, extra: float, thr
 
     A paint-out changes a few percent of a tile: under a plain mean, leaving the objects in costs the
     loss almost nothing next to the texture everywhere else. Where everything changes (a grade, a
-    degrain) the weights are uniform and the mean is the plain one. None when it does not apply (no
-    extra weight, or source and target channels that do not correspond, as for a matte).
+    degrain) the weights are uniform and the mean is the plain one. For target channels the source
+    lacks (a matte) the weight goes to the target's edges, as the pool's change map has it: a matte's
+    information, and its error, is there. None without extra weight.
     """
-    if extra <= 0 or source.shape[1] != target.shape[1]:
+    if extra <= 0:
         return None
-    changed = ((target.float() - source.float()).abs().amax(1, keepdim=True) > threshold).float()
+    target = target.float()
+    if source.shape[1] == target.shape[1]:
+        changed = ((target - source.float()).abs().amax(1, keepdim=True) > threshold).float()
+    else:
+        across = F.pad((target[..., :, 1:] - target[..., :, :-1]).abs(), (0, 1))
+        down = F.pad((target[..., 1:, :] - target[..., :-1, :]).abs(), (0, 0, 0, 1))
+        changed = ((across + down).amax(1, keepdim=True) > threshold).float()
     if radius > 0:
         changed = F.max_pool2d(changed, 2 * radius + 1, stride=1, padding=radius)
     return 1.0 + extra * changed
