@@ -74,6 +74,22 @@ def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch
     return 0.5 * (_mean((dx(prediction) - dx(target)).abs(), wx) + _mean((dy(prediction) - dy(target)).abs(), wy))
 
 
+def changed_pixels(source: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(N, 1, H, W) 1 where the fix changes the image (|target - source| above ``threshold`` in any
+    channel), or, for target channels the source lacks (a matte), where the target has an edge."""
+    target = target.float()
+    if source.shape[1] == target.shape[1]:
+        return ((target - source.float()).abs().amax(1, keepdim=True) > threshold).float()
+    across = F.pad((target[..., :, 1:] - target[..., :, :-1]).abs(), (0, 1))
+    down = F.pad((target[..., 1:, :] - target[..., :-1, :]).abs(), (0, 0, 0, 1))
+    return ((across + down).amax(1, keepdim=True) > threshold).float()
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """``mask`` grown by ``radius`` pixels (a max over a square)."""
+    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius) if radius > 0 else mask
+
+
 def change_weights(source: torch.Tensor, target: torch.Tensor, extra: float, threshold: float,
                    radius: int) -> torch.Tensor | None:
     """Per pixel (N, 1, H, W): 1, plus ``extra`` where the fix changes the image (|target - source|
@@ -87,16 +103,7 @@ def change_weights(source: torch.Tensor, target: torch.Tensor, extra: float, thr
     """
     if extra <= 0:
         return None
-    target = target.float()
-    if source.shape[1] == target.shape[1]:
-        changed = ((target - source.float()).abs().amax(1, keepdim=True) > threshold).float()
-    else:
-        across = F.pad((target[..., :, 1:] - target[..., :, :-1]).abs(), (0, 1))
-        down = F.pad((target[..., 1:, :] - target[..., :-1, :]).abs(), (0, 0, 0, 1))
-        changed = ((across + down).amax(1, keepdim=True) > threshold).float()
-    if radius > 0:
-        changed = F.max_pool2d(changed, 2 * radius + 1, stride=1, padding=radius)
-    return 1.0 + extra * changed
+    return 1.0 + extra * dilate(changed_pixels(source, target, threshold), radius)
 
 
 def frequency_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -267,10 +274,9 @@ def colour_weights(source: torch.Tensor, target: torch.Tensor, threshold: float,
     ones = torch.ones_like(target[:, :1], dtype=torch.float32)
     if source.shape[1] != target.shape[1]:
         return ones
-    changed = ((target.float() - source.float()).abs().amax(1, keepdim=True) > threshold).float()
+    changed = changed_pixels(source, target, threshold)
     local = changed.mean(dim=(1, 2, 3), keepdim=True) < local_fraction
-    near = F.max_pool2d(changed, 2 * radius + 1, stride=1, padding=radius) if radius > 0 else changed
-    return torch.where(local, 1.0 - near, ones)
+    return torch.where(local, 1.0 - dilate(changed, radius), ones)
 
 
 #: Terms that take per-pixel weights (the others are statistics of the whole tile).
