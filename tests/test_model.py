@@ -19,6 +19,7 @@ from duplidog.errors import DuplidogError
 from duplidog.model import MODELS, PRESETS, build_from_config, build_model, count_parameters, macs_per_megapixel
 from duplidog.model import analysis, blocks, msrn
 from duplidog.model.analysis import measure_reach
+from duplidog.model.blocks import downsample2x, upsample2x
 
 torch.set_num_threads(2)
 
@@ -236,6 +237,28 @@ def test_config_is_json_and_rebuilds_the_same_network():
     assert rebuilt.config == model.config
     x = torch.rand(1, 4, 16, 16)
     assert torch.equal(rebuilt(x), model(x))
+    assert config["guide_on_base"] is True
+    legacy = {name: value for name, value in config.items() if name != "guide_on_base"}
+    assert build_from_config(legacy).guide_on_base is False  # a card saved before the setting existed
+
+
+@pytest.mark.parametrize("guide_on_base", [True, False])
+def test_the_finest_level_sees_the_colour_path_sharp_when_guided_on_its_base(guide_on_base):
+    torch.manual_seed(0)
+    model = build_model(preset="small", width=4, depth=1, levels=2, stages=1, guide_on_base=guide_on_base).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()  # no spatial correction: every level's prediction is its base
+        model.colour.mlp[-1].weight.normal_(0.0, 0.5)  # a colour path far from the identity
+    seen = []
+    model.stem.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0][:, 3:]))
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        colour = model.colour(x)
+        model(x)
+    sharp = torch.allclose(seen[-1], colour, atol=1e-6)
+    assert sharp == guide_on_base
+    if not guide_on_base:  # the coarser level's prediction, upsampled
+        assert torch.allclose(seen[-1], upsample2x(downsample2x(colour)), atol=1e-5)
 
 
 def test_a_matte_network_has_no_colour_path_unless_asked():

@@ -220,6 +220,45 @@ def test_the_colour_path_learns_a_local_edit_only_from_the_pixels_it_leaves_alon
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.colour.parameters())
 
 
+def test_the_colour_fit_learns_a_grade_from_the_pools_untouched_pixels_within_its_time(tmp_path):
+    import zarr
+
+    from duplidog.model import build_model
+    from duplidog.train.colour_fit import fit_colour_path, sample_pixels
+    from duplidog.train.loop import parameter_groups
+
+    generator = torch.Generator().manual_seed(0)
+    source = torch.rand(6, 3, 24, 24, generator=generator)
+    # A hue-dependent grade no curve per channel can do: where blue leads, it turns towards cyan.
+    target = source.clone()
+    blue_lead = (source[:, 2:3] - source[:, :2].max(1, keepdim=True).values).clamp(min=0)
+    target[:, 1:2] += 0.8 * blue_lead
+    target[:, 0:1] = target[:, 0:1] ** 1.5
+    paint = torch.tensor([0.9, 0.05, 0.9]).view(3, 1, 1)
+    source[0], target[0] = source[3] * 0.2 + 0.4, source[3] * 0.2 + 0.4  # tile 0: a paint-out on flat grey
+    source[0, :, 10:13, 10:13] = paint.expand(3, 3, 3)  # the marker, painted out in the target
+    group = zarr.open_group(str(tmp_path / "pool.zarr"), mode="w")
+    group.create_array("source", data=source.numpy().astype(np.float16), chunks=(2, 3, 24, 24))
+    group.create_array("target", data=target.numpy().astype(np.float16), chunks=(2, 3, 24, 24))
+
+    pixels = sample_pixels(group, border=2, threshold=0.01, radius=4, seed=0)
+    assert pixels.source.shape[0] == 5 * 20 * 20 + (20 * 20 - 11 * 11)  # borders out; the marker and 4 px around
+    assert not torch.any((pixels.source - paint.view(1, 3).half().float()).abs().max(1).values < 1e-3)
+    assert pixels.needs_fit and 0.5 < pixels.changed_share < 5 / 6
+    local = sample_pixels(group, border=2, threshold=0.01, radius=4, seed=0, max_tiles=1)  # the paint-out tile
+    assert local.changed_share == pytest.approx(9 / 400) and not local.needs_fit
+
+    torch.manual_seed(0)
+    model = build_model("msrn", "small", 3, 3, levels=2, stages=1, width=4, depth=1, colour_width=16, curve_knots=9)
+    fit = fit_colour_path(model.colour, *pixels[:2], parameter_groups(model.colour, 3e-3, 0.0, 10.0), 800, seed=0)
+    assert fit["steps"] == 800 and fit["error_after"] < 0.1 * fit["error_before"], fit
+
+    ticks = iter(range(10**6))  # a clock that advances one second per reading: the fit's time runs out first
+    cut = fit_colour_path(model.colour, *pixels[:2], parameter_groups(model.colour, 3e-3, 0.0, 10.0), 800, seed=0,
+                          seconds=20, clock=lambda: float(next(ticks)))
+    assert 10 <= cut["steps"] <= 20
+
+
 def test_convergence_status_follows_the_trend():
     def status(values):
         meter = ConvergenceMeter(window=20)

@@ -73,11 +73,14 @@ from duplidog.model.blocks import (
 # The colour path (curves, matrix, MLP) is under 0.1 % of the parameters and 0.4-1.2 GMAC/MP of these.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(levels=3, width=16, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
-                  recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33),
+                  recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33,
+                  guide_on_base=True),
     "medium": dict(levels=3, width=12, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
-                   recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=33),
+                   recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=33,
+                   guide_on_base=True),
     "large": dict(levels=3, width=20, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
-                  recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=65),
+                  recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=65,
+                  guide_on_base=True),
 }
 
 # A network whose outputs are not its inputs' channels (a matte from RGB) has no colour path unless asked:
@@ -199,6 +202,12 @@ class MSRN(nn.Module):
         curve_range: working-space values of the first and last knot; training sets it to the tile
             pool's range of source values. Default [0, 1].
         residual: predict a correction added to the input; default (None) when in == out channels.
+        guide_on_base: each finer level sees the coarser levels' correction added to its own base (the
+            colour path's output, or in a residual network the image, at this level's resolution) rather
+            than the coarser prediction upsampled, so the finest level sees the per-pixel colour sharp. A
+            look with local contrast needs the detail of the *graded* image, which the upsampled guess has
+            lost and the plate alone does not give. Default False, as in models saved before it existed;
+            every preset sets it.
     """
 
     arch = "msrn"
@@ -221,6 +230,7 @@ class MSRN(nn.Module):
         curve_knots: int = 0,
         curve_range: Sequence[float] = (0.0, 1.0),
         residual: Optional[bool] = None,
+        guide_on_base: bool = False,
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("levels", levels),
@@ -253,7 +263,9 @@ class MSRN(nn.Module):
             branch_kernels=[int(k) for k in branch_kernels], recurrent=str(recurrent),
             recurrent_kernel=int(recurrent_kernel), colour_width=int(colour_width), colour_depth=int(colour_depth),
             curve_knots=int(curve_knots), curve_range=[float(v) for v in curve_range], residual=self.residual,
+            guide_on_base=bool(guide_on_base),
         )
+        self.guide_on_base = bool(guide_on_base)
         self.preset = "custom"
 
         blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels)
@@ -382,7 +394,10 @@ class MSRN(nn.Module):
         outputs: List[torch.Tensor] = []
         for level in range(self.levels - 1, -1, -1):
             if level < self.levels - 1:
-                prediction = upsample2x(prediction)
+                if self.guide_on_base and len(bases) > 0:
+                    prediction = upsample2x(prediction - bases[level + 1]) + bases[level]
+                else:
+                    prediction = upsample2x(prediction)
                 if hidden is not None:
                     hidden = upsample2x(hidden)
             correction, hidden = self._level(pyramid[level], prediction, hidden)

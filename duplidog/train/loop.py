@@ -40,6 +40,7 @@ import torch
 
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
+from duplidog.train.colour_fit import BUDGET_SHARE, fit_colour_path, sample_pixels
 from duplidog.train.data import EpochPlan, make_batches, value_range
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
@@ -154,6 +155,22 @@ def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, cur
     if curves:
         groups.append({"params": curves, "lr": lr * curve_lr_scale, "weight_decay": 0.0})
     return groups
+
+
+def fit_colour_path_first(model, ema, group, border: int, loss_mix, settings: dict, seed: int,
+                          seconds: Optional[float], clock) -> None:
+    """Before a fresh run: fit the colour path alone where the fix changes most pixels (``colour_fit``)."""
+    pixels = sample_pixels(group, border, loss_mix.change_threshold, 2 * loss_mix.change_radius, seed)
+    if not pixels.needs_fit:
+        log.info("train: colour path not fitted first: the fix changes %.0f %% of the pixels (a local edit)",
+                 100 * pixels.changed_share)
+        return
+    groups = parameter_groups(model.colour, float(settings["colour_fit_lr"]), 0.0, float(settings["curve_lr_scale"]))
+    fit = fit_colour_path(model.colour, pixels.source, pixels.target, groups, int(settings["colour_fit_steps"]),
+                          seed, seconds, clock)
+    ema.model.load_state_dict(model.state_dict())  # the average starts from the fitted colour path
+    log.info("train: colour path fitted alone on %d pixels: %d steps in %.1f s, squared error %.3g -> %.3g",
+             pixels.source.shape[0], fit["steps"], fit["seconds"], fit["error_before"], fit["error_after"])
 
 
 def clear_run_outputs(work_dir: Path) -> None:
@@ -324,6 +341,9 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     del state
     if resumed_from is None:
         clear_run_outputs(work_dir)
+        if getattr(model, "colour", None) is not None and int(settings["colour_fit_steps"]) > 0:
+            fit_colour_path_first(model, ema, group, border, loss_mix, settings, seed,
+                                  BUDGET_SHARE * budget_seconds if budget_seconds else None, clock)
 
     def checkpoint_state(step: int) -> Dict[str, Any]:
         return {
