@@ -34,8 +34,17 @@ def _apply_sets(config: dict, assignments: list[str] | None) -> dict:
         *parents, leaf = key.split(".")
         for parent in parents:
             node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _number_if_written_as_one(yaml.safe_load(value))
     return config
+
+
+def _number_if_written_as_one(value):
+    """YAML 1.1 reads ``2e-3`` (no dot) as a string; on a command line it means the number."""
+    import re
+
+    if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value):
+        return float(value)
+    return value
 
 
 def _results(args, config) -> Path:
