@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from duplidog import colour, imageio
-from duplidog.atomic import atomic_path, atomic_write_text
+from duplidog.atomic import atomic_path, atomic_write_json, atomic_write_text
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list
 
@@ -261,6 +261,6 @@ def assemble(
         "contact_sheet": str(out_dir / "contact_sheet.png"),
     }
     summary["assemble_seconds"] = round(time.perf_counter() - start, 3)
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out_dir / "summary.json", summary)
     log.info("assemble %s: %d frames checked, contact sheet of %d frames", plan.get("shot"), len(frames), len(rows))
     return summary

@@ -8,11 +8,47 @@ keeps the final extension, because OpenImageIO picks the file format from the ex
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # only readable by setting it; done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+#: Permission bits a file or folder gets: what the user's umask allows (on a shared farm, usually
+#: readable by the group), whatever mode the library that wrote it chose (safetensors writes 0600).
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+FOLDER_MODE = 0o777 & ~_UMASK
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes the umask allows."""
+    path = Path(path)
+    if not path.is_dir():
+        _set_mode(path, FILE_MODE)
+        return
+    _set_mode(path, FOLDER_MODE)
+    for folder, folders, files in os.walk(path):
+        for name in folders:
+            _set_mode(Path(folder, name), FOLDER_MODE)
+        for name in files:
+            _set_mode(Path(folder, name), FILE_MODE)
+
+
+def _set_mode(path: Path, mode: int) -> None:
+    if path.is_symlink():
+        return
+    if (path.stat().st_mode & 0o777) != mode:
+        os.chmod(path, mode)
 
 
 def temporary_sibling(path: str | os.PathLike) -> Path:
@@ -35,6 +71,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temporary_sibling(final)
     try:
         yield tmp
+        honour_umask(tmp)
         if tmp.is_dir() and final.is_dir():
             # os.replace cannot replace a non-empty directory: move the old one aside first.
             old = temporary_sibling(final)
@@ -59,3 +96,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+
+
+def standard_json(value):
+    """``value`` with every NaN and infinite float replaced by None, so ``json.dumps`` writes standard
+    JSON (``NaN`` and ``Infinity`` are not JSON, and other tools refuse such a file)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: standard_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [standard_json(item) for item in value]
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, value, indent: int = 2) -> None:
+    """Write ``value`` as standard JSON (non-finite numbers as null), atomically."""
+    atomic_write_text(path, json.dumps(standard_json(value), indent=indent, allow_nan=False) + "\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from duplidog.atomic import atomic_path, atomic_write_text
+from duplidog.atomic import atomic_path, atomic_write_json
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list, parse_frame_range
 from duplidog.settings import default_output_pattern
@@ -197,7 +197,7 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "manifest.csv") as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
-    atomic_write_text(out_dir / "plan.json", json.dumps(plan, indent=2) + "\n")
+    atomic_write_json(out_dir / "plan.json", plan)
     log.info(
         "ingest %s: %d frames, keyframes %s (validation %s), %dx%d %s %s, colour space %s",
         config["shot"], len(shot.frames), format_frame_list(shot.keyframes), format_frame_list(validation) or "none",

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import duplidog
-from duplidog.atomic import atomic_path
+from duplidog.atomic import atomic_path, standard_json
 from duplidog.errors import DuplidogError
 from duplidog.model import build_from_config
 from duplidog.model.analysis import count_parameters
@@ -82,7 +82,8 @@ def save_model(model_dir: Union[str, os.PathLike], model: nn.Module, card: Mappi
         model=config,
         scale=int(getattr(model, "scale", 1)),
     )
-    text_check = json.dumps(full)  # fail before touching the disk if the caller's card is not JSON-able
+    full = standard_json(full)  # a perfect validation's infinite PSNR is written as null, never as Infinity
+    text_check = json.dumps(full, allow_nan=False)  # fail before touching the disk if the card is not JSON-able
     del text_check
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "arch": str(config.get("arch")),
                 "id": full["id"]}
@@ -94,7 +95,7 @@ def save_model(model_dir: Union[str, os.PathLike], model: nn.Module, card: Mappi
         full["weights"] = {"file": WEIGHTS_NAME, "sha256": _sha256(weights), "tensors": len(state),
                            "parameters": count_parameters(model)}
         with open(tmp / CARD_NAME, "w", encoding="utf-8") as f:
-            json.dump(full, f, indent=2, sort_keys=False)
+            json.dump(full, f, indent=2, sort_keys=False, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())

@@ -70,6 +70,24 @@ def test_card_keeps_the_callers_facts_and_adds_its_own(saved: Path):
     assert card["weights"]["file"] == WEIGHTS_NAME and len(card["weights"]["sha256"]) == 64
 
 
+def test_every_file_of_a_model_gets_the_modes_the_umask_allows(saved: Path):
+    import os
+
+    from duplidog.atomic import FILE_MODE, FOLDER_MODE
+
+    assert FILE_MODE == 0o666 & ~_umask() and FOLDER_MODE == 0o777 & ~_umask()
+    modes = {path.name: os.stat(path).st_mode & 0o777 for path in (saved, saved / WEIGHTS_NAME, saved / CARD_NAME)}
+    assert modes == {saved.name: FOLDER_MODE, WEIGHTS_NAME: FILE_MODE, CARD_NAME: FILE_MODE}
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_saving_again_replaces_the_model_and_leaves_no_temporaries(saved: Path):
     first = read_card(saved)["id"]
     save_model(saved, tiny(width=6), CARD)

@@ -69,3 +69,12 @@ def test_a_command_lines_set_reads_an_exponent_without_a_dot_as_a_number():
 
     assert _apply_sets({}, ["train.lr=2e-3", "train.min_lr=1.0e-7", "shot=1e3x", "train.steps=null"]) == {
         "train": {"lr": 0.002, "min_lr": 1e-7, "steps": None}, "shot": "1e3x"}
+
+
+@pytest.mark.parametrize("section, typo", [("infer", "chunksize"), ("model", "presett"), ("assemble", "contact_frame"),
+                                           ("train", "max_minute"), ("pool", "tilesize")])
+def test_a_typo_inside_any_section_is_refused_naming_it(section, typo):
+    from duplidog.settings import resolve
+
+    with pytest.raises(DuplidogError, match=rf"shot.yaml: {section}: .*'{typo}' was unexpected"):
+        resolve({section: {typo: 1}}, origin="shot.yaml")

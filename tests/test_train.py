@@ -259,6 +259,38 @@ def test_the_colour_fit_learns_a_grade_from_the_pools_untouched_pixels_within_it
     assert 10 <= cut["steps"] <= 20
 
 
+def test_a_validation_keyframe_holding_nan_is_refused_naming_its_file(tmp_path):
+    from duplidog import imageio
+    from duplidog.ingest import read_manifest, read_plan
+    from duplidog.train.validate import load_validation_frames
+
+    tiny = build_tiny_shot(tmp_path)
+    plan = read_plan(tiny["plan"])
+    number = load_validation_frames(plan, tiny["manifest"])[0].frame
+    rows = read_manifest(tiny["manifest"])
+    target = str(rows[rows["frame"] == number]["target"].iloc[0])
+    pixels = imageio.read_pixels(target)
+    pixels[3, 4, 0] = np.nan
+    imageio.write_pixels(target, pixels, imageio.read_info(target))
+    with pytest.raises(DuplidogError, match=rf"{target}: 1 non-finite values \(1 NaN, 0 inf\)"):
+        load_validation_frames(plan, tiny["manifest"])
+
+
+def test_model_cards_and_summaries_are_standard_json_even_for_an_infinite_psnr(tmp_path):
+    from duplidog.atomic import atomic_write_json
+    from duplidog.model import build_model
+    from duplidog.modelstore import CARD_NAME, save_model
+
+    card = save_model(tmp_path / "model", build_model(width=4, levels=2, stages=1, depth=1),
+                      {"metrics": {"psnr": float("inf"), "ssim": float("nan")}})
+    assert card["metrics"] == {"psnr": None, "ssim": None}
+    text = (tmp_path / "model" / CARD_NAME).read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    atomic_write_json(tmp_path / "summary.json", {"frames": [{"psnr": float("-inf")}]})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"frames": [{"psnr": None}]}
+
+
 def test_convergence_status_follows_the_trend():
     def status(values):
         meter = ConvergenceMeter(window=20)
@@ -353,7 +385,8 @@ def open_pool_attrs(path) -> dict:
     return dict(open_pool(path).attrs)
 
 
-def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tmp_path, monkeypatch, signum):
     from duplidog.train import TrainingInterrupted
     from duplidog.train.monitor import TrainingMonitor
 
@@ -365,10 +398,10 @@ def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tm
     def record_then_sigterm(self, step, *args):
         record(self, step, *args)
         if step == 10:
-            signal.raise_signal(signal.SIGTERM)  # the real handler: finish the step, checkpoint, stop
+            signal.raise_signal(signum)  # the real handler: finish the step, checkpoint, stop
 
     monkeypatch.setattr(TrainingMonitor, "step", record_then_sigterm)
-    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 10"):
+    with pytest.raises(TrainingInterrupted, match=f"{signal.Signals(signum).name} at step 10"):
         run(shot, tmp_path / "resumed", steps=20, checkpoint_every=0)
     monkeypatch.undo()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "resumed/train/checkpoints")] == [10]

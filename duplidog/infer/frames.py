@@ -23,7 +23,6 @@ convolution algorithms in different jobs, and then a frame's bits would depend o
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -37,7 +36,7 @@ import torch
 
 import duplidog
 from duplidog import colour, imageio
-from duplidog.atomic import atomic_write_text
+from duplidog.atomic import atomic_write_json
 from duplidog.errors import DuplidogError
 from duplidog.infer.runner import apply_model, plan_run
 from duplidog.sequence import FramePattern, format_frame_list
@@ -322,7 +321,7 @@ height) ingest found; a frame of another size (replaced since) is an error. Retu
 
 def _write_summary(summary: dict, summary_path: str | Path | None) -> None:
     if summary_path is not None:
-        atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(summary_path, summary)
 
 
 def infer_frames(

@@ -35,8 +35,10 @@ SAMPLE_TILES = 96
 #: Pixels kept from them, and pixels per step.
 SAMPLE_PIXELS = 1 << 20
 PIXELS_PER_STEP = 2048
-#: At most this share of ``train.max_minutes`` goes to the fit.
+#: The fit's share of a run: at most this share of ``train.max_minutes``, and at most this many of its
+#: steps per step of the network's training (a step on 2048 pixels costs a few hundredths of one on tiles).
 BUDGET_SHARE = 0.1
+STEPS_PER_NETWORK_STEP = 25
 #: The fit runs where the fix changes at least this share of the sampled tiles' pixels.
 CHANGED_SHARE = 0.5
 

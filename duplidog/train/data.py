@@ -210,9 +210,11 @@ class PoolBatchReader(torch.utils.data.Dataset):
 
 
 def _quiet_worker(_worker_id: int) -> None:
-    """Workers leave SIGINT/SIGTERM to the main process, which checkpoints and then stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Workers leave SIGINT/SIGTERM/SIGHUP to the main process, which checkpoints and then stops them."""
+    from duplidog.train.loop import StopRequest
+
+    for signum in StopRequest.SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 

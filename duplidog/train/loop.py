@@ -40,7 +40,7 @@ import torch
 
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
-from duplidog.train.colour_fit import BUDGET_SHARE, fit_colour_path, sample_pixels
+from duplidog.train.colour_fit import BUDGET_SHARE, STEPS_PER_NETWORK_STEP, fit_colour_path, sample_pixels
 from duplidog.train.data import EpochPlan, make_batches, value_range
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
@@ -58,7 +58,7 @@ MAX_NONFINITE_STEPS = 20
 
 
 class TrainingInterrupted(DuplidogError):
-    """SIGTERM or SIGINT arrived: the step was finished and a checkpoint written; rerun to resume."""
+    """SIGTERM, SIGINT or SIGHUP arrived: the step was finished and a checkpoint written; rerun to resume."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -67,13 +67,16 @@ class TrainingInterrupted(DuplidogError):
 
 
 class StopRequest:
-    """SIGTERM/SIGINT handlers that only raise a flag, so the loop can stop between steps.
+    """SIGTERM/SIGINT/SIGHUP handlers that only raise a flag, so the loop can stop between steps.
+
+    SIGHUP (the terminal that started the run closed) is a request to stop like the others, not a
+    reason to lose the steps since the last checkpoint.
 
     A second signal while the first is being handled interrupts at once (KeyboardInterrupt). Handlers
     are installed only from the main thread (Python allows nothing else) and restored afterwards.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
     def __init__(self):
         self.signum: Optional[int] = None
@@ -157,7 +160,7 @@ def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, cur
     return groups
 
 
-def fit_colour_path_first(model, ema, group, border: int, loss_mix, settings: dict, seed: int,
+def fit_colour_path_first(model, ema, group, border: int, loss_mix, settings: dict, steps: int, seed: int,
                           seconds: Optional[float], clock) -> None:
     """Before a fresh run: fit the colour path alone where the fix changes most pixels (``colour_fit``)."""
     pixels = sample_pixels(group, border, loss_mix.change_threshold, 2 * loss_mix.change_radius, seed)
@@ -166,8 +169,7 @@ def fit_colour_path_first(model, ema, group, border: int, loss_mix, settings: di
                  100 * pixels.changed_share)
         return
     groups = parameter_groups(model.colour, float(settings["colour_fit_lr"]), 0.0, float(settings["curve_lr_scale"]))
-    fit = fit_colour_path(model.colour, pixels.source, pixels.target, groups, int(settings["colour_fit_steps"]),
-                          seed, seconds, clock)
+    fit = fit_colour_path(model.colour, pixels.source, pixels.target, groups, steps, seed, seconds, clock)
     ema.model.load_state_dict(model.state_dict())  # the average starts from the fitted colour path
     log.info("train: colour path fitted alone on %d pixels: %d steps in %.1f s, squared error %.3g -> %.3g",
              pixels.source.shape[0], fit["steps"], fit["seconds"], fit["error_before"], fit["error_after"])
@@ -342,7 +344,10 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     if resumed_from is None:
         clear_run_outputs(work_dir)
         if getattr(model, "colour", None) is not None and int(settings["colour_fit_steps"]) > 0:
-            fit_colour_path_first(model, ema, group, border, loss_mix, settings, seed,
+            fit_steps = int(settings["colour_fit_steps"])
+            if total_steps:
+                fit_steps = min(fit_steps, STEPS_PER_NETWORK_STEP * total_steps)
+            fit_colour_path_first(model, ema, group, border, loss_mix, settings, fit_steps, seed,
                                   BUDGET_SHARE * budget_seconds if budget_seconds else None, clock)
 
     def checkpoint_state(step: int) -> Dict[str, Any]:

@@ -66,8 +66,10 @@ def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4
         row = rows.get(int(number))
         if row is None or not str(row.get("target", "")):
             raise DuplidogError(f"{manifest_path}: validation keyframe {number} has no source/target row")
-        source = imageio.read_pixels(row["source"], plan["input_channels"])
-        target = imageio.read_pixels(row["target"], plan["output_channels"])
+        # The same policy (ingest.nonfinite) as the pool's keyframes: a NaN here would make every score NaN.
+        policy = plan.get("nonfinite", "error")
+        source = imageio.check_finite(imageio.read_pixels(row["source"], plan["input_channels"]), row["source"], policy)
+        target = imageio.check_finite(imageio.read_pixels(row["target"], plan["output_channels"]), row["target"], policy)
         frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space)),
                                       _to_tensor(colour.encode(target, space))))
     return frames
