@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import uuid
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterator
 
@@ -54,9 +55,32 @@ def _set_mode(path: Path, mode: int) -> None:
 def temporary_sibling(path: str | os.PathLike) -> Path:
     """A unique name next to ``path`` that keeps its extension: ``a/b.exr`` -> ``a/.b.tmp-1f3a.exr``."""
     path = Path(path)
-    suffix = "".join(path.suffixes[-1:])
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    stem, suffix = _stem_and_suffix(path)
     return path.with_name(f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def _stem_and_suffix(path: Path) -> tuple[str, str]:
+    suffix = "".join(path.suffixes[-1:])
+    return (path.name[: len(path.name) - len(suffix)] if suffix else path.name), suffix
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what an earlier, killed write of ``path`` left behind (its ``temporary_sibling`` names).
+
+    Call it only where no other live process writes ``path`` (a frame belongs to one chunk job).
+    Returns what was removed.
+    """
+    path = Path(path)
+    stem, suffix = _stem_and_suffix(path)
+    removed = []
+    for stale in path.parent.glob(f".{glob_escape(stem)}.tmp-{'[0-9a-f]' * 8}{glob_escape(suffix)}"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        removed.append(stale)
+    return removed
 
 
 @contextlib.contextmanager

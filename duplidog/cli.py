@@ -112,7 +112,8 @@ def cmd_assemble(args) -> None:
     config = _shot_config(args)
     root = _results(args, config)
     summary = assemble(plan_path=root / "ingest/plan.json", manifest_path=root / "ingest/manifest.csv",
-                       output_pattern=default_output_pattern(config), out_dir=root / "assemble")
+                       output_pattern=default_output_pattern(config), out_dir=root / "assemble",
+                       settings=config["assemble"])
     print(json.dumps(summary, indent=2, default=str))
 
 

@@ -134,6 +134,13 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
                 f"{info.path}: channels {','.join(info.channel_names)} differ from the plate's "
                 f"{','.join(first.channel_names)} ({first.path})"
             )
+        # A renamed 8-bit PNG or a float frame among half ones would be read, trained on and written
+        # in another kind of file than its neighbours.
+        if (info.format_name, info.pixel_type) != (first.format_name, first.pixel_type):
+            raise DuplidogError(
+                f"{info.path}: a {info.format_name} file of {info.pixel_type} pixels, but the plate's frames are "
+                f"{first.format_name} files of {first.pixel_type} ({first.path})"
+            )
 
     target_infos = {frame: imageio.read_info(target.path(frame)) for frame in shot.keyframes}
     first_target = target_infos[shot.keyframes[0]]
@@ -191,6 +198,8 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
         "width": first.width,
         "height": first.height,
         "pixel_type": first.pixel_type,
+        "format_name": first.format_name,
+        "channel_names": list(first.channel_names),
         "nonfinite": settings["nonfinite"],
         "seed": config["seed"],
     }

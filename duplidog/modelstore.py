@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import duplidog
-from duplidog.atomic import atomic_path, standard_json
+from duplidog.atomic import atomic_path, remove_stale_temporaries, standard_json
 from duplidog.errors import DuplidogError
 from duplidog.model import build_from_config
 from duplidog.model.analysis import count_parameters
@@ -87,6 +87,7 @@ def save_model(model_dir: Union[str, os.PathLike], model: nn.Module, card: Mappi
     del text_check
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "arch": str(config.get("arch")),
                 "id": full["id"]}
+    remove_stale_temporaries(model_dir)  # a save killed midway left its temporary folder beside it
     with atomic_path(model_dir) as tmp:
         tmp.mkdir()
         weights = tmp / WEIGHTS_NAME
@@ -162,7 +163,10 @@ def load_model(model_dir: Union[str, os.PathLike], device: Union[str, torch.devi
     if not weights.is_file():
         raise DuplidogError(f"{weights}: model weights missing")
     expected_digest = card.get("weights", {}).get("sha256")
-    if expected_digest and _sha256(weights) != expected_digest:
+    if not expected_digest:  # every card save_model writes has one: without it, tampering would go unseen
+        raise DuplidogError(f"{folder / CARD_NAME}: the card has no weights checksum (weights.sha256); "
+                            "refusing to load unverified weights")
+    if _sha256(weights) != expected_digest:
         raise DuplidogError(f"{weights}: model weights damaged (SHA-256 differs from the card's)")
     try:
         state = safetensors.torch.load_file(str(weights), device="cpu")

@@ -46,11 +46,12 @@ def defaults() -> dict:
     return _defaults_of(schema())
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_settings(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``, section by section and key by key (neither is changed)."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -65,7 +66,7 @@ def resolve(user: dict | None, origin: str = "config") -> dict:
         user = {}
     if not isinstance(user, dict):
         raise DuplidogError(f"{origin}: a shot file must be a YAML mapping of keys, got {type(user).__name__}")
-    config = _merge(defaults(), user)
+    config = merge_settings(defaults(), user)
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -77,6 +78,14 @@ def resolve(user: dict | None, origin: str = "config") -> dict:
 
 def load_shot_file(path: str | Path) -> dict:
     """Read and resolve one shot YAML file; an empty, unreadable or invalid file is one clear error."""
+    user = read_shot_yaml(path)
+    if user is None:
+        raise DuplidogError(f"{path}: the shot file is empty (it needs at least shot, source and target)")
+    return resolve(user, origin=str(path))
+
+
+def read_shot_yaml(path: str | Path):
+    """The YAML in a shot file (None when empty); unreadable or invalid YAML is one error naming the line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -85,12 +94,12 @@ def load_shot_file(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise DuplidogError(f"{path}: cannot read the shot file ({exc})") from None
     try:
-        user = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise DuplidogError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if user is None:
-        raise DuplidogError(f"{path}: the shot file is empty (it needs at least shot, source and target)")
-    return resolve(user, origin=str(path))
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DuplidogError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
 def default_output_pattern(config: dict) -> str:

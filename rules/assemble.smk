@@ -26,6 +26,7 @@ rule assemble:
         "benchmarks/{shot}/assemble.tsv"
     params:
         output=output_pattern,
+        settings=section("assemble"),
     conda:
         "../workflow/envs/duplidog.yaml"
     script:

@@ -1,19 +1,22 @@
 # Helpers shared by every rule: the shots of this run, their frames and chunks, and rule inputs.
 # Frames are found from the patterns when the DAG is built, so a dry run shows every job.
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
-from snakemake.utils import validate
 
 from duplidog import demo
 from duplidog.errors import DuplidogError
 from duplidog.ingest import INGEST_KEYS, check_output_pattern, discover_frames, ShotFrames
 from duplidog.sequence import FramePattern
-from duplidog.settings import default_output_pattern, resolve
+from duplidog.settings import default_output_pattern, merge_settings, read_shot_yaml, resolve
 
-validate(config, schema="../config/schema.yaml")
+# The config is checked against config/schema.yaml by duplidog's resolver, which names the key in one
+# line (Snakemake's own validate prints the whole schema after its message).
+try:
+    resolve(config, origin="config")
+except DuplidogError as error:
+    raise WorkflowError(str(error)) from None
 
 # Keys of a batch config that describe one shot; everything else is shared by all its shots.
 SHOT_KEYS = ("shot", "source", "target", "output", "frames")
@@ -73,9 +76,8 @@ def load_shots(config):
     if config.get("shots"):
         entries = []
         for path in shot_files_from(config["shots"]):
-            with open(path, encoding="utf-8") as f:
-                user = yaml.safe_load(f) or {}
-            entries.append((resolve({**shared, **user}, origin=path)))
+            user = read_shot_yaml(path) or {}
+            entries.append(resolve(merge_settings(shared, user), origin=path))  # key by key
     else:
         entries = [resolve(config, origin="config")]
     shots = {}
@@ -92,7 +94,29 @@ def load_shots(config):
         output = default_output_pattern(shot_config)
         check_output_pattern(output, shot_config["source"], shot_config["target"], frames.frames, writable=False)
         shots[name] = Shot(name, shot_config, frames, output, is_demo)
+    check_batch_outputs(shots)
     return shots
+
+
+def check_batch_outputs(shots):
+    """Refuse a batch where one shot would write over another's plates or keyframes, or two shots write
+    the same output frames: each shot checks its own output against its own source and target only."""
+    written = {}
+    for shot in shots.values():
+        for other in shots.values():
+            if other is not shot:
+                try:
+                    check_output_pattern(shot.output, other.config["source"], other.config["target"],
+                                         shot.frames.frames, writable=False)
+                except DuplidogError as error:
+                    raise DuplidogError(f"shot {shot.name}: {error} of shot {other.name}") from None
+        pattern = FramePattern(shot.output)
+        for frame in shot.frames.frames:
+            path = os.path.realpath(pattern.path(frame))
+            if path in written and written[path] != shot.name:
+                raise DuplidogError(f"shots {written[path]} and {shot.name} would both write {pattern.path(frame)}; "
+                                    "give each its own output")
+            written[path] = shot.name
 
 
 def demo_default(key):
@@ -155,7 +179,14 @@ def section(name):
 def init_model(wildcards):
     """A previous shot's model to start training from (train.init_from), as an input so a change reruns."""
     init_from = shot_of(wildcards).config["train"].get("init_from")
-    return [str(Path(init_from) / "model.json")] if init_from else []
+    if not init_from:
+        return []
+    card = Path(init_from) / "model.json"
+    # Another shot's model under results/ looks like this run's train output; unless that shot is in this
+    # run (then it is trained first), name it by its absolute path so Snakemake takes it as a plain file.
+    parts = card.parts
+    in_this_run = len(parts) == 4 and parts[0] == "results" and parts[2] == "model" and parts[1] in SHOTS
+    return [str(card if in_this_run else card.resolve())]
 
 
 def _plain(value):

@@ -11,6 +11,7 @@ keyframes) must come back as a one-channel matte.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,23 @@ def test_each_shot_of_the_batch_has_its_own_results(batch_run):
         results = batch_run / f"results/{shot}"
         assert (results / "assemble/summary.json").is_file() and (results / "model/model.json").is_file()
         assert (results / "pool/pool.zarr").is_dir()
+
+
+@pytest.mark.parametrize("clash", ["plates", "outputs"])
+def test_a_batch_refuses_a_shot_writing_over_another_shots_plates_or_output(tmp_path, clash):
+    a = write_format_shot(tmp_path, "sa", *FORMATS["tif_16"])
+    b = write_format_shot(tmp_path, "sb", *FORMATS["tif_16"])
+    output = "sa/plate.%04d.tif" if clash == "plates" else "shared/out.%04d.tif"
+    b.write_text(yaml.safe_dump({**yaml.safe_load(b.read_text()), "output": output}))
+    if clash == "outputs":
+        a.write_text(yaml.safe_dump({**yaml.safe_load(a.read_text()), "output": output}))
+    batch = tmp_path / "batch.yaml"
+    batch.write_text(yaml.safe_dump({"shots": [a.name, b.name], **TINY}))
+    before = {path: path.read_bytes() for path in (tmp_path / "sa").iterdir()}
+    result = snakemake("--profile", str(ROOT / "profiles/local"), "--configfile", str(batch), "-n", cwd=tmp_path,
+                       check=False)
+    text = result.stdout + result.stderr
+    expected = (r"shot sb: sa/plate.%04d.tif: output would overwrite the source or target frame 1001 .* of shot sa"
+                if clash == "plates" else r"shots sa and sb would both write shared/out.1001.tif")
+    assert result.returncode != 0 and re.search(expected, text), text[-3000:]
+    assert {path: path.read_bytes() for path in (tmp_path / "sa").iterdir()} == before

@@ -291,6 +291,20 @@ def test_a_corrupt_source_frame_stops_the_chunk_naming_it_and_leaves_no_partial_
     assert "out.1003.exr" not in names and not [n for n in names if ".tmp-" in n]
 
 
+def test_a_plate_frame_replaced_since_ingest_by_another_kind_is_refused_naming_it(shot):
+    root, plan_path = shot
+    plan = json.loads(plan_path.read_text())
+    plan["channel_names"] = ["R", "G", "B", "A"]
+    plan_path.write_text(json.dumps(plan))
+    write_exr(root / "plate/plate.1003.exr", np.zeros((36, 52, 3), np.float32), ("R", "G", "B"))  # its alpha gone
+    with pytest.raises(DuplidogError, match=r"plate.1003.exr: channels R,G,B, but the plate's were R,G,B,A at ingest"):
+        infer_frames(root / "model", plan_path, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu"})
+    write_exr(root / "plate/plate.1003.exr", np.zeros((36, 52, 4), np.float32), ("R", "G", "B", "A"),
+              pixel_type="float")
+    with pytest.raises(DuplidogError, match=r"plate.1003.exr: pixel type float, but the plate's was half"):
+        infer_frames(root / "model", plan_path, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu"})
+
+
 def test_channels_the_model_was_not_trained_on_are_refused(tmp_path):
     plan = make_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "A"), ("R", "G", "B"))
@@ -305,6 +319,30 @@ def test_infer_sequence_needs_no_plan(shot):
     assert summary["frames"] == 4
     info = imageio.read_info(root / "seq/s.1004.exr")
     assert info.channel_names == ("R", "G", "B", "A")
+
+
+def test_a_killed_runs_temporaries_of_this_jobs_frames_are_removed_and_no_others(shot):
+    root, _ = shot
+    out = root / "stale"
+    out.mkdir()
+    mine = out / ".s.1002.tmp-0123abcd.exr"  # what a kill -9 during the write of frame 1002 leaves
+    other = out / ".s.1003.tmp-0123abcd.exr"  # frame 1003 belongs to another (maybe running) job
+    for path in (mine, other):
+        path.write_bytes(b"")
+    infer_sequence(root / "model", str(root / "plate/plate.%04d.exr"), str(out / "s.####.exr"), frames=[1001, 1002],
+                   device="cpu")
+    assert not mine.exists() and other.exists()
+    assert sorted(p.name for p in out.iterdir()) == [".s.1003.tmp-0123abcd.exr", "s.1001.exr", "s.1002.exr"]
+
+
+def test_infer_sequence_refuses_to_write_over_its_source(shot):
+    root, _ = shot
+    plate = root / "plate/plate.1004.exr"
+    before = plate.read_bytes()
+    for output in (str(root / "plate/plate.%04d.exr"), str(root / "plate/../plate/plate.####.exr")):
+        with pytest.raises(DuplidogError, match=r"output would overwrite the source or target frame"):
+            infer_sequence(root / "model", str(root / "plate/plate.%04d.exr"), output, device="cpu")
+    assert plate.read_bytes() == before
 
 
 def test_the_benchmark_runs_and_prints_ratios_against_read_write(capsys):

@@ -83,6 +83,21 @@ def test_keyframe_channel_counts_disagree(tmp_path):
         ingest(_config(shot), tmp_path / "out")
 
 
+def test_a_plate_frame_of_another_pixel_type_or_file_format_is_refused_naming_it(tmp_path):
+    import shutil
+
+    shot = make_shot(tmp_path)
+    write_frame(tmp_path / "plate/plate.1003.exr", np.zeros((40, 48, 3)), pixel_type="float")
+    with pytest.raises(DuplidogError, match=r"plate.1003.exr: a openexr file of float pixels, but the plate's frames "
+                                            r"are openexr files of half \(.*plate.1001.exr\)"):
+        ingest(_config(shot), tmp_path / "out")
+    write_frame(tmp_path / "plate/plate.1003.exr", np.zeros((40, 48, 3)))
+    write_frame(tmp_path / "png.png", np.zeros((40, 48, 3)), pixel_type="uint8")
+    shutil.move(tmp_path / "png.png", tmp_path / "plate/plate.1003.exr")  # an 8-bit PNG renamed .exr
+    with pytest.raises(DuplidogError, match=r"plate.1003.exr: a png file of uint8 pixels"):
+        ingest(_config(shot), tmp_path / "out")
+
+
 def test_truncated_source_frame_is_named(tmp_path):
     shot = make_shot(tmp_path)
     (tmp_path / "plate/plate.1002.exr").write_bytes(b"v/1\x01\x02\x00\x00")

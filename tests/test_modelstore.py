@@ -90,6 +90,7 @@ def _umask() -> int:
 
 def test_saving_again_replaces_the_model_and_leaves_no_temporaries(saved: Path):
     first = read_card(saved)["id"]
+    (saved.parent / ".model.tmp-0123abcd").mkdir()  # what a save killed midway leaves
     save_model(saved, tiny(width=6), CARD)
     assert read_card(saved)["id"] != first
     assert read_card(saved)["model"]["width"] == 6
@@ -178,11 +179,19 @@ def test_damaged_weights_fail_the_checksum(saved: Path):
         load_model(saved)
 
 
-def test_truncated_weights_without_a_checksum_are_unreadable(saved: Path):
-    data = (saved / WEIGHTS_NAME).read_bytes()
-    (saved / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
-    edit_card(saved, lambda card: card["weights"].pop("sha256"))
+def test_truncated_weights_are_unreadable_even_with_a_matching_checksum(saved: Path):
+    import hashlib
+
+    data = (saved / WEIGHTS_NAME).read_bytes()[:-100]
+    (saved / WEIGHTS_NAME).write_bytes(data)
+    edit_card(saved, lambda card: card["weights"].update(sha256=hashlib.sha256(data).hexdigest()))
     with pytest.raises(DuplidogError, match=rf"{WEIGHTS_NAME}: model weights unreadable"):
+        load_model(saved)
+
+
+def test_a_card_without_its_weights_checksum_is_refused(saved: Path):
+    edit_card(saved, lambda card: card["weights"].pop("sha256"))
+    with pytest.raises(DuplidogError, match=rf"{CARD_NAME}: the card has no weights checksum"):
         load_model(saved)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,19 @@ def test_dry_run_lists_the_whole_dag_for_the_demo(tmp_path):
     result = snakemake("--profile", str(ROOT / "profiles/local"), "-n", cwd=tmp_path)
     for rule in ("demo_shot", "ingest", "pool", "train", "infer_chunk__demo__1001_1008", "assemble"):
         assert rule in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("shot, fault", [
+    ("trian: {steps: 3}\n", r"config: \(top level\): Additional properties are not allowed \('trian' was unexpected\)"),
+    ("model: {presett: large}\n", r"config: model: Additional properties are not allowed \('presett' was unexpected\)"),
+])
+def test_a_typo_in_the_shot_file_is_one_short_message(tmp_path, shot, fault):
+    (tmp_path / "typo.yaml").write_text(shot)
+    result = snakemake("--profile", str(ROOT / "profiles/local"), "--configfile", "typo.yaml", "-n", cwd=tmp_path,
+                       check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and re.search(fault, text), text[-3000:]
+    assert len(text.splitlines()) < 20, text[-3000:]
 
 
 def test_lint_is_clean(tmp_path):

@@ -101,12 +101,29 @@ def test_an_inference_setting_reruns_inference_only(run):
         "infer_chunk__t1__1001_1004", "infer_chunk__t1__1005_1007", "assemble", "all"}
 
 
+def test_an_assemble_setting_reruns_assemble_only_and_takes_effect(run):
+    from duplidog import imageio
+
+    sheet = run / "results/t1/assemble/contact_sheet.png"
+    before = imageio.read_info(sheet)
+    assert planned_jobs(run, assemble={"contact_width": 16}) == {"assemble", "all"}
+    result = snakemake(*LOCAL, "--configfile", str(write_shot_file(run, assemble={"contact_width": 16})), cwd=run)
+    assert jobs_in(result) == {"assemble", "all"}
+    after = imageio.read_info(sheet)
+    assert after.width < before.width and after.height < before.height, (before, after)
+
+
 def test_a_pool_setting_reruns_pool_training_and_inference(run):
     assert planned_jobs(run, pool={"tiles_per_keyframe": 20}) == EVERYTHING_AFTER_INGEST
 
 
 def test_a_training_setting_retrains_but_keeps_the_pool(run):
     assert planned_jobs(run, train={"steps": 7}) == EVERYTHING_AFTER_INGEST - {"pool"}
+
+
+def test_starting_from_another_shots_model_under_results_plans_a_retraining(run):
+    shutil.copytree(run / "results/t1/model", run / "results/other/model")
+    assert planned_jobs(run, train={"init_from": "results/other/model"}) == EVERYTHING_AFTER_INGEST - {"pool"}
 
 
 def test_a_replaced_source_frame_reruns_its_chunk_and_a_replaced_keyframe_retrains(run):

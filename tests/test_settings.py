@@ -49,7 +49,7 @@ def test_empty_or_unreadable_shot_files(tmp_path):
         settings.load_shot_file(empty)
     broken = tmp_path / "broken.yaml"
     broken.write_text("shot: [unclosed\n")
-    with pytest.raises(DuplidogError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(DuplidogError, match=r"broken.yaml: not valid YAML at line 2, column 1: "):
         settings.load_shot_file(broken)
     with pytest.raises(DuplidogError, match="nope.yaml: shot file not found"):
         settings.load_shot_file(tmp_path / "nope.yaml")
@@ -78,3 +78,15 @@ def test_a_typo_inside_any_section_is_refused_naming_it(section, typo):
 
     with pytest.raises(DuplidogError, match=rf"shot.yaml: {section}: .*'{typo}' was unexpected"):
         resolve({section: {typo: 1}}, origin="shot.yaml")
+
+
+def test_a_batch_setting_reaches_a_shot_that_sets_other_keys_of_its_section():
+    from duplidog.settings import merge_settings, resolve
+
+    batch = {"train": {"max_minutes": 30}, "infer": {"chunk_size": 4}}
+    shot = {"train": {"steps": 500}, "shot": "sh010"}
+    merged = resolve(merge_settings(batch, shot), origin="sh010.yaml")
+    assert merged["train"]["max_minutes"] == 30 and merged["train"]["steps"] == 500
+    assert merged["infer"]["chunk_size"] == 4 and batch == {"train": {"max_minutes": 30}, "infer": {"chunk_size": 4}}
+    common = (Path(__file__).parents[1] / "rules/common.smk").read_text()
+    assert "resolve(merge_settings(shared, user)" in common  # the workflow's batch uses this merge

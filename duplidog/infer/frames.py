@@ -36,7 +36,7 @@ import torch
 
 import duplidog
 from duplidog import colour, imageio
-from duplidog.atomic import atomic_write_json
+from duplidog.atomic import atomic_write_json, remove_stale_temporaries
 from duplidog.errors import DuplidogError
 from duplidog.infer.runner import apply_model, plan_run
 from duplidog.sequence import FramePattern, format_frame_list
@@ -186,6 +186,21 @@ def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.devi
             f"(batches of {plan.batch_size}) on {device} in {precision}")
 
 
+def check_like_plate(info: imageio.ImageInfo, plate: dict) -> None:
+    """Refuse a frame that is no longer what ingest found (replaced since): another size, other channels
+    (an alpha would silently be dropped), another file format or pixel type. Checks what ``plate`` holds."""
+    if "width" in plate and (info.width, info.height) != (plate["width"], plate["height"]):
+        raise DuplidogError(f"{info.path}: {info.width}x{info.height}, but the plate is "
+                            f"{plate['width']}x{plate['height']} (every frame of a shot has one size)")
+    if "channel_names" in plate and list(info.channel_names) != list(plate["channel_names"]):
+        raise DuplidogError(f"{info.path}: channels {','.join(info.channel_names)}, but the plate's were "
+                            f"{','.join(plate['channel_names'])} at ingest (rerun ingest if the plate changed)")
+    for key, what in (("format_name", "file format"), ("pixel_type", "pixel type")):
+        if key in plate and getattr(info, key) != plate[key]:
+            raise DuplidogError(f"{info.path}: {what} {getattr(info, key)}, but the plate's was {plate[key]} at "
+                                "ingest (rerun ingest if the plate changed)")
+
+
 def run_frames(
     model: torch.nn.Module,
     card: dict,
@@ -197,15 +212,16 @@ def run_frames(
     device: torch.device | None = None,
     nonfinite: str = "error",
     colorspace: str | None = None,
-    plate_size: tuple[int, int] | None = None,
+    plate: dict | None = None,
 ) -> dict:
     """Run ``model`` (already loaded) over ``frames`` from ``source_pattern`` to ``output_pattern``.
 
     ``settings``: the ``infer`` section (see config.schema.yaml); missing keys take the defaults.
     ``nonfinite``: "error" (a NaN/inf in a source frame stops the chunk, naming the frame) or
     "replace" (zeroed with a warning), as ``ingest.nonfinite``. ``colorspace``: the working space if
-    the card records none (the card's, which training used, always wins). ``plate_size``: the (width,
-height) ingest found; a frame of another size (replaced since) is an error. Returns the timing summary.
+    the card records none (the card's, which training used, always wins). ``plate``: what ingest found
+of the plate (the plan's width, height, channel_names, format_name, pixel_type; those present are
+checked): a frame replaced since by another kind is an error naming it. Returns the timing summary.
     """
     settings = infer_settings(settings)
     device = device if device is not None else resolve_device(settings["device"])
@@ -227,13 +243,15 @@ height) ingest found; a frame of another size (replaced since) is an error. Retu
         for frame in frames:
             path = source.path(frame)
             info = imageio.read_info(path)
-            if plate_size is not None and (info.width, info.height) != tuple(plate_size):
-                raise DuplidogError(f"{path}: {info.width}x{info.height}, but the plate is "
-                                    f"{plate_size[0]}x{plate_size[1]} (every frame of a shot has one size)")
+            check_like_plate(info, plate or {})
             pixels = imageio.read_pixels(path, read_channels)
             network_input = imageio.check_finite(pixels[:, :, :n_input], path, nonfinite)
             _put(read_queue, (frame, info, network_input, pixels[:, :, passthrough_index]), stop)
         _put(read_queue, _DONE, stop)
+
+    for frame in frames:  # this job's frames are its own: what a killed run left of them goes
+        for stale in remove_stale_temporaries(output.path(frame)):
+            log.info("removed %s, left by an earlier run that was killed", stale)
 
     def write_frames() -> None:
         while True:
@@ -360,8 +378,7 @@ def infer_frames(
     if not output_pattern:
         raise DuplidogError(f"{plan_path}: the plan records no output pattern; give one")
     summary = run_frames(model, card, frames, plan["source"], output_pattern, route,
-                         settings, device, plan.get("nonfinite", "error"), plan.get("colorspace"),
-                         (plan["width"], plan["height"]))
+                         settings, device, plan.get("nonfinite", "error"), plan.get("colorspace"), plan)
     summary["load_seconds"] = round(load_seconds, 4)
     _write_summary(summary, summary_path)
     log.info("%d frames in %.1fs (%.2f frames/s)", summary["frames"], summary["seconds"], summary["fps"])
@@ -383,6 +400,7 @@ def infer_sequence(
     and writes its output channels; every other source channel is copied through. ``frames`` default
     to every source frame found on disk.
     """
+    from duplidog.ingest import check_output_pattern
     from duplidog.modelstore import load_model
 
     settings = {**infer_settings(settings), "tile": tile}
@@ -395,6 +413,7 @@ def infer_sequence(
     missing = [f for f in frames if not Path(source.path(f)).is_file()]
     if missing:
         raise DuplidogError(f"{source_pattern}: frames {format_frame_list(missing)} missing")
+    check_output_pattern(output_pattern, source_pattern, source_pattern, frames)  # never over the plates
     torch_device = resolve_device(settings["device"])
     model, card = load_model(model_dir, torch_device)
     info = imageio.read_info(source.path(frames[0]))

@@ -11,7 +11,6 @@ result (minutes per shot) is reused and several duplidog settings (``tag``) can 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -109,14 +108,6 @@ def unseen_frames(meta: dict) -> list[int]:
     return [f for f in range(int(meta["first"]), int(meta["last"]) + 1) if f not in keys]
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
-            else copy.deepcopy(value)
-    return merged
-
-
 def _tag_name(tag: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", str(tag)):
         raise ValueError(f"tag {tag!r}: use letters, digits, '.', '_' or '-'")
@@ -137,7 +128,7 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
     from duplidog.infer import infer_frames
     from duplidog.ingest import ingest
     from duplidog.pool import build_pool
-    from duplidog.settings import resolve
+    from duplidog.settings import merge_settings, resolve
     from duplidog.train import train
 
     if not isinstance(shot, dict):
@@ -150,9 +141,9 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
         forced["max_minutes"] = float(minutes)
     if steps is not None:
         forced["steps"] = int(steps)
-    user = _merge(settings or {}, {"train": forced})
+    user = merge_settings(settings or {}, {"train": forced})
     shot_config = {**shot["config"], "output": str(work / f"out/out.%04d.{meta['ext']}")}
-    config = resolve(_merge(user, shot_config), origin=f"quality shot {kind} ({tag})")
+    config = resolve(merge_settings(user, shot_config), origin=f"quality shot {kind} ({tag})")
     plan = ingest(config, work / "ingest")
     unseen = unseen_frames(meta)
     if sorted(plan["keyframes"]) != sorted(meta["keyframes"]) or not set(unseen) <= set(plan["frames"]):

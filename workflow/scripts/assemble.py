@@ -9,4 +9,5 @@ assemble(
     manifest_path=snakemake.input.manifest,
     output_pattern=snakemake.params.output,
     out_dir=Path(snakemake.output.summary).parent,
+    settings=snakemake.params.settings,
 )
