@@ -17,7 +17,6 @@ pixels (``needs_fit``). Everything here is per pixel; the network's tiles and re
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Callable, Dict, NamedTuple, Optional
@@ -25,10 +24,8 @@ from typing import Callable, Dict, NamedTuple, Optional
 import numpy as np
 import torch
 
-from duplidog.train.data import read_tiles
+from duplidog.train.data import evenly_spaced, read_tiles
 from duplidog.train.losses import changed_pixels, colour_weights, crop_border
-
-log = logging.getLogger("duplidog.train")
 
 #: Tiles read from the pool for the pixel sample (evenly spaced, so a resumed or repeated run draws the same).
 SAMPLE_TILES = 96
@@ -60,7 +57,7 @@ def sample_pixels(group, border: int, threshold: float, radius: int, seed: int,
     The tiles' context borders are left out, as the loss leaves them out.
     """
     n_tiles = int(group["source"].shape[0])
-    picks = np.unique(np.linspace(0, n_tiles - 1, min(max_tiles, n_tiles)).round().astype(np.int64))
+    picks = evenly_spaced(n_tiles, max_tiles)
     source = torch.from_numpy(read_tiles(group["source"], picks).astype(np.float32))
     target = torch.from_numpy(read_tiles(group["target"], picks).astype(np.float32))
     keep = colour_weights(source, target, threshold, radius) > 0.5

@@ -114,11 +114,15 @@ def read_tiles(array, indices: np.ndarray) -> np.ndarray:
     return np.asarray(array.oindex[unique])[inverse]
 
 
+def evenly_spaced(n_tiles: int, count: int) -> np.ndarray:
+    """Up to ``count`` tile indices spread evenly over ``n_tiles`` (a deterministic sample)."""
+    return np.unique(np.linspace(0, n_tiles - 1, min(count, n_tiles)).round().astype(np.int64))
+
+
 def value_range(array, max_tiles: int = 512, margin: float = 0.02) -> list[float]:
     """[low, high] of the values of up to ``max_tiles`` evenly spaced tiles of a pool array, widened by
     ``margin`` of the span on each side (a deterministic sample: a resumed run gets the same range)."""
-    picks = np.unique(np.linspace(0, array.shape[0] - 1, min(max_tiles, array.shape[0])).round().astype(np.int64))
-    values = read_tiles(array, picks).astype(np.float32)
+    values = read_tiles(array, evenly_spaced(array.shape[0], max_tiles)).astype(np.float32)
     low, high = float(np.min(values)), float(np.max(values))
     pad = max(margin * (high - low), 1e-3)
     return [low - pad, high + pad]
