@@ -96,9 +96,24 @@ def test_two_deleted_frames_rerun_only_their_chunk(run):
 
 
 def test_an_inference_setting_reruns_inference_only(run):
-    assert planned_jobs(run, infer={"tile": 16}) == {*CHUNKS, "assemble", "all"}
+    assert planned_jobs(run, infer={"tile": "none"}) == {*CHUNKS, "assemble", "all"}
     assert planned_jobs(run, infer={"chunk_size": 4}) == {
         "infer_chunk__t1__1001_1004", "infer_chunk__t1__1005_1007", "assemble", "all"}
+
+
+@pytest.mark.parametrize("setting, fault", [
+    ({"tile": 16}, r"shot t1: infer.tile: tile size 16 is too small for overlap \d+: use at least \d+"),
+    ({"overlap": 3}, r"shot t1: infer.overlap: tile overlap 3 is too small for this model"),
+])
+def test_a_tile_the_network_cannot_use_is_refused_before_a_delivered_frame_is_deleted(run, setting, fault):
+    # Issue 13.3: the schema accepts these; a changed inference setting has Snakemake delete the chunk's
+    # frames before the job that would fail on it starts. Refused when the DAG is built instead.
+    before = {frame: output(run, frame).read_bytes() for frame in FRAMES}
+    result = snakemake(*LOCAL, "--configfile", str(write_shot_file(run, infer=setting)), cwd=run, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and re.search(fault, text), text[-3000:]
+    assert len(text.splitlines()) < 10, text
+    assert {frame: output(run, frame).read_bytes() for frame in FRAMES} == before
 
 
 def test_an_assemble_setting_reruns_assemble_only_and_takes_effect(run):

@@ -25,7 +25,7 @@ import torch
 
 from duplidog.errors import DuplidogError
 from duplidog.infer.tiling import (
-    TileGrid, default_overlap, frame_padding, mirror_indices, plan_tiles, round_down, round_up,
+    TileGrid, default_overlap, frame_padding, minimum_overlap, mirror_indices, plan_tiles, round_down, round_up,
 )
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,32 @@ def plan_run(
     grid = plan_tiles(height, width, side, reach, multiple, overlap, scale, edge_context)
     log.debug("auto tiling: %d tiles of %dx%d, batch %d", len(grid), grid.tile_height, grid.tile_width, batch)
     return RunPlan(grid if len(grid) > 1 else None, batch, dtype)
+
+
+def check_tiling_settings(model: torch.nn.Module, height: int, width: int, settings: dict) -> None:
+    """Refuse an integer ``infer.tile`` or ``infer.overlap`` that ``plan_run`` would refuse for this network
+    on ``height`` x ``width`` frames, naming the setting -- without running anything.
+
+    The pipeline calls this when it builds the DAG: a changed inference setting makes Snakemake delete
+    the delivered frames before the chunk jobs start, so a setting that can only fail is refused first.
+    It asks ``plan_tiles``, the function inference plans with, so the two cannot disagree. "auto" and
+    "none" tiles always run (auto never picks a tile below the overlap's smallest).
+    """
+    tile, overlap = settings.get("tile", "auto"), settings.get("overlap")
+    multiple, reach, scale = model_geometry(model)
+    edge_context = resolve_edge_context(model, settings.get("edge_context", "auto"))
+    if overlap is not None and overlap < minimum_overlap(reach):
+        key = "overlap"
+    elif isinstance(tile, int) and not isinstance(tile, bool):
+        key = "tile"
+    else:
+        return
+    # With a string tile only the overlap can be wrong: plan a tile as large as the frame to ask for it.
+    side = tile if key == "tile" else max(height, width) + 2 * edge_context
+    try:
+        plan_tiles(height, width, side, reach, multiple, overlap, scale, edge_context)
+    except DuplidogError as error:
+        raise DuplidogError(f"infer.{key}: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
