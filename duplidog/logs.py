@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
+
+from duplidog.errors import DuplidogError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -19,4 +22,15 @@ def log_to(path: str | Path | None = None, level: int = logging.INFO) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         stream = open(path, "a", buffering=1, encoding="utf-8")
         sys.stderr = stream
+        sys.excepthook = _user_errors_in_one_line
     logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr, force=True)
+
+
+def _user_errors_in_one_line(kind, error, trace) -> None:
+    """A job's uncaught DuplidogError ends its log in one line, as the command line prints it (a
+    traceback of duplidog's own frames says nothing the message does not); anything else is a bug and
+    keeps its traceback."""
+    if isinstance(error, DuplidogError):
+        print(f"duplidog: error: {error}", file=sys.stderr, flush=True)
+    else:
+        traceback.print_exception(kind, error, trace, file=sys.stderr)

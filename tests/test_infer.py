@@ -305,6 +305,18 @@ def test_a_corrupt_source_frame_stops_the_chunk_naming_it_and_leaves_no_partial_
     assert "out.1003.exr" not in names and not [n for n in names if ".tmp-" in n]
 
 
+def test_a_truncated_frame_mid_chunk_is_one_error_naming_it_and_the_good_frames_are_kept(shot):
+    # Issue 13.16: the reader's error came chained to a queue.Empty, and the frames before it were lost.
+    root, plan = shot
+    whole = (root / "plate/plate.1003.exr").read_bytes()
+    (root / "plate/plate.1003.exr").write_bytes(whole[: len(whole) * 2 // 3])  # header intact, pixels cut
+    with pytest.raises(DuplidogError, match=r"plate.1003.exr: ") as caught:
+        infer_frames(root / "model", plan, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu", "read_ahead": 3})
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in (root / "out").iterdir()) == ["out.1001.exr", "out.1002.exr"]
+
+
 def test_a_plate_frame_replaced_since_ingest_by_another_kind_is_refused_naming_it(shot):
     root, plan_path = shot
     plan = json.loads(plan_path.read_text())

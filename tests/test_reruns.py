@@ -162,6 +162,24 @@ def test_a_touched_source_frame_reruns_its_chunk(run):
     assert jobs_in(result) == {"infer_chunk__t1__1004_1006", "assemble", "all"}
 
 
+def test_a_truncated_plate_frame_is_one_line_and_the_chunks_good_frames_are_kept(run):
+    # Issue 13.16: a chained queue.Empty traceback, and Snakemake deleted the frames written before it.
+    plate = run / "data/plate/plate.1005.exr"
+    whole = plate.read_bytes()
+    plate.write_bytes(whole[: len(whole) * 2 // 3])
+    before = {frame: output(run, frame).read_bytes() for frame in (1001, 1002, 1003, 1007)}
+    result = snakemake(*LOCAL, "--configfile", str(write_shot_file(run)), cwd=run, check=False)
+    assert result.returncode != 0
+    log = (run / "logs/t1/infer/1004-1006.log").read_text()
+    assert re.search(r"^duplidog: error: data/plate/plate.1005.exr: truncated or corrupt", log, re.MULTILINE), log
+    assert "Traceback" not in log and "queue.Empty" not in log, log
+    assert output(run, 1004).is_file() and not output(run, 1005).exists()
+    assert {frame: output(run, frame).read_bytes() for frame in before} == before
+    plate.write_bytes(whole)  # mended: the rerun delivers the rest
+    snakemake(*LOCAL, "--configfile", str(write_shot_file(run)), cwd=run)
+    assert all(output(run, frame).is_file() for frame in FRAMES)
+
+
 def test_a_replaced_frame_of_another_size_is_a_clear_error(run):
     from shotdata import write_frame
     import numpy as np

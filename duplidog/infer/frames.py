@@ -156,10 +156,11 @@ class _Stop(Exception):
 class _Stage(threading.Thread):
     """A background stage that keeps its exception for the main thread to raise, and stops the others."""
 
-    def __init__(self, name: str, work, stop: threading.Event):
+    def __init__(self, name: str, work, stop: threading.Event, stops_others: bool = True):
         super().__init__(name=name, daemon=True)
         self._work = work
         self._stop_all = stop
+        self._stops_others = stops_others
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -169,7 +170,8 @@ class _Stage(threading.Thread):
             pass
         except BaseException as exc:  # raised again by the main thread
             self.error = exc
-            self._stop_all.set()
+            if self._stops_others:
+                self._stop_all.set()
 
 
 _POLL_SECONDS = 0.05
@@ -196,10 +198,13 @@ def _get(q: queue.Queue, stop: threading.Event, producer: _Stage | None = None):
         try:
             return q.get(timeout=_POLL_SECONDS)
         except queue.Empty:
-            if producer is not None and producer.error is not None:
-                raise producer.error
-            if stop.is_set():
-                raise _Stop
+            pass
+        # Raised outside the except clause: inside it, the producer's error would print chained to a
+        # queue.Empty ("During handling of the above exception...") that has nothing to do with it.
+        if producer is not None and producer.error is not None:
+            raise producer.error
+        if stop.is_set():
+            raise _Stop
 
 
 def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.device) -> str:
@@ -292,7 +297,9 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                                  attributes={**attributes, "duplidog:source": Path(info.path).name})
             written.append(frame)
 
-    reader = _Stage("duplidog-read", read_frames, stop)
+    # A frame that cannot be read (truncated, replaced) does not abandon the frames read before it:
+    # they are run and written, then its error is raised: the delivery keeps every good frame.
+    reader = _Stage("duplidog-read", read_frames, stop, stops_others=False)
     writer = _Stage("duplidog-write", write_frames, stop)
     first_wait = wait_read = wait_write = compute = 0.0
     start = time.perf_counter()
@@ -301,7 +308,12 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
     try:
         for index in range(len(frames) + 1):
             t0 = time.perf_counter()
-            item = _get(read_queue, stop, reader)
+            try:
+                item = _get(read_queue, stop, reader)
+            except BaseException as exc:
+                if exc is not reader.error:
+                    raise
+                item = _DONE  # every frame before the unreadable one is done: finish writing them
             waited = time.perf_counter() - t0
             if item is _DONE:
                 break
@@ -339,8 +351,6 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
         _put(write_queue, _DONE, stop, writer)
         while writer.is_alive():
             writer.join(timeout=_POLL_SECONDS)
-            if reader.error is not None:
-                raise reader.error
     except _Stop:
         pass  # a stage failed: its error is raised below
     finally:
