@@ -8,14 +8,18 @@ keeps the final extension, because OpenImageIO picks the file format from the ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterator
+
+from duplidog.errors import DuplidogError
 
 
 def _read_umask() -> int:
@@ -83,15 +87,103 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+#: The names ``temporary_sibling`` gives: ``.<stem>.tmp-<8 hex><one suffix>``.
+_TEMPORARY_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
+
+
+def sweep_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove every temporary (``temporary_sibling``'s names) under ``folder``: what writes killed with
+    the run that made them left behind. Call it only while nothing writes under ``folder`` (the
+    pipeline: when a run starts, before its first job, holding Snakemake's lock). Returns them."""
+    removed = []
+    for root, folders, files in os.walk(folder):
+        for name in [*folders, *files]:
+            if _TEMPORARY_NAME.match(name):
+                path = Path(root, name)
+                if name in folders:
+                    folders.remove(name)  # do not walk into it: it goes whole
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                removed.append(path)
+    return removed
+
+
+#: Why a write failed, by errno, as users say it.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied"}
+#: Free space below which a failed write is taken to be a full disk (torch and OpenImageIO report a
+#: full disk without its errno: "file write failed", "iostream error").
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _errnos(error: BaseException, folder: Path) -> set[int]:
+    """The errnos of ``error`` and every exception chained to it that concern ``folder`` (an error
+    naming another file, such as an input that could not be read, is not the write's)."""
+    found, seen = set(), set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            name = error.filename
+            if name is None or Path(os.path.abspath(os.fsdecode(name))).is_relative_to(os.path.abspath(folder)):
+                found.add(error.errno)
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def why_not_written(path: str | os.PathLike, error: BaseException) -> DuplidogError | None:
+    """A one-line DuplidogError naming ``path`` (or its folder) when ``error``, raised while writing it,
+    came from a full disk or a folder that cannot be written; None when it came from something else."""
+    path = Path(path)
+    folder = path.parent
+    codes = _errnos(error, folder)
+    if codes & _DISK_FULL:
+        return DuplidogError(f"{path}: disk full (no space left in {folder}); free some space and rerun")
+    for code, what in _NOT_WRITABLE.items():
+        if code in codes:
+            return DuplidogError(f"{folder}: folder not writable ({what}), so {path.name} cannot be written")
+    # Writers that lose the errno (OpenImageIO, torch.save): ask the folder and the disk themselves.
+    try:
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            return DuplidogError(f"{folder}: folder not writable, so {path.name} cannot be written")
+        if shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES:
+            return DuplidogError(f"{path}: disk full (no space left in {folder}); free some space and rerun")
+    except OSError:
+        pass
+    return None
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a failed write's temporary; never raise (on a read-only or full disk that too may fail,
+    and its error would hide the one that matters)."""
+    try:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink()
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write ``path`` to; rename it into place only if the block succeeds.
 
     Works for files and for directories (a Zarr store, a model folder): on failure the temporary is
-    removed, and an existing ``path`` is left as it was.
+    removed, and an existing ``path`` is left as it was. A full disk or a folder that cannot be written
+    is raised as one DuplidogError naming the file or folder (``why_not_written``).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the folder that could not be made may be an ancestor: name that one
+        where = Path(os.fsdecode(exc.filename)) if exc.filename else final.parent
+        clear = why_not_written(where / final.name, exc)
+        if clear is None:
+            raise
+        raise clear from None
     tmp = temporary_sibling(final)
     try:
         yield tmp
@@ -104,12 +196,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    except Exception as exc:
+        _remove(tmp)
+        clear = why_not_written(final, exc)
+        if clear is None:
+            raise
+        raise clear from None
+    except BaseException:  # KeyboardInterrupt, SystemExit: clean up, and let them through as they are
+        _remove(tmp)
         raise
 
 

@@ -99,6 +99,26 @@ def check_output_pattern(output: str, source: str, target: str, frames: list[int
         raise DuplidogError(f"{folder}: output folder is not writable")
 
 
+def check_output_writable(output: str, frames: list[int]) -> None:
+    """Refuse, without creating anything, an output whose missing frames would go into a folder that
+    cannot be written (read-only, another user's) -- checked when the DAG is built, where Snakemake
+    would otherwise stop in its own traceback removing or writing the frames. A finished delivery
+    made read-only on purpose is not refused: nothing is to be written there."""
+    pattern = FramePattern(output)
+    missing = [frame for frame in frames if not os.path.lexists(pattern.path(frame))]
+    if not missing:
+        return
+    folder = Path(pattern.path(missing[0])).parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if os.access(existing if str(existing) else ".", os.W_OK | os.X_OK):
+        return
+    if existing == folder:
+        raise DuplidogError(f"{folder}: output folder is not writable (frame {missing[0]} is to be written there)")
+    raise DuplidogError(f"{folder}: output folder cannot be created ({existing} is not writable)")
+
+
 # The settings ingest reads. The workflow gives ingest only these, so that a change to anything else
 # (the output pattern, inference settings) does not rerun ingest and with it the pool and training.
 INGEST_KEYS = ("shot", "source", "target", "frames", "colorspace", "seed", "channels", "ingest")
