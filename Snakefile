@@ -19,6 +19,10 @@ include: "rules/infer.smk"
 include: "rules/assemble.smk"
 
 
+onstart:
+    sweep_stale_temporaries()
+
+
 rule all:
     input:
         all_outputs(),

@@ -2,12 +2,14 @@
 # Frames are found from the patterns when the DAG is built, so a dry run shows every job.
 import csv
 import os
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from duplidog import demo
 from duplidog.errors import DuplidogError
-from duplidog.ingest import INGEST_KEYS, check_output_pattern, discover_frames, ShotFrames
+from duplidog.ingest import INGEST_KEYS, check_output_pattern, check_output_writable, discover_frames, ShotFrames
 from duplidog.sequence import FramePattern
 from duplidog.settings import default_output_pattern, merge_settings, read_shot_yaml, resolve
 
@@ -94,6 +96,7 @@ def load_shots(config):
         output = default_output_pattern(shot_config)
         check_output_pattern(output, shot_config["source"], shot_config["target"], frames.frames, writable=False)
         check_tiling(shot_config, frames)
+        check_output_writable(output, frames.frames)
         shots[name] = Shot(name, shot_config, frames, output, is_demo)
     check_batch_outputs(shots)
     return shots
@@ -236,3 +239,37 @@ def all_outputs():
             f"results/{shot.name}/assemble/contact_sheet.png",
         ]
     return targets
+
+
+def sweep_stale_temporaries():
+    """Remove what writes killed with an earlier run left under each shot's results/ (hidden
+    `.<name>.tmp-*` files and folders: a checkpoint, the pool, a frame). Run from `onstart`: no job of
+    this run has started yet, and Snakemake's lock keeps other runs out. (A chunk job also removes its
+    own frames' leftovers in the delivery folder, which may lie outside results/.)"""
+    from duplidog.atomic import sweep_stale_temporaries as sweep
+
+    for shot in SHOTS.values():
+        for stale in sweep(f"results/{shot.name}"):
+            print(f"duplidog: removed {stale}, left by an earlier run that was killed", file=sys.stderr)
+
+
+def stale_lock_hint():
+    """After `kill -9` (or a power loss) Snakemake's lock stays in .snakemake/locks and every later run
+    stops on it. When no Snakemake runs in this folder now, say how to unlock, with this run's own
+    command line (Snakemake's own message names only the option)."""
+    locks = Path(".snakemake/locks")
+    if not workflow.is_main_process or "--unlock" in sys.argv or not locks.is_dir() or not any(locks.iterdir()):
+        return
+    import psutil
+
+    here = os.getcwd()
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        info = process.info
+        if info["pid"] != os.getpid() and info["cwd"] == here and any("snakemake" in part for part in info["cmdline"] or ()):
+            return  # a live run holds the lock: nothing stale
+    command = " ".join(shlex.quote(part) for part in ["snakemake", *sys.argv[1:]] if part not in ("-n", "--dry-run", "--dryrun"))
+    print(f"duplidog: {locks} holds the lock of an earlier run that was killed (no Snakemake runs here now); "
+          f"unlock with: {command} --unlock", file=sys.stderr)
+
+
+stale_lock_hint()
