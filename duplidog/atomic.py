@@ -155,6 +155,22 @@ def why_not_written(path: str | os.PathLike, error: BaseException) -> DuplidogEr
     return None
 
 
+def environment_error(error: BaseException) -> DuplidogError | None:
+    """A full disk or a read-only file system anywhere in ``error``'s chain, as one line naming the file
+    where the error does (None for anything else). The safety net for writes that do not go through
+    ``atomic_path`` (a log or metrics file appended to): the command line and every job's log use it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL | {errno.EROFS}:
+            if error.filename:
+                return why_not_written(os.fsdecode(error.filename), error)
+            what = "disk full" if error.errno in _DISK_FULL else "read-only file system"
+            return DuplidogError(f"{what} while writing ({error.strerror}); free some space and rerun")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _remove(tmp: Path) -> None:
     """Remove a failed write's temporary; never raise (on a read-only or full disk that too may fail,
     and its error would hide the one that matters)."""

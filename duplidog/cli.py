@@ -241,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     except DuplidogError as error:
         print(f"duplidog: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a full disk met outside an atomic write is the user's to fix, not a bug
+        from duplidog.atomic import environment_error
+
+        clear = environment_error(error)
+        if clear is None:
+            raise
+        print(f"duplidog: error: {clear}", file=sys.stderr)
+        return 2
     return 0
 
 

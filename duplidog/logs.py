@@ -27,10 +27,13 @@ def log_to(path: str | Path | None = None, level: int = logging.INFO) -> None:
 
 
 def _user_errors_in_one_line(kind, error, trace) -> None:
-    """A job's uncaught DuplidogError ends its log in one line, as the command line prints it (a
-    traceback of duplidog's own frames says nothing the message does not); anything else is a bug and
-    keeps its traceback."""
-    if isinstance(error, DuplidogError):
-        print(f"duplidog: error: {error}", file=sys.stderr, flush=True)
+    """A job's uncaught DuplidogError (or full disk) ends its log in one line, as the command line prints
+    it (a traceback of duplidog's own frames says nothing the message does not); anything else is a bug
+    and keeps its traceback."""
+    from duplidog.atomic import environment_error
+
+    clear = error if isinstance(error, DuplidogError) else environment_error(error)
+    if clear is not None:
+        print(f"duplidog: error: {clear}", file=sys.stderr, flush=True)
     else:
         traceback.print_exception(kind, error, trace, file=sys.stderr)

@@ -343,6 +343,26 @@ def disk_full_model(tmp_path, monkeypatch):
     return outcome
 
 
+@case("disk full outside an atomic write (metrics appended to), under the command line")
+def disk_full_append(tmp_path, monkeypatch):
+    import io
+
+    from duplidog import cli
+
+    def train(args):  # what an appended metrics file meets on a full disk, chained as torch chains it
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "train/metrics.csv"))
+        except OSError as error:
+            raise RuntimeError("write failed") from error
+
+    monkeypatch.setattr(cli, "cmd_train", train)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = cli.main(["train", "--shot", str(tmp_path / "sh.yaml")])
+    said = stderr.getvalue().strip() if code else None
+    return Outcome(said, r"^duplidog: error: \S+train/metrics.csv: disk full \(no space left in \S+train\)")
+
+
 @case("a truncated EXR in the middle of a chunk")
 def truncated_mid_chunk(tmp_path, monkeypatch):
     plan = make_shot(tmp_path)
