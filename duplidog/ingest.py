@@ -112,7 +112,7 @@ def check_output_writable(output: str, frames: list[int]) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if os.access(existing if str(existing) else ".", os.W_OK | os.X_OK):
+    if os.access(existing, os.W_OK | os.X_OK):
         return
     if existing == folder:
         raise DuplidogError(f"{folder}: output folder is not writable (frame {missing[0]} is to be written there)")
