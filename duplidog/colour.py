@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -51,6 +51,11 @@ SETTINGS = ("auto",) + SPACES
 #: Softness s of the asinh shaper: the scene value where it turns from linear to logarithmic.
 DEFAULT_SOFTNESS = 0.05
 
+#: Channel names (OpenEXR's, case-insensitive, after any layer prefix) that hold coverage, not light:
+#: a matte passes through the shaper unchanged, or its 50 % point would land at scene 0.2 and every
+#: soft edge would be judged in a space made for light.
+COVERAGE_NAMES = ("a", "alpha", "matte", "mask")
+
 #: DPX transfer characteristics that mean the code values are already log encoded.
 _LOG_TRANSFERS = ("printing density", "logarithmic", "log")
 
@@ -62,6 +67,8 @@ class WorkingSpace:
 
     name: str
     softness: float = DEFAULT_SOFTNESS
+    #: Whether coverage channels are shaped too: only for models saved before mattes were left alone.
+    shape_coverage: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in SPACES:
@@ -106,6 +113,7 @@ def describe(space: SpaceLike) -> dict[str, Any]:
         "softness": ws.softness,
         "encode": "y = asinh(x / softness) / asinh(1 / softness)",
         "decode": "x = softness * sinh(y * asinh(1 / softness))",
+        "coverage": "shaped" if ws.shape_coverage else "unshaped",
     }
 
 
@@ -119,7 +127,36 @@ def from_description(description: dict[str, Any]) -> WorkingSpace:
     expected = "identity" if name != "linear" else "asinh"
     if shaper != expected:
         raise DuplidogError(f"colour space {name!r}: unknown shaper {shaper!r} (expected {expected!r})")
-    return WorkingSpace(name, float(description.get("softness", DEFAULT_SOFTNESS)))
+    # A card without "coverage" predates unshaped mattes: its network learnt them shaped.
+    return WorkingSpace(name, float(description.get("softness", DEFAULT_SOFTNESS)),
+                        name == "linear" and description.get("coverage", "shaped") == "shaped")
+
+
+def is_coverage(name: str) -> bool:
+    """Whether channel ``name`` holds coverage (alpha, a matte) rather than light."""
+    return str(name).rsplit(".", 1)[-1].lower() in COVERAGE_NAMES
+
+
+def _shaped(ws: WorkingSpace, channels: Sequence[str] | None) -> list[bool] | None:
+    """Which of ``channels`` the shaper applies to; None: all of them."""
+    if channels is None or ws.shape_coverage:
+        return None
+    shaped = [not is_coverage(name) for name in channels]
+    return None if all(shaped) else shaped
+
+
+def _keep_unshaped(result: Any, original: Any, shaped: list[bool] | None, axis: int) -> Any:
+    """``result`` with the channels ``shaped`` says are not shaped put back as they were."""
+    if shaped is None:
+        return result
+    if isinstance(result, torch.Tensor):
+        mask = torch.tensor(shaped, device=result.device).view([-1] + [1] * (-axis - 1))
+        return torch.where(mask, result, original.to(result.dtype))
+    result = np.array(result, copy=True)
+    for index, flag in enumerate(shaped):
+        if not flag:
+            result[..., index] = np.asarray(original)[..., index]
+    return result
 
 
 def encode_tensor(x: torch.Tensor, softness: float) -> torch.Tensor:
@@ -144,34 +181,37 @@ def _numpy_float(x: Any) -> tuple[np.ndarray, np.dtype]:
     return array.astype(np.float64), out_dtype
 
 
-def encode(x: Any, space: SpaceLike) -> Any:
-    """Scene values -> working space. numpy arrays (float32 result unless float64 given) or tensors."""
+def encode(x: Any, space: SpaceLike, channels: Sequence[str] | None = None) -> Any:
+    """Scene values -> working space. numpy arrays (H, W, C; float32 result unless float64 given) or
+    tensors (N, C, H, W). With the ``channels``' names, coverage channels (``is_coverage``) pass unchanged."""
     ws = as_space(space)
     if isinstance(x, torch.Tensor):
-        return x if ws.is_identity else encode_tensor(x, ws.softness)
+        return x if ws.is_identity else _keep_unshaped(encode_tensor(x, ws.softness), x, _shaped(ws, channels), -3)
     if ws.is_identity:
         return np.asarray(x)
     array, out_dtype = _numpy_float(x)
-    return (np.arcsinh(array / ws.softness) / ws.norm).astype(out_dtype)
+    shaped = (np.arcsinh(array / ws.softness) / ws.norm).astype(out_dtype)
+    return _keep_unshaped(shaped, array.astype(out_dtype), _shaped(ws, channels), -1)
 
 
-def decode(y: Any, space: SpaceLike) -> Any:
-    """Working space -> scene values; the exact inverse of ``encode``."""
+def decode(y: Any, space: SpaceLike, channels: Sequence[str] | None = None) -> Any:
+    """Working space -> scene values; the exact inverse of ``encode`` (same ``channels``)."""
     ws = as_space(space)
     if isinstance(y, torch.Tensor):
-        return y if ws.is_identity else decode_tensor(y, ws.softness)
+        return y if ws.is_identity else _keep_unshaped(decode_tensor(y, ws.softness), y, _shaped(ws, channels), -3)
     if ws.is_identity:
         return np.asarray(y)
     array, out_dtype = _numpy_float(y)
     with np.errstate(over="ignore"):
-        return (ws.softness * np.sinh(array * ws.norm)).astype(out_dtype)
+        scene = (ws.softness * np.sinh(array * ws.norm)).astype(out_dtype)
+    return _keep_unshaped(scene, array.astype(out_dtype), _shaped(ws, channels), -1)
 
 
 class WorkingSpaceModule(torch.nn.Module):
     """``encode`` (``direction='encode'``) or ``decode`` as a scriptable module, for exported models
     that take and return scene values (Nuke's CatFileCreator, Flame)."""
 
-    def __init__(self, space: SpaceLike, direction: str) -> None:
+    def __init__(self, space: SpaceLike, direction: str, channels: Sequence[str] | None = None) -> None:
         super().__init__()
         if direction not in ("encode", "decode"):
             raise ValueError(f"direction must be 'encode' or 'decode', not {direction!r}")
@@ -179,13 +219,21 @@ class WorkingSpaceModule(torch.nn.Module):
         self.identity: bool = ws.is_identity
         self.softness: float = float(ws.softness)
         self.encoding: bool = direction == "encode"
+        shaped = _shaped(ws, channels)
+        self.every_channel: bool = shaped is None
+        self.register_buffer("shaped", torch.tensor(shaped or [True], dtype=torch.bool).view(1, -1, 1, 1),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity:
             return x
         if self.encoding:
-            return encode_tensor(x, self.softness)
-        return decode_tensor(x, self.softness)
+            y = encode_tensor(x, self.softness)
+        else:
+            y = decode_tensor(x, self.softness)
+        if self.every_channel:
+            return y
+        return torch.where(self.shaped, y, x.to(y.dtype))
 
 
 def resolve_colorspace(setting: str, info: Any) -> str:

@@ -92,12 +92,15 @@ class SceneModel(nn.Module):
     """
 
     def __init__(self, network: nn.Module, space: Any, size_multiple: int, scale: int,
-                 host_to_network: Sequence[int], network_to_host: Sequence[int], context: int = 0):
+                 host_to_network: Sequence[int], network_to_host: Sequence[int], context: int = 0,
+                 names_in: Sequence[str] | None = None, names_out: Sequence[str] | None = None):
         super().__init__()
         self.context = int(context)
         self.network = network
-        self.encode = WorkingSpaceModule(space, "encode")
-        self.decode = WorkingSpaceModule(space, "decode")
+        # names_in: the network's input channels; names_out: the network's outputs (coverage is not shaped)
+        self.encode = WorkingSpaceModule(space, "encode", names_in)
+        self.decode = WorkingSpaceModule(space, "decode", None if names_out is None
+                                         else [names_out[j] for j in network_to_host])
         self.size_multiple = int(size_multiple)
         self.scale = int(scale)
         self.reorder_input = list(host_to_network) != list(range(len(host_to_network)))
@@ -163,12 +166,13 @@ def check_frames(channels: int, seed: int = 0) -> List[torch.Tensor]:
     return frames
 
 
-def reference_output(network: nn.Module, space: Any, frame: torch.Tensor) -> torch.Tensor:
+def reference_output(network: nn.Module, space: Any, frame: torch.Tensor, names_in: Sequence[str],
+                     names_out: Sequence[str]) -> torch.Tensor:
     """duplidog's own result for a scene frame: encode, whole-frame fp32 apply_model, decode."""
     from duplidog.infer import apply_model
 
-    working = encode(frame, space)
-    return decode(apply_model(network, working, tile="none", device="cpu", precision="fp32"), space)
+    working = encode(frame, space, names_in)
+    return decode(apply_model(network, working, tile="none", device="cpu", precision="fp32"), space, names_out)
 
 
 def output_path(out_path: Union[str, os.PathLike], to: str, card: Dict[str, Any]) -> Path:
@@ -191,7 +195,7 @@ def _file_size(path: Path) -> int:
 
 
 def _export_nuke(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: nn.Module, space,
-                 frames: List[torch.Tensor]) -> Dict[str, Any]:
+                 frames: List[torch.Tensor], names: Tuple[List[str], List[str]]) -> Dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet it is what Nuke reads
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -206,7 +210,7 @@ def _export_nuke(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: 
         diffs = []
         with torch.inference_mode():
             for frame in frames:
-                expected = reference_output(network, space, frame)
+                expected = reference_output(network, space, frame, *names)
                 got = loaded(frame)
                 diffs.append(_compare(got, expected, out))
         measured = _within(diffs, "nuke", out)
@@ -303,7 +307,7 @@ def _onnx_bytes(wrapper: SceneModel, example: torch.Tensor, card: Dict[str, Any]
 
 def _export_flame(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: nn.Module, space,
                   frames: List[torch.Tensor], order_in: List[int], order_out: List[int],
-                  layouts) -> Dict[str, Any]:
+                  layouts, names: Tuple[List[str], List[str]]) -> Dict[str, Any]:
     """``order_in``/``order_out``: the network channel at each of the host's input/output positions."""
     import onnx
     import onnxruntime
@@ -318,7 +322,7 @@ def _export_flame(wrapper: SceneModel, card: Dict[str, Any], out: Path, network:
         session = onnxruntime.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
         diffs = []
         for frame in frames:
-            expected = reference_output(network, space, frame)[:, order_out]
+            expected = reference_output(network, space, frame, *names)[:, order_out]
             host_in = np.ascontiguousarray(frame[:, order_in].numpy())
             got = torch.from_numpy(session.run([FLAME_OUTPUT], {FLAME_INPUT: host_in})[0])
             diffs.append(_compare(got, expected, out))
@@ -380,16 +384,16 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
 
     if to == "nuke":
         wrapper = SceneModel(network, space, multiple, scale, range(network.in_channels),
-                             range(network.out_channels), network.edge_context).eval()
-        result = _export_nuke(wrapper, card, out, network, space, frames)
+                             range(network.out_channels), network.edge_context, names_in, names_out).eval()
+        result = _export_nuke(wrapper, card, out, network, space, frames, (names_in, names_out))
     else:
         colour_in, alpha_in, order_in = flame_layout(names_in, "input", card_path)
         colour_out, alpha_out, order_out = flame_layout(names_out, "output", card_path)
         host_to_network = torch.argsort(torch.tensor(order_in)).tolist()
         wrapper = SceneModel(network, space, multiple, scale, host_to_network, order_out,
-                             network.edge_context).eval()
+                             network.edge_context, names_in, names_out).eval()
         result = _export_flame(wrapper, card, out, network, space, frames, order_in, order_out,
-                               ((colour_in, alpha_in), (colour_out, alpha_out)))
+                               ((colour_in, alpha_in), (colour_out, alpha_out)), (names_in, names_out))
     result.update(target=to, model_id=card.get("id"), check_sizes=[list(s) for s in CHECK_SIZES],
                   tolerance=TOLERANCE[to], input_channels=names_in, output_channels=names_out, scale=scale,
                   colorspace=space.get("name"))

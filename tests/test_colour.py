@@ -128,3 +128,20 @@ def test_resolve_colorspace_from_the_file(tmp_path):
     assert resolve_colorspace("display", _file(tmp_path / "c.exr", "float")) == "display"
     with pytest.raises(DuplidogError, match="colorspace setting 'srgb'"):
         resolve_colorspace("srgb", scan)
+
+
+def test_a_matte_passes_the_shaper_unchanged_and_cards_from_before_keep_shaping_it():
+    pixels = np.array([[[0.5, 4.0, 0.25, 0.5]]], dtype=np.float32)  # R, G, B, A
+    names = ["R", "G", "B", "A"]
+    working = encode(pixels, "linear", names)
+    assert working[0, 0, 3] == 0.5 and working[0, 0, 1] < 2.0  # alpha as it is, colour shaped
+    assert np.allclose(decode(working, "linear", names), pixels, atol=1e-6)
+    assert encode(pixels[..., 3:], "linear", ["matte.A"])[0, 0, 0] == 0.5  # a layer's alpha too
+    tensor = torch.from_numpy(pixels.transpose(2, 0, 1))[None]
+    assert torch.allclose(encode(tensor, "linear", names)[0, :, 0, 0], torch.from_numpy(working[0, 0]))
+    for direction, expected in (("encode", working), ("decode", decode(pixels, "linear", names))):
+        module = torch.jit.script(WorkingSpaceModule(describe("linear"), direction, names))
+        assert torch.allclose(module(tensor)[0, :, 0, 0], torch.from_numpy(np.asarray(expected)[0, 0]), atol=1e-6)
+    old_card = {k: v for k, v in describe("linear").items() if k != "coverage"}
+    assert np.allclose(encode(pixels, old_card, names), encode(pixels, "linear"))  # every channel, as it learnt
+    assert describe("linear")["coverage"] == "unshaped"

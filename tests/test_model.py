@@ -337,3 +337,23 @@ def test_onnx_export_keeps_height_and_width_dynamic(tmp_path: Path):
     result = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": other.numpy()})[0]
     with torch.no_grad():
         assert abs(result - model(other).numpy()).max() < 1e-5
+
+
+def test_a_sigmoid_matte_network_gives_logits_to_training_and_a_matte_to_everyone_else():
+    matte = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2, output_activation="sigmoid")
+    x = torch.rand(2, 3, 16, 16)
+    logits = matte(x, all_levels=True, logits=True)
+    outputs = matte(x, all_levels=True)
+    for raw, value in zip(logits, outputs):
+        assert torch.allclose(torch.sigmoid(raw), value)
+    assert torch.allclose(matte(x), outputs[-1])
+    assert float(matte(x).min()) > 0 and float(matte(x).max()) < 1
+    rebuilt = build_from_config(matte.config)  # the card keeps the activation
+    rebuilt.load_state_dict(matte.state_dict())
+    assert torch.allclose(rebuilt(x), matte(x))
+    scripted = torch.jit.script(matte)  # Nuke's export runs the sigmoid too
+    assert torch.allclose(scripted(x), matte(x), atol=1e-6)
+    with pytest.raises(DuplidogError, match="output_activation"):
+        build_model(preset="small", in_channels=3, out_channels=1, output_activation="softmax")
+    with pytest.raises(DuplidogError, match="residual"):
+        build_model(preset="small", in_channels=3, out_channels=3, residual=True, output_activation="sigmoid")

@@ -403,3 +403,20 @@ def test_writer_streams_whole_shards(tmp_path):
     group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     assert group["source"].shape == (11, 3, 16, 16) and group["augmented"][:].sum() == 3
     np.testing.assert_array_equal(group["source"][:, 0, 0, 0], np.arange(11))
+
+
+def test_every_changed_pixel_draws_tiles_alike_however_strong_its_change():
+    from duplidog.pool import sampling
+
+    source = np.zeros((64, 96, 3), np.float32)
+    target = source.copy()
+    target[10:16, 10:16] = 1.0  # a bright marker painted out
+    target[40:46, 70:76] = 0.05  # a pale one of the same size
+    change = sampling.change_map(source, target, "RGB", "RGB")
+    by_magnitude = sampling.pixel_weights(change, np.zeros_like(change), 1.0, 0.0, 0.0)
+    by_area = sampling.pixel_weights(sampling.changed_area(change), np.zeros_like(change), 1.0, 0.0, 0.0)
+    bright, pale = (slice(8, 18), slice(8, 18)), (slice(38, 48), slice(68, 78))
+    assert by_magnitude[bright].sum() > 10 * by_magnitude[pale].sum()
+    assert by_area[bright].sum() == pytest.approx(by_area[pale].sum())
+    assert by_area[30, 40] == 0  # unchanged pixels far from both draw nothing from this term
+    assert not sampling.changed_area(np.zeros((8, 8), np.float32)).any()

@@ -501,3 +501,19 @@ def test_warm_start_needs_the_same_network(shot, tmp_path):
 
     with pytest.raises(DuplidogError, match="does not fit"):
         train(shot["pool"], shot["plan"], shot["manifest"], tmp_path / "m3", tmp_path / "w3", wider)
+
+
+def test_a_matte_is_scored_by_cross_entropy_on_logits_and_by_the_other_terms_on_its_sigmoid():
+    logits = torch.tensor([[[[4.0, -4.0], [0.0, 2.0]]]], requires_grad=True)
+    target = torch.tensor([[[[1.0, 0.0], [0.5, 1.0]]]])
+    mix = LossMix({"charbonnier": 1.0, "bce": 1.0}, border=0, logits=True)
+    total, parts = mix([logits], target, 2)
+    expected_bce = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), target)
+    assert torch.allclose(parts["bce"], expected_bce, atol=1e-6)
+    expected_pixel = TERMS["charbonnier"](torch.sigmoid(logits), target, 1e-3)
+    assert torch.allclose(parts["charbonnier"], expected_pixel, atol=1e-6)
+    total.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # A network without logits does not use the term (its outputs may be any values).
+    assert LossMix({"charbonnier": 1.0, "bce": 1.0}, border=0).names == ["charbonnier"]
+

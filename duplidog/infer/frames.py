@@ -323,7 +323,7 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                 wait_read += waited
             frame, info, network_input, passthrough = item
             t0 = time.perf_counter()
-            image = torch.from_numpy(np.ascontiguousarray(colour.encode(network_input, space).transpose(2, 0, 1)))
+            image = torch.from_numpy(np.ascontiguousarray(colour.encode(network_input, space, route.input).transpose(2, 0, 1)))
             image = image[None]
             if index == 0:
                 log.info("%s", _describe_run(model, image, settings, device))
@@ -333,7 +333,7 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                 cpu_pixel_budget=settings["cpu_pixel_budget"], memory_fraction=settings["memory_fraction"],
                 edge_context=settings["edge_context"],
             )
-            result = colour.decode(result[0].permute(1, 2, 0).numpy(), space)
+            result = colour.decode(result[0].permute(1, 2, 0).numpy(), space, route.output)
             if passthrough.shape[2]:
                 if result.shape[:2] != passthrough.shape[:2]:
                     raise DuplidogError(

@@ -88,6 +88,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # than following its shape (on the real-photograph roto, IoU 0.907 with it and 0.923 without).
 WITHOUT_COLOUR_PATH = dict(colour_width=0, curve_knots=0)
 
+OUTPUT_ACTIVATIONS = ("none", "sigmoid")
+
 # The head (the encoder-decoder's last convolution) starts with its weights scaled down by this, so each
 # level's output starts as nearly what the colour path (or the input) gives and the spatial correction
 # grows only where the loss asks for it, while every layer still receives gradients (the near-zero last
@@ -208,6 +210,10 @@ class MSRN(nn.Module):
             look with local contrast needs the detail of the *graded* image, which the upsampled guess has
             lost and the plate alone does not give. Default False, as in models saved before it existed;
             every preset sets it.
+        output_activation: "none", or "sigmoid" for a matte: every level predicts logits (the next level
+            is guided by their sigmoid), ``forward`` returns the sigmoid, and training scores the logits
+            with a binary cross-entropy, which a key's bright regions cannot satisfy half-way the way
+            they satisfy a pixel distance. Default "none".
     """
 
     arch = "msrn"
@@ -231,6 +237,7 @@ class MSRN(nn.Module):
         curve_range: Sequence[float] = (0.0, 1.0),
         residual: Optional[bool] = None,
         guide_on_base: bool = False,
+        output_activation: str = "none",
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("levels", levels),
@@ -246,8 +253,13 @@ class MSRN(nn.Module):
             raise ValueError(f"MSRN curve_range must be [low, high] with high > low, got {list(curve_range)}")
         if recurrent not in ("gru", "none"):
             raise ValueError(f"MSRN recurrent must be 'gru' or 'none', got {recurrent!r}")
+        if output_activation not in OUTPUT_ACTIVATIONS:
+            raise ValueError(f"MSRN output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
+                             f"got {output_activation!r}")
         if residual is None:
-            residual = in_channels == out_channels
+            residual = in_channels == out_channels and output_activation == "none"
+        if residual and output_activation != "none":
+            raise ValueError("a residual MSRN predicts a correction of its input; it cannot have a sigmoid output")
         if residual and in_channels != out_channels:
             raise ValueError(f"a residual MSRN needs in_channels == out_channels, got {in_channels} -> {out_channels}")
 
@@ -263,8 +275,9 @@ class MSRN(nn.Module):
             branch_kernels=[int(k) for k in branch_kernels], recurrent=str(recurrent),
             recurrent_kernel=int(recurrent_kernel), colour_width=int(colour_width), colour_depth=int(colour_depth),
             curve_knots=int(curve_knots), curve_range=[float(v) for v in curve_range], residual=self.residual,
-            guide_on_base=bool(guide_on_base),
+            guide_on_base=bool(guide_on_base), output_activation=str(output_activation),
         )
+        self.sigmoid_output = output_activation == "sigmoid"
         self.guide_on_base = bool(guide_on_base)
         self.preset = "custom"
 
@@ -352,13 +365,18 @@ class MSRN(nn.Module):
             x = stage(x, skips.pop())
         return self.head(x), hidden
 
-    def forward_levels(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The prediction of every level, coarse to fine, each at its level's resolution."""
-        return self._predict(x, False)[0]
+    def forward_levels(self, x: torch.Tensor, logits: bool = False) -> List[torch.Tensor]:
+        """The prediction of every level, coarse to fine, each at its level's resolution; with
+        ``logits=True`` a sigmoid network's logits (what training scores) instead of its output."""
+        outputs = self._predict(x, False)[0]
+        if self.sigmoid_output and not logits:
+            outputs = [torch.sigmoid(output) for output in outputs]
+        return outputs
 
     @torch.jit.unused
     def training_outputs(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
-        """Every level's prediction with the colour path's output detached from it, and that output.
+        """Every level's prediction (logits for a sigmoid network) with the colour path's output detached
+        from it, and that output.
 
         Training with these lets the colour path learn only from its own loss (``train.colour_split``)
         while the encoder-decoder learns what the colour path leaves; the sum is what ``forward`` gives.
@@ -400,14 +418,17 @@ class MSRN(nn.Module):
                     prediction = upsample2x(prediction)
                 if hidden is not None:
                     hidden = upsample2x(hidden)
-            correction, hidden = self._level(pyramid[level], prediction, hidden)
+            guide = torch.sigmoid(prediction) if self.sigmoid_output else prediction
+            correction, hidden = self._level(pyramid[level], guide, hidden)
             prediction = correction + bases[level] if len(bases) > 0 else correction
             outputs.append(prediction)
         return outputs, colour_output
 
-    def forward(self, x: torch.Tensor, all_levels: bool = False) -> Union[torch.Tensor, List[torch.Tensor]]:
-        """The finest prediction (N, out_channels, H, W), or every level's with ``all_levels=True``."""
-        outputs = self.forward_levels(x)
+    def forward(self, x: torch.Tensor, all_levels: bool = False,
+                logits: bool = False) -> Union[torch.Tensor, List[torch.Tensor]]:
+        """The finest prediction (N, out_channels, H, W), or every level's with ``all_levels=True``;
+        ``logits``: see ``forward_levels``."""
+        outputs = self.forward_levels(x, logits)
         if all_levels:
             return outputs
         return outputs[-1]

@@ -167,7 +167,7 @@ def augmented_tile(
     augmentation: TileAugmentation,
     pairs: list[tuple[int, int]],
     colour_to: str,
-    encode: Callable[[np.ndarray], np.ndarray],
+    encoders: tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, TileAugmentation]:
     """One augmented (source, target) pair of (T, T, C) working-space tiles from scene-value frames.
@@ -200,7 +200,7 @@ def augmented_tile(
         source = source_frame[top : top + tile_size, left : left + tile_size].copy()
         target = target_frame[top : top + tile_size, left : left + tile_size].copy()
     apply_colour(source, target, augmentation, pairs, colour_to)
-    source, target = encode(source), encode(target)
+    source, target = encoders[0](source), encoders[1](target)
     source = np.array(source, dtype=np.float32)
     target = np.array(target, dtype=np.float32)
     add_grain(source, target, augmentation, pairs, colour_to, rng)

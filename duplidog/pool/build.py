@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Settings that shape the data (stored in the attributes, part of the fingerprint).
 SAMPLING_KEYS = (
-    "tiles_per_keyframe", "tile_size", "border", "sampler", "change_weight", "detail_weight",
+    "tiles_per_keyframe", "tile_size", "border", "sampler", "change_weight", "change_measure", "detail_weight",
     "uniform_floor", "detail_threshold", "max_attempts", "include_edges",
 )
 AUGMENTATION_KEYS = (
@@ -129,9 +129,17 @@ def _tiles_of_keyframe(
     tile, border, margin = int(settings["tile_size"]), int(settings["border"]), edge_margin(settings)
     rng = np.random.default_rng([seed, frame])
 
-    source_ws = np.asarray(colour.encode(source, space), dtype=np.float32)
-    target_ws = np.asarray(colour.encode(target, space), dtype=np.float32)
+    def encode_source(x: np.ndarray) -> np.ndarray:
+        return colour.encode(x, space, source_names)
+
+    def encode_target(x: np.ndarray) -> np.ndarray:
+        return colour.encode(x, space, target_names)
+
+    source_ws = np.asarray(encode_source(source), dtype=np.float32)
+    target_ws = np.asarray(encode_target(target), dtype=np.float32)
     change = sampling.change_map(source_ws, target_ws, source_names, target_names)
+    if settings["change_measure"] == "area":
+        change = sampling.changed_area(change)
     detail = sampling.gradient_magnitude(source_ws)
     weights = sampling.pixel_weights(
         change, detail, float(settings["change_weight"]), float(settings["detail_weight"]),
@@ -149,14 +157,11 @@ def _tiles_of_keyframe(
     augmented[rng.permutation(count)[: int(round(float(settings["augment_fraction"]) * count))]] = True
     pairs = augment.shared_channels(source_names, target_names)
 
-    def encode(x: np.ndarray) -> np.ndarray:
-        return colour.encode(x, space)
-
     for (y, x), is_augmented in zip(positions.tolist(), augmented.tolist()):
         if is_augmented:
             choice = augment.draw_augmentation(rng, settings, len(source_names))
             source_tile, target_tile, _ = augment.augmented_tile(
-                source, target, y, x, tile, margin, choice, pairs, settings["colour_to"], encode, rng
+                source, target, y, x, tile, margin, choice, pairs, settings["colour_to"], (encode_source, encode_target), rng
             )
         else:
             source_tile = source_ws[y : y + tile, x : x + tile]

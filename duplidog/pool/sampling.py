@@ -62,6 +62,26 @@ def change_map(
     return change / max(len(target_channels), 1)
 
 
+#: A pixel counts as changed (``changed_area``) where the change map, a mean over channels of working-space
+#: differences, exceeds this: well under one 8-bit code value per channel is left out as rounding.
+CHANGED_THRESHOLD = 0.003
+#: ... and so do its neighbours within this many pixels, so an object's outline is drawn with it.
+CHANGED_RADIUS = 2
+
+
+def changed_area(change: np.ndarray, threshold: float = CHANGED_THRESHOLD, radius: int = CHANGED_RADIUS) -> np.ndarray:
+    """1 where the change map exceeds ``threshold`` (and within ``radius`` px of it), else 0: every
+    changed pixel draws tiles alike, however strong its change. With the magnitude itself a bright
+    marker on a dark sky draws several times the tiles of a pale one on a white object, which the
+    network then leaves half painted out."""
+    from scipy import ndimage
+
+    changed = change > threshold
+    if radius > 0 and changed.any():
+        changed = ndimage.binary_dilation(changed, iterations=radius)
+    return changed.astype(np.float32)
+
+
 def pixel_weights(
     change: np.ndarray,
     detail: np.ndarray,

@@ -137,7 +137,7 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
     work = Path(shot["directory"]) / f"duplidog_{_tag_name(tag)}"
     shutil.rmtree(work, ignore_errors=True)
     forced = {"progress": False}
-    if minutes is not None:
+    if minutes:  # 0 or None with ``steps``: a step count alone (comparisons that a loaded CPU cannot skew)
         forced["max_minutes"] = float(minutes)
     if steps is not None:
         forced["steps"] = int(steps)

@@ -41,7 +41,7 @@ import torch
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
 from duplidog.train.colour_fit import BUDGET_SHARE, STEPS_PER_NETWORK_STEP, fit_colour_path, sample_pixels
-from duplidog.train.data import EpochPlan, make_batches, value_range
+from duplidog.train.data import EpochPlan, holds_a_matte, make_batches, value_range
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
@@ -218,7 +218,7 @@ class StepRunner:
                 if self.split_colour:
                     outputs, colour_output = self.model.training_outputs(source)
                 else:
-                    outputs, colour_output = self.forward(source, all_levels=True), None
+                    outputs, colour_output = self.forward(source, all_levels=True, logits=True), None
             loss, parts = self.loss_mix(outputs, target, self.tile_size, source, colour_output)
             self.scaler.scale(loss / self.accumulate).backward()
             loss_sum += loss.item() / self.accumulate
@@ -291,9 +291,14 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     overrides = dict(model_settings.get("overrides") or {})
     # The colour path's curves span the data's values; a warm start keeps the knots its curves were
     # learnt on, or its weights would mean other values.
+    previous = read_card(init_from).get("model", {}) if init_from else {}
     if "curve_range" not in overrides:
-        previous = read_card(init_from).get("model", {}).get("curve_range") if init_from else None
-        overrides["curve_range"] = previous or value_range(group["source"])
+        overrides["curve_range"] = previous.get("curve_range") or value_range(group["source"])
+    # A matte is predicted as logits through a sigmoid (MSRN output_activation), unless a warm start says.
+    if "output_activation" not in overrides:
+        matte = holds_a_matte(group, plan["input_channels"], plan["output_channels"])
+        overrides["output_activation"] = (previous.get("output_activation", "none") if previous
+                                          else "sigmoid" if matte else "none")
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
                         in_channels=in_channels, out_channels=out_channels, **overrides)
     model.edge_context = border  # validation, like production, mirrors this much around each frame
@@ -319,7 +324,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     loss_mix = LossMix(settings["losses"], border, float(settings["coarse_level_weight"]),
                        float(settings["charbonnier_eps"]), settings.get("vgg19_weights") or "",
                        autocast=precision.autocast, change_weight=float(settings["change_weight"]),
-                       colour_split=bool(settings["colour_split"])).to(device)
+                       colour_split=bool(settings["colour_split"]),
+                       logits=bool(getattr(model, "sigmoid_output", False))).to(device)
     epochs = EpochPlan(n_tiles, int(settings["batch_size"]), float(settings["epoch_fraction"]), seed,
                        bool(settings["augment_dihedral"]))
 

@@ -11,6 +11,9 @@
   what a roto matte or a paint cleanup is judged by;
 - ``frequency``: L1 between FFT amplitudes (Jiang et al., "Focal Frequency Loss", 2021, without the
   focal weighting): keeps grain and fine texture that pixel losses average away;
+- ``bce``: binary cross-entropy of a matte network's logits (``MSRN`` with a sigmoid output) against
+  the matte, the classification loss of segmentation: a pixel half-way keyed costs it more than a
+  distance does. Networks without logits do not use it; the other terms score their sigmoid.
 - ``vgg``: L1 between VGG19 ``features[:36]`` activations (up to relu5_4; ESRGAN's perceptual loss,
   usually weighted 0.1 beside L1). It needs the ImageNet weights on disk and never downloads them.
 
@@ -60,6 +63,10 @@ def l1_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
 def charbonnier_loss(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-3,
                      weights: torch.Tensor | None = None) -> torch.Tensor:
     return _mean(torch.sqrt((prediction - target) ** 2 + eps * eps), weights)
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    return _mean(F.binary_cross_entropy_with_logits(logits, target.clamp(0.0, 1.0), reduction="none"), weights)
 
 
 def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -257,6 +264,7 @@ TERMS: Dict[str, Callable] = {
     "gradient": gradient_loss,
     "frequency": frequency_loss,
     "vgg": None,  # built by LossMix (needs weights)
+    "bce": bce_loss,  # on logits only
 }
 
 
@@ -280,7 +288,7 @@ def colour_weights(source: torch.Tensor, target: torch.Tensor, threshold: float,
 
 
 #: Terms that take per-pixel weights (the others are statistics of the whole tile).
-WEIGHTED_TERMS = ("l1", "charbonnier", "gradient")
+WEIGHTED_TERMS = ("l1", "charbonnier", "gradient", "bce")
 
 
 def downsample_to(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -317,20 +325,24 @@ class LossMix(nn.Module):
             (on the real-photograph look, +0.5 dB over Charbonnier; rare hues' large errors count).
         vgg19_weights: path of the VGG19 weights ("" = torch hub cache), read only if 'vgg' is used.
         autocast: context factory for the VGG term's forward pass.
+        logits: the network's outputs are logits (a sigmoid matte network): ``bce`` scores them, every
+            other term their sigmoid. Without logits ``bce`` is not used.
     """
 
     def __init__(self, weights: Mapping[str, float], border: int, coarse_level_weight: float = 0.5,
                  charbonnier_eps: float = 1e-3, vgg19_weights: str = "", autocast: Callable = None,
                  change_weight: float = 0.0, change_threshold: float = 0.01, change_radius: int = 2,
-                 colour_split: bool = False):
+                 colour_split: bool = False, logits: bool = False):
         super().__init__()
+        self.logits = bool(logits)
         self.colour_split = bool(colour_split)
         self.change_weight, self.change_threshold = float(change_weight), float(change_threshold)
         self.change_radius = int(change_radius)
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
             raise DuplidogError(f"train.losses: unknown term(s) {', '.join(unknown)}; known: {', '.join(TERMS)}")
-        self.weights = {name: float(w) for name, w in weights.items() if float(w) != 0.0}
+        self.weights = {name: float(w) for name, w in weights.items()
+                        if float(w) != 0.0 and (name != "bce" or self.logits)}
         if not self.weights:
             raise DuplidogError("train.losses: every term has weight 0; give at least one a positive weight")
         self.border = int(border)
@@ -376,13 +388,15 @@ class LossMix(nn.Module):
                 size = output.shape[-2:]
                 # The border scales with the level; rounding up never lets a border pixel in.
                 border = math.ceil(self.border * size[0] / input_size)
-                prediction = crop_border(output.float(), border)
+                raw = crop_border(output.float(), border)
+                prediction = torch.sigmoid(raw) if self.logits else raw
                 wanted = crop_border(downsample_to(target, size), border)
                 level_weights = None if weights is None else crop_border(downsample_to(weights, size), border)
                 if prediction.shape[-1] < 1 or prediction.shape[-2] < 1:
                     continue
                 for name in self.weights:
-                    parts[name] = parts[name] + level_weight * self.term(name, prediction, wanted, level_weights)
+                    scored = raw if name == "bce" else prediction
+                    parts[name] = parts[name] + level_weight * self.term(name, scored, wanted, level_weights)
             if self.colour_split and colour_output is not None:
                 border = self.border
                 mask = None if source is None else colour_weights(source, target, self.change_threshold,

@@ -70,8 +70,8 @@ def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4
         policy = plan.get("nonfinite", "error")
         source = imageio.check_finite(imageio.read_pixels(row["source"], plan["input_channels"]), row["source"], policy)
         target = imageio.check_finite(imageio.read_pixels(row["target"], plan["output_channels"]), row["target"], policy)
-        frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space)),
-                                      _to_tensor(colour.encode(target, space))))
+        frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space, plan["input_channels"])),
+                                      _to_tensor(colour.encode(target, space, plan["output_channels"]))))
     return frames
 
 
