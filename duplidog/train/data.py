@@ -128,15 +128,6 @@ def value_range(array, max_tiles: int = 512, margin: float = 0.02) -> list[float
     return [low - pad, high + pad]
 
 
-def holds_a_matte(group, input_channels, output_channels) -> bool:
-    """Whether the pool's target is a matte: channels the input does not have, with values in [0, 1]."""
-    if set(output_channels) & set(input_channels):
-        return False
-    target = group["target"]
-    values = read_tiles(target, evenly_spaced(target.shape[0], 512))
-    return bool(np.min(values) >= 0.0 and np.max(values) <= 1.0)
-
-
 def pool_bytes(group) -> int:
     return sum(int(np.prod(group[name].shape)) * group[name].dtype.itemsize for name in ("source", "target"))
 

@@ -41,7 +41,7 @@ import torch
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
 from duplidog.train.colour_fit import BUDGET_SHARE, STEPS_PER_NETWORK_STEP, fit_colour_path, sample_pixels
-from duplidog.train.data import EpochPlan, holds_a_matte, make_batches, value_range
+from duplidog.train.data import EpochPlan, make_batches, value_range
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
@@ -294,11 +294,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     previous = read_card(init_from).get("model", {}) if init_from else {}
     if "curve_range" not in overrides:
         overrides["curve_range"] = previous.get("curve_range") or value_range(group["source"])
-    # A matte is predicted as logits through a sigmoid (MSRN output_activation), unless a warm start says.
-    if "output_activation" not in overrides:
-        matte = holds_a_matte(group, plan["input_channels"], plan["output_channels"])
-        overrides["output_activation"] = (previous.get("output_activation", "none") if previous
-                                          else "sigmoid" if matte else "none")
+    if "output_activation" not in overrides and previous:  # a warm start keeps what its weights mean
+        overrides["output_activation"] = previous.get("output_activation", "none")
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
                         in_channels=in_channels, out_channels=out_channels, **overrides)
     model.edge_context = border  # validation, like production, mirrors this much around each frame
