@@ -67,7 +67,8 @@ def scaled_difference(got, expected) -> float:
 def duplidog_result(model_dir: Path, frame: torch.Tensor) -> torch.Tensor:
     network, card = load_model(model_dir)
     space = card["colorspace"]
-    return colour.decode(apply_model(network, colour.encode(frame, space), tile="none", precision="fp32"), space)
+    working = colour.encode(frame, space, card["input_channels"])  # as inference: an alpha is not shaped
+    return colour.decode(apply_model(network, working, tile="none", precision="fp32"), space, card["output_channels"])
 
 
 @pytest.fixture(scope="module")
