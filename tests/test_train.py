@@ -517,3 +517,16 @@ def test_a_matte_is_scored_by_cross_entropy_on_logits_and_by_the_other_terms_on_
     # A network without logits does not use the term (its outputs may be any values).
     assert LossMix({"charbonnier": 1.0, "bce": 1.0}, border=0).names == ["charbonnier"]
 
+
+
+def test_a_matte_gets_its_own_edge_weight():
+    source = torch.zeros(1, 3, 16, 16)
+    matte = torch.zeros(1, 1, 16, 16)
+    matte[..., 4:12, 4:12] = 1.0
+    prediction = torch.zeros(1, 1, 16, 16)  # wrong on the whole square: its edge pixels weigh more
+    mix = LossMix({"l1": 1.0}, border=0, coarse_level_weight=0.0, change_weight=30.0, matte_edge_weight=0.0)
+    plain, _ = mix([prediction], matte, 16, source)
+    assert plain == pytest.approx(float(matte.mean()))  # a matte with no edge weight: the plain mean
+    edged, _ = LossMix({"l1": 1.0}, border=0, coarse_level_weight=0.0, change_weight=0.0,
+                       matte_edge_weight=10.0)([prediction], matte, 16, source)
+    assert edged > plain

@@ -322,7 +322,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                        float(settings["charbonnier_eps"]), settings.get("vgg19_weights") or "",
                        autocast=precision.autocast, change_weight=float(settings["change_weight"]),
                        colour_split=bool(settings["colour_split"]),
-                       logits=bool(getattr(model, "sigmoid_output", False))).to(device)
+                       logits=bool(getattr(model, "sigmoid_output", False)),
+                       matte_edge_weight=float(settings["matte_edge_weight"])).to(device)
     epochs = EpochPlan(n_tiles, int(settings["batch_size"]), float(settings["epoch_fraction"]), seed,
                        bool(settings["augment_dihedral"]))
 

@@ -319,6 +319,9 @@ class LossMix(nn.Module):
         change_weight: extra weight of the pixels the fix changes, in the pixel and gradient terms
             (``change_weights``; 0: a plain mean).
         change_threshold, change_radius: what counts as changed, and how far around it the weight reaches.
+        matte_edge_weight: ``change_weight`` for a network whose outputs are channels its input lacks (a
+            matte from RGB), where the weight goes to the matte's edges: the interior of a shape needs a
+            share of the loss too, so its best weight is lower than a paint-out's.
         colour_split: score the colour path's own output in a term of its own, ``colour`` (``colour_weights``),
             for a network trained with its colour path detached from the rest (``MSRN.training_outputs``).
             The term is a squared error: a per-pixel map is best fitted to the mean target of each colour
@@ -332,8 +335,9 @@ class LossMix(nn.Module):
     def __init__(self, weights: Mapping[str, float], border: int, coarse_level_weight: float = 0.5,
                  charbonnier_eps: float = 1e-3, vgg19_weights: str = "", autocast: Callable = None,
                  change_weight: float = 0.0, change_threshold: float = 0.01, change_radius: int = 2,
-                 colour_split: bool = False, logits: bool = False):
+                 colour_split: bool = False, logits: bool = False, matte_edge_weight: float | None = None):
         super().__init__()
+        self.matte_edge_weight = float(change_weight if matte_edge_weight is None else matte_edge_weight)
         self.logits = bool(logits)
         self.colour_split = bool(colour_split)
         self.change_weight, self.change_threshold = float(change_weight), float(change_threshold)
@@ -377,8 +381,9 @@ class LossMix(nn.Module):
         if isinstance(outputs, torch.Tensor):
             outputs = [outputs]
         target = target.float()
-        weights = None if source is None else change_weights(source, target, self.change_weight,
-                                                              self.change_threshold, self.change_radius)
+        extra = self.change_weight if source is None or source.shape[1] == target.shape[1] else self.matte_edge_weight
+        weights = None if source is None else change_weights(source, target, extra, self.change_threshold,
+                                                              self.change_radius)
         parts: Dict[str, torch.Tensor] = {name: 0.0 for name in self.weights}
         with torch.autocast(outputs[-1].device.type, enabled=False):
             for level, output in enumerate(outputs):
