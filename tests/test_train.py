@@ -70,7 +70,7 @@ def fake_vgg_weights(path: Path) -> Path:
 @pytest.mark.parametrize("term", sorted(TERMS))
 def test_each_loss_is_finite_with_gradients(term, device, tmp_path):
     vgg = str(fake_vgg_weights(tmp_path / "vgg19.pth")) if term == "vgg" else ""
-    mix = LossMix({term: 1.0}, border=2, vgg19_weights=vgg).to(device)
+    mix = LossMix({term: 1.0}, border=2, vgg19_weights=vgg, logits=term == "bce").to(device)  # bce: on logits
     generator = torch.Generator().manual_seed(1)
     target = torch.rand(2, 3, 32, 32, generator=generator).to(device)
     fine = (target + 0.1 * torch.randn(2, 3, 32, 32, generator=generator).to(device)).requires_grad_()
