@@ -212,8 +212,8 @@ class MSRN(nn.Module):
             every preset sets it.
         output_activation: "none", or "sigmoid" for a matte: every level predicts logits (the next level
             is guided by their sigmoid), ``forward`` returns the sigmoid, and training scores the logits
-            with a binary cross-entropy, which a key's bright regions cannot satisfy half-way the way
-            they satisfy a pixel distance. Default "none".
+            with a binary cross-entropy. Default "none": in a short budget the plain output learns a
+            matte faster (docs/quality.md).
     """
 
     arch = "msrn"
