@@ -78,13 +78,18 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     stem, suffix = _stem_and_suffix(path)
     removed = []
     for stale in path.parent.glob(f".{glob_escape(stem)}.tmp-{'[0-9a-f]' * 8}{glob_escape(suffix)}"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        _remove(stale)
         removed.append(stale)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a temporary: a folder whole, a file (or link) if it is still there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 #: The names ``temporary_sibling`` gives: ``.<stem>.tmp-<8 hex><one suffix>``.
@@ -99,13 +104,10 @@ def sweep_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     for root, folders, files in os.walk(folder):
         for name in [*folders, *files]:
             if _TEMPORARY_NAME.match(name):
-                path = Path(root, name)
                 if name in folders:
                     folders.remove(name)  # do not walk into it: it goes whole
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+                path = Path(root, name)
+                _remove(path)
                 removed.append(path)
     return removed
 
