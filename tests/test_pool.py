@@ -140,6 +140,8 @@ def test_layout_opens_with_plain_zarr(paint_shot, tmp_path):
     assert attrs["augmentation"]["augment_fraction"] == 0.0
     assert attrs["statistics"]["tiles"] == n and attrs["statistics"]["bytes"] > 0
     assert attrs["statistics"]["seconds"] >= 0 and attrs["statistics"]["augmented"] == 0
+    every_source_value = source[:].astype(np.float32)
+    assert attrs["source_range"] == [float(every_source_value.min()), float(every_source_value.max())]
 
     # Plain tiles are the working-space crops at their recorded positions.
     frames, positions = group["frame"][:], group["position"][:]

@@ -141,9 +141,13 @@ def test_curves_take_their_own_step_without_weight_decay_and_span_the_pool():
     import zarr
 
     values = np.linspace(-0.1, 2.0, 6 * 3 * 4 * 4, dtype=np.float32).reshape(6, 3, 4, 4)
-    tiles = zarr.create_array(zarr.storage.MemoryStore(), data=values, chunks=(1, 3, 4, 4))
-    low, high = value_range(tiles, max_tiles=6)
+    group = zarr.group(zarr.storage.MemoryStore())
+    group.create_array("source", data=values, chunks=(1, 3, 4, 4))
+    low, high = value_range(group, max_tiles=6)  # an older pool: the range of its tiles
     assert low < -0.1 and high > 2.0 and high - low < 2.1 * 1.05
+    group.attrs["source_range"] = [0.0, 4.0]  # a pool that recorded its range is not read again
+    low, high = value_range(group)
+    assert low < 0.0 and high > 4.0 and high - low < 4.0 * 1.05
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -101,11 +102,16 @@ class TileWriter:
         self.filled = 0  # tiles in the buffers
         self.written = 0  # tiles on disk
         self.digest = hashlib.sha256()
+        # The source values' extremes, so training reads the range its colour curves span from the
+        # attributes instead of decoding the pool a second time on the budget's clock.
+        self.source_low, self.source_high = math.inf, -math.inf
 
     def add(self, source: np.ndarray, target: np.ndarray, frame: int, y: int, x: int, augmented: bool) -> None:
         """Queue one tile ((C, T, T) arrays); a full buffer is written as one shard."""
         i = self.filled
         self.buffers["source"][i] = source
+        self.source_low = min(self.source_low, float(np.min(self.buffers["source"][i])))
+        self.source_high = max(self.source_high, float(np.max(self.buffers["source"][i])))
         self.buffers["target"][i] = target
         self.buffers["frame"][i] = frame
         self.buffers["position"][i] = (y, x)
@@ -132,6 +138,8 @@ class TileWriter:
         for array in self.arrays.values():
             if array.shape[0] != self.written:
                 array.resize((self.written, *array.shape[1:]))
+        if self.written:
+            self.group.attrs["source_range"] = [self.source_low, self.source_high]
         return self.written
 
 

@@ -119,11 +119,19 @@ def evenly_spaced(n_tiles: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_tiles - 1, min(count, n_tiles)).round().astype(np.int64))
 
 
-def value_range(array, max_tiles: int = 512, margin: float = 0.02) -> list[float]:
-    """[low, high] of the values of up to ``max_tiles`` evenly spaced tiles of a pool array, widened by
-    ``margin`` of the span on each side (a deterministic sample: a resumed run gets the same range)."""
-    values = read_tiles(array, evenly_spaced(array.shape[0], max_tiles)).astype(np.float32)
-    low, high = float(np.min(values)), float(np.max(values))
+def value_range(group, max_tiles: int = 512, margin: float = 0.02) -> list[float]:
+    """[low, high] of a pool's source values, widened by ``margin`` of the span on each side.
+
+    The extremes the pool recorded when it was written; a pool written before it recorded them gives
+    those of up to ``max_tiles`` evenly spaced tiles (a deterministic sample: a resumed run gets the
+    same range).
+    """
+    recorded = group.attrs.get("source_range")
+    if recorded:
+        low, high = float(recorded[0]), float(recorded[1])
+    else:
+        values = read_tiles(group["source"], evenly_spaced(group["source"].shape[0], max_tiles)).astype(np.float32)
+        low, high = float(np.min(values)), float(np.max(values))
     pad = max(margin * (high - low), 1e-3)
     return [low - pad, high + pad]
 

@@ -2,8 +2,10 @@
 
 Mixed precision is what makes training on a GPU fast, but the choice depends on the chip: bfloat16
 has float32's exponent range, so it needs no loss scaling and is used wherever the GPU supports it;
-older GPUs get float16 with a ``GradScaler`` to keep small gradients from flushing to zero; the CPU
-trains in float32 (reduced precision there is slower, not faster, and less exact).
+older GPUs get float16 with a ``GradScaler`` to keep small gradients from flushing to zero. A CPU with
+native bfloat16 instructions (AVX512-BF16 or AMX, as oneDNN reports) trains in bf16 too: its
+convolutions run about twice as fast there, and in a fixed budget that doubles the steps. Other CPUs
+train in float32, where emulated bf16 is slower, not faster.
 """
 
 from __future__ import annotations
@@ -67,8 +69,19 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    if mkldnn is None or not mkldnn.is_available():
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def choose_precision(device: torch.device, setting: str = "auto") -> Precision:
-    """``auto``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU."""
+    """``auto``: bf16 on GPUs and CPUs that support it natively, fp16 on other GPUs, fp32 on other CPUs."""
     if setting not in PRECISIONS:
         raise DuplidogError(f"train.precision: {setting!r} is not one of {', '.join(PRECISIONS)}")
     if setting == "auto":
@@ -77,7 +90,7 @@ def choose_precision(device: torch.device, setting: str = "auto") -> Precision:
         elif device.type == "mps":
             setting = "fp16"
         else:
-            setting = "fp32"
+            setting = "bf16" if cpu_has_native_bf16() else "fp32"
     if device.type == "cpu" and setting == "fp16":
         raise DuplidogError("train.precision: fp16 training is not supported on the CPU (use fp32 or bf16)")
     return Precision(setting, device.type)

@@ -293,7 +293,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     # learnt on, or its weights would mean other values.
     previous = read_card(init_from).get("model", {}) if init_from else {}
     if "curve_range" not in overrides:
-        overrides["curve_range"] = previous.get("curve_range") or value_range(group["source"])
+        overrides["curve_range"] = previous.get("curve_range") or value_range(group)
     if "output_activation" not in overrides and previous:  # a warm start keeps what its weights mean
         overrides["output_activation"] = previous.get("output_activation", "none")
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
