@@ -29,19 +29,19 @@ Why this one:
 ``from_description`` rebuilds the very same transform, so inference on another machine (or in Nuke
 through the exported TorchScript model) applies what training used, even if defaults change later.
 
-The torch path uses plain tensor ops only (``torch.asinh``, ``torch.sinh``), and ``WorkingSpaceModule``
-wraps it as a scriptable ``nn.Module`` for exported models. Half and bfloat16 tensors are shaped in
-float32 (x / s overflows half above 3276) and cast back.
+``encode`` and ``decode`` take numpy arrays or torch tensors; the tensor path and the scriptable
+``WorkingSpaceModule`` of exported models live in ``duplidog.colour_module``, so the stages that never
+touch a network do not import torch.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import numpy as np
-import torch
 
 from duplidog.errors import DuplidogError
 
@@ -137,7 +137,7 @@ def is_coverage(name: str) -> bool:
     return str(name).rsplit(".", 1)[-1].lower() in COVERAGE_NAMES
 
 
-def _shaped(ws: WorkingSpace, channels: Sequence[str] | None) -> list[bool] | None:
+def shaped_channels(ws: WorkingSpace, channels: Sequence[str] | None) -> list[bool] | None:
     """Which of ``channels`` the shaper applies to; None: all of them."""
     if channels is None or ws.shape_coverage:
         return None
@@ -145,13 +145,10 @@ def _shaped(ws: WorkingSpace, channels: Sequence[str] | None) -> list[bool] | No
     return None if all(shaped) else shaped
 
 
-def _keep_unshaped(result: Any, original: Any, shaped: list[bool] | None, axis: int) -> Any:
-    """``result`` with the channels ``shaped`` says are not shaped put back as they were."""
+def _keep_unshaped(result: np.ndarray, original: Any, shaped: list[bool] | None) -> np.ndarray:
+    """``result`` (..., C) with the channels ``shaped`` says are not shaped put back as they were."""
     if shaped is None:
         return result
-    if isinstance(result, torch.Tensor):
-        mask = torch.tensor(shaped, device=result.device).view([-1] + [1] * (-axis - 1))
-        return torch.where(mask, result, original.to(result.dtype))
     result = np.array(result, copy=True)
     for index, flag in enumerate(shaped):
         if not flag:
@@ -159,20 +156,11 @@ def _keep_unshaped(result: Any, original: Any, shaped: list[bool] | None, axis: 
     return result
 
 
-def encode_tensor(x: torch.Tensor, softness: float) -> torch.Tensor:
-    """asinh shaper on a tensor, scene -> working (plain torch ops, TorchScript friendly)."""
-    dtype = x.dtype
-    xf = x.float() if dtype in (torch.float16, torch.bfloat16) else x
-    y = torch.asinh(xf / softness) / math.asinh(1.0 / softness)
-    return y.to(dtype)
-
-
-def decode_tensor(y: torch.Tensor, softness: float) -> torch.Tensor:
-    """Inverse of ``encode_tensor``, working -> scene."""
-    dtype = y.dtype
-    yf = y.float() if dtype in (torch.float16, torch.bfloat16) else y
-    x = softness * torch.sinh(yf * math.asinh(1.0 / softness))
-    return x.to(dtype)
+def _is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch where nothing has (the pool and
+    assemble jobs read and write frames with numpy alone, and torch costs seconds to import)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _numpy_float(x: Any) -> tuple[np.ndarray, np.dtype]:
@@ -185,55 +173,30 @@ def encode(x: Any, space: SpaceLike, channels: Sequence[str] | None = None) -> A
     """Scene values -> working space. numpy arrays (H, W, C; float32 result unless float64 given) or
     tensors (N, C, H, W). With the ``channels``' names, coverage channels (``is_coverage``) pass unchanged."""
     ws = as_space(space)
-    if isinstance(x, torch.Tensor):
-        return x if ws.is_identity else _keep_unshaped(encode_tensor(x, ws.softness), x, _shaped(ws, channels), -3)
+    if _is_tensor(x):
+        from duplidog.colour_module import encode_tensors
+
+        return encode_tensors(x, ws, channels)
     if ws.is_identity:
         return np.asarray(x)
     array, out_dtype = _numpy_float(x)
     shaped = (np.arcsinh(array / ws.softness) / ws.norm).astype(out_dtype)
-    return _keep_unshaped(shaped, array.astype(out_dtype), _shaped(ws, channels), -1)
+    return _keep_unshaped(shaped, array.astype(out_dtype), shaped_channels(ws, channels))
 
 
 def decode(y: Any, space: SpaceLike, channels: Sequence[str] | None = None) -> Any:
     """Working space -> scene values; the exact inverse of ``encode`` (same ``channels``)."""
     ws = as_space(space)
-    if isinstance(y, torch.Tensor):
-        return y if ws.is_identity else _keep_unshaped(decode_tensor(y, ws.softness), y, _shaped(ws, channels), -3)
+    if _is_tensor(y):
+        from duplidog.colour_module import decode_tensors
+
+        return decode_tensors(y, ws, channels)
     if ws.is_identity:
         return np.asarray(y)
     array, out_dtype = _numpy_float(y)
     with np.errstate(over="ignore"):
         scene = (ws.softness * np.sinh(array * ws.norm)).astype(out_dtype)
-    return _keep_unshaped(scene, array.astype(out_dtype), _shaped(ws, channels), -1)
-
-
-class WorkingSpaceModule(torch.nn.Module):
-    """``encode`` (``direction='encode'``) or ``decode`` as a scriptable module, for exported models
-    that take and return scene values (Nuke's CatFileCreator, Flame)."""
-
-    def __init__(self, space: SpaceLike, direction: str, channels: Sequence[str] | None = None) -> None:
-        super().__init__()
-        if direction not in ("encode", "decode"):
-            raise ValueError(f"direction must be 'encode' or 'decode', not {direction!r}")
-        ws = as_space(space)
-        self.identity: bool = ws.is_identity
-        self.softness: float = float(ws.softness)
-        self.encoding: bool = direction == "encode"
-        shaped = _shaped(ws, channels)
-        self.every_channel: bool = shaped is None
-        self.register_buffer("shaped", torch.tensor(shaped or [True], dtype=torch.bool).view(1, -1, 1, 1),
-                             persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.identity:
-            return x
-        if self.encoding:
-            y = encode_tensor(x, self.softness)
-        else:
-            y = decode_tensor(x, self.softness)
-        if self.every_channel:
-            return y
-        return torch.where(self.shaped, y, x.to(y.dtype))
+    return _keep_unshaped(scene, array.astype(out_dtype), shaped_channels(ws, channels))
 
 
 def resolve_colorspace(setting: str, info: Any) -> str:

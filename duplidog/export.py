@@ -51,7 +51,8 @@ import torch
 from torch import nn
 
 from duplidog.atomic import atomic_path, atomic_write_text
-from duplidog.colour import WorkingSpaceModule, as_space, decode, encode
+from duplidog.colour import as_space, decode, encode
+from duplidog.colour_module import WorkingSpaceModule
 from duplidog.errors import DuplidogError
 
 log = logging.getLogger(__name__)

@@ -9,13 +9,13 @@ import torch
 
 from duplidog.colour import (
     WorkingSpace,
-    WorkingSpaceModule,
     decode,
     describe,
     encode,
     from_description,
     resolve_colorspace,
 )
+from duplidog.colour_module import WorkingSpaceModule
 from duplidog.errors import DuplidogError
 from duplidog.imageio import read_info
 
@@ -145,3 +145,15 @@ def test_a_matte_passes_the_shaper_unchanged_and_cards_from_before_keep_shaping_
     old_card = {k: v for k, v in describe("linear").items() if k != "coverage"}
     assert np.allclose(encode(pixels, old_card, names), encode(pixels, "linear"))  # every channel, as it learnt
     assert describe("linear")["coverage"] == "unshaped"
+
+
+def test_the_stages_without_a_network_do_not_import_torch():
+    # Every Snakemake job is a fresh process, and torch takes seconds to import: ingest, the pool and
+    # assembly read and write frames with numpy alone.
+    import subprocess
+    import sys
+
+    code = ("import sys, duplidog.ingest, duplidog.pool, duplidog.assemble, duplidog.colour; "
+            "print('torch' in sys.modules)")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert found == "False"

@@ -261,6 +261,19 @@ def test_the_finest_level_sees_the_colour_path_sharp_when_guided_on_its_base(gui
         assert torch.allclose(seen[-1], upsample2x(downsample2x(colour)), atol=1e-5)
 
 
+@pytest.mark.parametrize("refine_levels", [True, False])
+def test_a_matte_networks_finer_levels_refine_the_coarser_prediction(refine_levels):
+    model = build_model(preset="small", in_channels=3, out_channels=1, width=4, depth=1, levels=3, stages=1,
+                        refine_levels=refine_levels).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()  # every level's own output is the head's bias
+        model.head.bias.fill_(0.25)
+        levels = model(torch.rand(1, 3, 16, 16), all_levels=True)
+    expected = [0.25, 0.5, 0.75] if refine_levels else [0.25, 0.25, 0.25]
+    assert [float(level.mean()) for level in levels] == pytest.approx(expected)
+    assert build_from_config({k: v for k, v in model.config.items() if k != "refine_levels"}).refine_levels is False
+
+
 def test_a_matte_network_has_no_colour_path_unless_asked():
     matte = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2)
     assert matte.colour is None and matte.config["colour_width"] == 0 and matte.config["curve_knots"] == 0

@@ -534,3 +534,16 @@ def test_a_matte_gets_its_own_edge_weight():
     edged, _ = LossMix({"l1": 1.0}, border=0, coarse_level_weight=0.0, change_weight=0.0,
                        matte_edge_weight=10.0)([prediction], matte, 16, source)
     assert edged > plain
+
+
+def test_a_cpu_trains_in_bf16_only_where_it_runs_bf16_natively(monkeypatch):
+    from duplidog.train import device as devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.choose_precision(cpu, "auto").name == "bf16"
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.choose_precision(cpu, "auto").name == "fp32"  # emulated bf16 is slower, not faster
+    assert devices.choose_precision(cpu, "bf16").name == "bf16"  # asked for, it is used
+    with pytest.raises(DuplidogError, match="fp16 training is not supported on the CPU"):
+        devices.choose_precision(cpu, "fp16")

@@ -66,7 +66,7 @@ from duplidog.model.blocks import (
 # Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (~6.9 M parameters,
 # ~1.27 TMAC per megapixel). Measured with duplidog.model.analysis (see tests/test_model.py):
 #   small   0.66 M parameters,  108 GMAC/MP  (Tao's ResBlocks, 3x3: the fewest MACs for its depth, so CPU
-#                                             training of 128 px tiles runs at about 2 steps/s; width 16
+#                                             training of 128 px tiles runs at 2-3.5 steps/s; width 16
 #                                             because 8 could not learn a paint-out, see docs/quality.md)
 #   medium  2.3 M parameters,   416 GMAC/MP  (Li's multi-scale residual blocks)
 #   large   6.3 M parameters,  1152 GMAC/MP  (MSRB; CopyCat SRN scale)
@@ -74,13 +74,13 @@ from duplidog.model.blocks import (
 PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(levels=3, width=16, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33,
-                  guide_on_base=True),
+                  guide_on_base=True, refine_levels=True),
     "medium": dict(levels=3, width=12, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
                    recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=33,
-                   guide_on_base=True),
+                   guide_on_base=True, refine_levels=True),
     "large": dict(levels=3, width=20, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=65,
-                  guide_on_base=True),
+                  guide_on_base=True, refine_levels=True),
 }
 
 # A network whose outputs are not its inputs' channels (a matte from RGB) has no colour path unless asked:
@@ -210,6 +210,10 @@ class MSRN(nn.Module):
             look with local contrast needs the detail of the *graded* image, which the upsampled guess has
             lost and the plate alone does not give. Default False, as in models saved before it existed;
             every preset sets it.
+        refine_levels: in a network with no base (a matte from RGB: neither residual nor a colour path), each
+            finer level adds its output to the coarser prediction upsampled instead of drawing the whole
+            matte again, so the coarse levels carry the shape and the fine ones only its edges. Default
+            False, as in models saved before it existed; every preset sets it.
         output_activation: "none", or "sigmoid" for a matte: every level predicts logits (the next level
             is guided by their sigmoid), ``forward`` returns the sigmoid, and training scores the logits
             with a binary cross-entropy. Default "none": in a short budget the plain output learns a
@@ -238,6 +242,7 @@ class MSRN(nn.Module):
         residual: Optional[bool] = None,
         guide_on_base: bool = False,
         output_activation: str = "none",
+        refine_levels: bool = False,
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("levels", levels),
@@ -276,9 +281,11 @@ class MSRN(nn.Module):
             recurrent_kernel=int(recurrent_kernel), colour_width=int(colour_width), colour_depth=int(colour_depth),
             curve_knots=int(curve_knots), curve_range=[float(v) for v in curve_range], residual=self.residual,
             guide_on_base=bool(guide_on_base), output_activation=str(output_activation),
+            refine_levels=bool(refine_levels),
         )
         self.sigmoid_output = output_activation == "sigmoid"
         self.guide_on_base = bool(guide_on_base)
+        self.refine_levels = bool(refine_levels)
         self.preset = "custom"
 
         blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels)
@@ -420,7 +427,12 @@ class MSRN(nn.Module):
                     hidden = upsample2x(hidden)
             guide = torch.sigmoid(prediction) if self.sigmoid_output else prediction
             correction, hidden = self._level(pyramid[level], guide, hidden)
-            prediction = correction + bases[level] if len(bases) > 0 else correction
+            if len(bases) > 0:
+                prediction = correction + bases[level]
+            elif self.refine_levels:  # without a base, the first guess above is zeros
+                prediction = correction + prediction
+            else:
+                prediction = correction
             outputs.append(prediction)
         return outputs, colour_output
 

@@ -4,8 +4,9 @@ It reads top to bottom like nanoGPT's ``train.py``: settings, data, network, opt
 finish. Training counts optimizer steps, not epochs; an epoch is only the unit in which a random
 subset of the pool is drawn (``duplidog.train.data``). Each step:
 
-1. ``accumulate`` micro-batches run forward under autocast (bf16 / fp16 on GPUs, fp32 on the CPU)
-   and every pyramid level's output is scored against the target (``duplidog.train.losses``);
+1. ``accumulate`` micro-batches run forward under autocast (bf16 / fp16 on GPUs, bf16 on CPUs that run
+   it natively, else fp32) and every pyramid level's output is scored against the target
+   (``duplidog.train.losses``);
 2. the gradients are unscaled (fp16), clipped to ``grad_clip``, and AdamW steps -- unless they are not
    finite, in which case the step is skipped (and a run of such steps stops training with an error);
 3. the schedule advances (linear warm-up, cosine decay to ``min_lr``) and the weight average follows.
