@@ -72,15 +72,35 @@ def test_each_loss_is_finite_with_gradients(term, device, tmp_path):
     vgg = str(fake_vgg_weights(tmp_path / "vgg19.pth")) if term == "vgg" else ""
     mix = LossMix({term: 1.0}, border=2, vgg19_weights=vgg, logits=term == "bce").to(device)  # bce: on logits
     generator = torch.Generator().manual_seed(1)
-    target = torch.rand(2, 3, 32, 32, generator=generator).to(device)
-    fine = (target + 0.1 * torch.randn(2, 3, 32, 32, generator=generator).to(device)).requires_grad_()
-    coarse = torch.rand(2, 3, 16, 16, generator=generator).to(device).requires_grad_()
-    total, parts = mix([coarse, fine], target, input_size=32)
+    channels = 1 if term == "dice" else 3  # dice: mattes only, which the source's channel count tells
+    source = torch.rand(2, 3, 32, 32, generator=generator).to(device) if term == "dice" else None
+    target = torch.rand(2, channels, 32, 32, generator=generator).to(device)
+    fine = (target + 0.1 * torch.randn(2, channels, 32, 32, generator=generator).to(device)).requires_grad_()
+    coarse = torch.rand(2, channels, 16, 16, generator=generator).to(device).requires_grad_()
+    total, parts = mix([coarse, fine], target, input_size=32, source=source)
     assert torch.isfinite(total) and total.item() > 0
     total.backward()
     for output in (coarse, fine):
         assert output.grad is not None and torch.isfinite(output.grad).all() and output.grad.abs().sum() > 0
     assert set(parts) == {term}
+
+
+def test_dice_scores_a_mattes_overlap_and_leaves_other_networks_alone():
+    from duplidog.train.losses import dice_loss
+
+    matte = torch.zeros(1, 1, 16, 16)
+    matte[..., 4:12, 4:12] = 1.0
+    assert dice_loss(matte, matte).item() == pytest.approx(0.0, abs=1e-6)
+    assert dice_loss(1.0 - matte, matte).item() > 0.95  # no overlap at all
+    half = matte.clone()
+    half[..., 8:12, :] = 0.0
+    assert 0.2 < dice_loss(half, matte).item() < 0.5
+    mix = LossMix({"charbonnier": 1.0, "dice": 1.0}, border=0)
+    rgb = torch.rand(1, 3, 16, 16)
+    _, parts = mix([rgb * 0.5], rgb, input_size=16, source=rgb)
+    assert parts["dice"] == 0.0 and parts["charbonnier"].item() > 0  # a colour fix is not a matte
+    _, parts = mix([half], matte, input_size=16, source=rgb)
+    assert parts["dice"].item() == pytest.approx(dice_loss(half, matte).item())
 
 
 def test_border_is_excluded_from_the_loss():

@@ -14,6 +14,9 @@
 - ``bce``: binary cross-entropy of a matte network's logits (``MSRN`` with a sigmoid output) against
   the matte, the classification loss of segmentation: a pixel half-way keyed costs it more than a
   distance does. Networks without logits do not use it; the other terms score their sigmoid.
+- ``dice``: one minus the soft Dice overlap of each tile's matte with the target's (Milletari et al.,
+  "V-Net", 2016), the overlap a roto is judged by (IoU) made differentiable; a statistic of the
+  training tile, never of anything the network computes. Only mattes (channels the input lacks) use it.
 - ``vgg``: L1 between VGG19 ``features[:36]`` activations (up to relu5_4; ESRGAN's perceptual loss,
   usually weighted 0.1 beside L1). It needs the ImageNet weights on disk and never downloads them.
 
@@ -67,6 +70,14 @@ def charbonnier_loss(prediction: torch.Tensor, target: torch.Tensor, eps: float 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     return _mean(F.binary_cross_entropy_with_logits(logits, target.clamp(0.0, 1.0), reduction="none"), weights)
+
+
+def dice_loss(prediction: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Mean over tiles and channels of 1 - (2 sum(p t) + s) / (sum(p^2) + sum(t^2) + s)."""
+    target = target.clamp(0.0, 1.0)
+    overlap = (prediction * target).sum(dim=(-2, -1))
+    total = (prediction * prediction).sum(dim=(-2, -1)) + (target * target).sum(dim=(-2, -1))
+    return (1.0 - (2.0 * overlap + smooth) / (total + smooth)).mean()
 
 
 def gradient_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,6 +276,7 @@ TERMS: Dict[str, Callable] = {
     "frequency": frequency_loss,
     "vgg": None,  # built by LossMix (needs weights)
     "bce": bce_loss,  # on logits only
+    "dice": dice_loss,  # mattes only
 }
 
 
@@ -384,6 +396,7 @@ class LossMix(nn.Module):
         extra = self.change_weight if source is None or source.shape[1] == target.shape[1] else self.matte_edge_weight
         weights = None if source is None else change_weights(source, target, extra, self.change_threshold,
                                                               self.change_radius)
+        matte = source is not None and source.shape[1] != target.shape[1]
         parts: Dict[str, torch.Tensor] = {name: 0.0 for name in self.weights}
         with torch.autocast(outputs[-1].device.type, enabled=False):
             for level, output in enumerate(outputs):
@@ -400,6 +413,8 @@ class LossMix(nn.Module):
                 if prediction.shape[-1] < 1 or prediction.shape[-2] < 1:
                     continue
                 for name in self.weights:
+                    if name == "dice" and not matte:
+                        continue
                     scored = raw if name == "bce" else prediction
                     parts[name] = parts[name] + level_weight * self.term(name, scored, wanted, level_weights)
             if self.colour_split and colour_output is not None:
