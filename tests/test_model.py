@@ -261,6 +261,19 @@ def test_the_finest_level_sees_the_colour_path_sharp_when_guided_on_its_base(gui
         assert torch.allclose(seen[-1], upsample2x(downsample2x(colour)), atol=1e-5)
 
 
+def test_the_colour_path_trains_in_float32_under_reduced_precision_autocast():
+    torch.manual_seed(0)
+    model = build_model(preset="small", width=4, depth=1, levels=2, stages=1)
+    with torch.no_grad():
+        model.colour.mlp[-1].weight.normal_(0.0, 0.5)  # a colour path far from the identity
+    x = torch.rand(2, 3, 16, 16)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        outputs, colour = model.training_outputs(x)
+    assert colour.dtype == torch.float32 and outputs[-1].dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(colour, model.colour(x), atol=1e-6)  # what inference computes
+
+
 @pytest.mark.parametrize("refine_levels", [True, False])
 def test_a_matte_networks_finer_levels_refine_the_coarser_prediction(refine_levels):
     model = build_model(preset="small", in_channels=3, out_channels=1, width=4, depth=1, levels=3, stages=1,

@@ -388,9 +388,16 @@ class MSRN(nn.Module):
         Training with these lets the colour path learn only from its own loss (``train.colour_split``)
         while the encoder-decoder learns what the colour path leaves; the sum is what ``forward`` gives.
         """
-        return self._predict(x, True)
+        colour_output: Optional[torch.Tensor] = None
+        if self.colour is not None:
+            # The colour path carries the picture's values themselves, not a correction: under reduced-
+            # precision autocast it runs in float32, as it does at inference.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                colour_output = self.colour(x.float())
+        return self._predict(x, True, colour_output)
 
-    def _predict(self, x: torch.Tensor, detach_colour: bool) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+    def _predict(self, x: torch.Tensor, detach_colour: bool,
+                 colour_output: Optional[torch.Tensor] = None) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
         if not torch.jit.is_scripting() and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             height, width = int(x.shape[-2]), int(x.shape[-1])
             if height % self.size_multiple or width % self.size_multiple:
@@ -403,9 +410,9 @@ class MSRN(nn.Module):
         # function rather than the function of an average), or in a residual network without one the image.
         bases: List[torch.Tensor] = []
         colour = self.colour
-        colour_output: Optional[torch.Tensor] = None
         if colour is not None:
-            colour_output = colour(x)
+            if colour_output is None:
+                colour_output = colour(x)
             bases.append(colour_output.detach() if detach_colour else colour_output)
             for _ in range(self.levels - 1):
                 bases.append(downsample2x(bases[-1]))
