@@ -393,10 +393,10 @@ class LossMix(nn.Module):
         if isinstance(outputs, torch.Tensor):
             outputs = [outputs]
         target = target.float()
-        extra = self.change_weight if source is None or source.shape[1] == target.shape[1] else self.matte_edge_weight
+        matte = source is not None and source.shape[1] != target.shape[1]  # channels the input lacks
+        extra = self.matte_edge_weight if matte else self.change_weight
         weights = None if source is None else change_weights(source, target, extra, self.change_threshold,
                                                               self.change_radius)
-        matte = source is not None and source.shape[1] != target.shape[1]
         parts: Dict[str, torch.Tensor] = {name: 0.0 for name in self.weights}
         with torch.autocast(outputs[-1].device.type, enabled=False):
             for level, output in enumerate(outputs):
