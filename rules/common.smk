@@ -200,8 +200,8 @@ def section(name):
 def init_model(wildcards):
     """A previous shot's model to start training from (train.init_from), as an input so a change reruns."""
     init_from = shot_of(wildcards).config["train"].get("init_from")
-    if not init_from:
-        return []
+    if not init_from or Path(init_from).resolve() == Path(f"results/{wildcards.shot}/model").resolve():
+        return []  # nothing, or the shot's own model: training continues from its checkpoints
     card = Path(init_from) / "model.json"
     # Another shot's model under results/ looks like this run's train output; unless that shot is in this
     # run (then it is trained first), name it by its absolute path so Snakemake takes it as a plain file.

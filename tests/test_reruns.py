@@ -141,6 +141,24 @@ def test_starting_from_another_shots_model_under_results_plans_a_retraining(run)
     assert planned_jobs(run, train={"init_from": "results/other/model"}) == EVERYTHING_AFTER_INGEST - {"pool"}
 
 
+def train_result(root: Path) -> dict:
+    done = [line for line in (root / "logs/t1/train.log").read_text().splitlines() if "train: done:" in line]
+    return json.loads(done[-1].split("train: done:", 1)[1])
+
+
+def test_more_steps_train_the_shots_model_further_and_its_own_model_can_be_the_start(run):
+    # Issue 14.1: raising train.steps restarted from scratch; init_from the shot's own model was a
+    # CyclicGraphException.
+    snakemake(*LOCAL, "--configfile", str(write_shot_file(run, train={"steps": 9})), "--until", "train", cwd=run)
+    result = train_result(run)
+    assert result["start"] == "continue" and result["resumed_from"] == TINY["train"]["steps"]
+    assert result["steps"] == 9
+    own = {"steps": 9, "init_from": "results/t1/model", "lr": 0.002}
+    assert planned_jobs(run, train=own) == EVERYTHING_AFTER_INGEST - {"pool"}
+    snakemake(*LOCAL, "--configfile", str(write_shot_file(run, train=own)), "--until", "train", cwd=run)
+    assert train_result(run)["start"] == "fine-tune"
+
+
 def test_a_replaced_source_frame_reruns_its_chunk_and_a_replaced_keyframe_retrains(run):
     from shotdata import write_frame
     from duplidog import imageio
@@ -247,8 +265,7 @@ def uninterrupted_weights(finished_run, tmp_path_factory) -> dict:
 def test_killed_training_resumes_from_its_newest_checkpoint(run, signum, uninterrupted_weights):
     newest = kill_training_midway(run, signum)
     snakemake(*LOCAL, "--configfile", str(write_shot_file(run, train=LONG_TRAINING)), "--until", "train", cwd=run)
-    done = [line for line in (run / "logs/t1/train.log").read_text().splitlines() if "train: done:" in line]
-    result = json.loads(done[-1].split("train: done:", 1)[1])
+    result = train_result(run)
     assert result["resumed_from"] == newest > 0, result
     assert result["steps"] == LONG_TRAINING["steps"]
     resumed = load_file(run / "results/t1/model/model.safetensors")

@@ -439,24 +439,87 @@ def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tm
     assert torch.equal(straight["optimizer"]["state"][0]["exp_avg_sq"], resumed["optimizer"]["state"][0]["exp_avg_sq"])
 
 
-def test_changed_pool_or_settings_start_from_scratch(shot, tmp_path, caplog):
+def test_changed_settings_start_from_scratch_and_a_changed_pool_fine_tunes(shot, tmp_path, caplog):
     work = tmp_path / "work"
     run(shot, work, steps=4, checkpoint_every=2, validate_every=0)
     caplog.set_level("INFO")
     other = build_tiny_shot(tmp_path / "other", pool_overrides={"tiles_per_keyframe": 20})
     shifted = dict(shot, pool=other["pool"])
     result = run(shifted, work, steps=4, checkpoint_every=2, validate_every=0)
-    assert result["resumed_from"] is None
+    assert result["resumed_from"] is None and result["start"] == "fine-tune"
     assert "tile pool changed" in caplog.text
     assert (work / "train/checkpoints/superseded/step_00000004.pt").is_file()
     caplog.clear()
     result = run(shifted, work, steps=4, checkpoint_every=2, validate_every=0, lr=0.001)
-    assert result["resumed_from"] is None and "train.lr" in caplog.text
+    assert result["resumed_from"] is None and result["start"] == "fresh" and "train.lr" in caplog.text
     # An operational setting (how often to log) does not block resuming.
-    result = run(shifted, work, steps=6, checkpoint_every=2, validate_every=0, lr=0.001, log_every=3)
-    assert result["resumed_from"] is None  # steps changed: the schedule differs
-    result = run(shifted, work, steps=6, checkpoint_every=2, validate_every=0, lr=0.001, log_every=2)
-    assert result["resumed_from"] == 6
+    result = run(shifted, work, steps=4, checkpoint_every=2, validate_every=0, lr=0.001, log_every=3)
+    assert result["resumed_from"] == 4 and result["start"] == "resume"
+
+
+def first_losses(work: Path, count: int = 3) -> float:
+    return float(pd.read_csv(work / "train/metrics.csv")["loss"].dropna().to_numpy()[:count].mean())
+
+
+def test_new_keyframes_fine_tune_the_shots_model_unless_told_to_start_over(shot, tmp_path):
+    run(shot, tmp_path / "work", steps=40, validate_every=0)
+    other = build_tiny_shot(tmp_path / "other", pool_overrides={"tiles_per_keyframe": 20})
+    shifted = dict(shot, pool=other["pool"])
+    tuned = run(shifted, tmp_path / "work", steps=20, validate_every=0, checkpoint_every=0)
+    assert tuned["start"] == "fine-tune" and tuned["steps"] == 20
+    card = json.loads((tmp_path / "work/model/model.json").read_text())
+    assert card["training"]["start"] == "fine-tune" and card["training"]["started_from"].endswith("step_00000040.pt")
+    scratch = run(shifted, tmp_path / "scratch", steps=20, validate_every=0)
+    assert first_losses(tmp_path / "work") < 0.5 * first_losses(tmp_path / "scratch")
+    # A fine-tune killed before its first checkpoint resumes as a fine-tune, not from scratch.
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "work/train/checkpoints")][0] == 0
+    again = run(shifted, tmp_path / "work", steps=20, validate_every=0, start_over=True)
+    assert again["start"] == "fresh" and scratch["start"] == "fresh"
+
+
+def test_raising_the_steps_trains_the_finished_model_further(shot, tmp_path):
+    first = run(shot, tmp_path, steps=20, validate_every=0)
+    finished = final_state(tmp_path)
+    more = run(shot, tmp_path, steps=40, validate_every=0)
+    assert more["start"] == "continue" and more["resumed_from"] == 20 and more["steps"] == 40
+    lr = pd.read_csv(tmp_path / "train/metrics.csv").set_index("step")["lr"]
+    # The extra steps warm up again to a fine-tune's peak and anneal to the floor, from the trained weights.
+    base = float(shot["config"]["train"]["lr"]) * float(shot["config"]["train"]["finetune_lr_scale"])
+    assert lr.loc[21:40].max() == pytest.approx(base, rel=0.05)
+    assert lr.loc[40] < 0.01 * base and lr.loc[20] < 0.01 * base
+    assert len(lr.loc[1:20]) == 20  # the first run's curve is kept
+    assert more["loss"] <= 1.5 * first["loss"]
+    state = final_state(tmp_path)
+    assert state["scheduler"]["segment"][0] == 20 and finished["step"] == 20
+    # Lowering them again is a new, shorter run.
+    fewer = run(shot, tmp_path, steps=10, validate_every=0)
+    assert fewer["start"] == "fresh" and fewer["steps"] == 10
+
+
+def test_raising_max_minutes_trains_the_finished_model_further(shot, tmp_path):
+    first = run(shot, tmp_path, steps=None, max_minutes=0.01, validate_every=0)
+    assert first["stopped_by"] == "max_minutes"
+    more = run(shot, tmp_path, steps=None, max_minutes=0.02, validate_every=0)
+    assert more["start"] == "continue" and more["resumed_from"] == first["steps"] < more["steps"]
+    assert more["stopped_by"] == "max_minutes"
+
+
+def test_init_from_the_shots_own_model_fine_tunes_it_whatever_changed(shot, tmp_path):
+    run(shot, tmp_path, steps=40, validate_every=0)
+    trained = final_state(tmp_path)["ema"]["model"]
+    own = str(tmp_path / "model")
+    for name in ("model.json", "model.safetensors"):  # as Snakemake removes a job's outputs first
+        (tmp_path / "model" / name).unlink()
+    result = run(shot, tmp_path, steps=20, validate_every=0, lr=0.002, init_from=own, checkpoint_every=0)
+    assert result["start"] == "fine-tune"
+    started = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "train/checkpoints")[0][1])
+    assert started["step"] == 0
+    for name, value in trained.items():
+        if not name.startswith("colour."):  # the colour path is fitted to the pool again first
+            assert torch.equal(started["model"][name], value), name
+    # Without checkpoints (a first run with the setting in a template) it trains from scratch.
+    fresh = run(shot, tmp_path / "new", steps=5, validate_every=0, init_from=str(tmp_path / "new/model"))
+    assert fresh["start"] == "fresh"
 
 
 def test_sigterm_checkpoints_and_a_rerun_resumes_within_max_minutes(shot, tmp_path):

@@ -12,9 +12,9 @@ RNG; BasicSR's save retries and then says "just ignore it"; here a failed write 
 leaves a half-written file, because it goes through ``duplidog.atomic``).
 
 Files: ``checkpoints/step_00001234.pt``; the last ``keep`` and the best (highest validation PSNR)
-are kept. A checkpoint is only resumed when the configuration that shapes training and the pool's
-fingerprint both match; otherwise the old ones are moved to ``checkpoints/superseded/`` (the previous
-superseded set is dropped) and training starts from scratch, saying why.
+are kept. ``find_start`` decides from them how the next run begins: resumed, continued (trained
+further), fine-tuned (new keyframes) or from scratch, saying why; checkpoints that are not resumed are
+moved to ``checkpoints/superseded/`` (the previous superseded set is dropped).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import logging
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -146,34 +147,95 @@ def supersede(directory: Path) -> None:
         path.rename(old / path.name)
 
 
-def find_resumable(directory: Path, config: dict, pool_hash: str) -> Tuple[Optional[Dict[str, Any]], str]:
-    """The newest checkpoint's state if it belongs to this configuration and pool, and a reason.
+@dataclass
+class Start:
+    """How a training run begins, from what, and why (``find_start``).
 
-    Returns (state, why): state is None for a fresh start, and ``why`` says which (no checkpoint, which
-    settings changed, the pool changed, or "resuming from ... at step N"). An unreadable newest
-    checkpoint falls back to the one before it. Incompatible checkpoints are superseded.
+    kind: "fresh" (from scratch); "resume" (an interrupted run goes on exactly where it stopped);
+    "continue" (the same run trained further: ``train.steps`` or ``train.max_minutes`` raised; the
+    schedule gets a new segment from the checkpoint's step); "fine-tune" (the weights of the shot's
+    current model start a new run: the pool changed, or ``train.init_from`` names the shot's own model).
+    """
+
+    kind: str
+    why: str
+    state: Optional[Dict[str, Any]] = None
+    source: Optional[Path] = None
+
+
+#: train settings whose change trains the same run further instead of starting it again.
+LENGTH_KEYS = ("steps", "max_minutes")
+
+
+def _length(config: dict) -> Dict[str, Any]:
+    train = config.get("train", {})
+    return {key: train.get(key) for key in LENGTH_KEYS}
+
+
+def _state_config(state: Dict[str, Any]) -> dict:
+    try:
+        return json.loads(state.get("config") or "{}")
+    except ValueError:
+        return {}
+
+
+def find_start(directory: Path, config: dict, pool_hash: str, start_over: bool = False,
+               own_model: bool = False) -> Start:
+    """Decide how training begins from the checkpoints in ``directory`` (see ``Start``).
+
+    The newest readable checkpoint decides. Same settings and pool: "resume", or "continue" where only
+    the run's length grew. A changed pool (new or changed keyframes) under the same network:
+    "fine-tune" from the checkpoint's averaged weights, unless ``start_over``. Other changed settings:
+    "fresh", or "fine-tune" when ``own_model`` (``train.init_from`` is the shot's own model). Checkpoints
+    that are not resumed are moved to ``superseded/``, so the new run's steps never mix with theirs.
     """
     found = list_checkpoints(directory)
     if not found:
-        return None, "no checkpoint to resume: training from scratch"
+        return Start("fresh", "no checkpoint to resume: training from scratch")
     for step, path in reversed(found):
         try:
             state = load_checkpoint(path)
         except DuplidogError as exc:
             log.warning("%s; trying an older checkpoint", exc)
             continue
-        if state.get("pool_fingerprint") != pool_hash:
-            supersede(directory)
-            return None, (f"the tile pool changed since {path.name} was written (pool fingerprint "
-                          f"{str(state.get('pool_fingerprint'))[:12]} -> {pool_hash[:12]}): training from scratch")
-        if state.get("config_fingerprint") != config_fingerprint(config):
-            changed = changed_settings(json.loads(state.get("identity", "{}")), training_identity(config))
-            supersede(directory)
-            return None, (f"the training settings changed since {path.name} was written "
-                          f"({', '.join(changed) or 'unknown'}): training from scratch")
-        return state, f"resuming from {path.name} at step {step}"
-    supersede(directory)
-    return None, "no readable checkpoint: training from scratch"
+        break
+    else:
+        supersede(directory)
+        return Start("fresh", "no readable checkpoint: training from scratch")
+
+    old, new = json.loads(state.get("identity", "{}")), training_identity(config)
+    changed = [key for key in changed_settings(old, new) if key != "train.init_from"]
+    same_network = old.get("model") == new.get("model")
+    fine_tune = same_network and not start_over
+    if state.get("pool_fingerprint") != pool_hash:
+        supersede(directory)
+        if fine_tune:
+            return Start("fine-tune", f"the tile pool changed since {path.name} was written (new or changed "
+                         f"keyframes): fine-tuning the shot's model of step {step} (train.start_over: true "
+                         f"trains from scratch)", state, path)
+        return Start("fresh", f"the tile pool changed since {path.name} was written (pool fingerprint "
+                     f"{str(state.get('pool_fingerprint'))[:12]} -> {pool_hash[:12]}): training from scratch")
+    grown = _length(_state_config(state)) != _length(config)
+    if changed == ["train.steps"]:
+        steps = config.get("train", {}).get("steps")
+        if steps is None or int(steps) > step:
+            return Start("continue", f"train.steps raised to {steps}: continuing from {path.name} at step {step}",
+                         state, path)
+        supersede(directory)
+        return Start("fresh", f"train.steps lowered to {steps}, below the step {step} of {path.name}: "
+                     "training from scratch")
+    if changed:
+        supersede(directory)
+        if own_model and fine_tune:
+            return Start("fine-tune", f"the training settings changed since {path.name} was written "
+                         f"({', '.join(changed)}): fine-tuning the shot's own model of step {step} "
+                         "(train.init_from)", state, path)
+        return Start("fresh", f"the training settings changed since {path.name} was written "
+                     f"({', '.join(changed)}): training from scratch")
+    if grown:
+        return Start("continue", f"train.max_minutes changed to {config['train'].get('max_minutes')}: continuing "
+                     f"from {path.name} at step {step}", state, path)
+    return Start("resume", f"resuming from {path.name} at step {step}", state, path)
 
 
 def changed_settings(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:

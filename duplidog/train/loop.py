@@ -179,7 +179,7 @@ def fit_colour_path_first(model, ema, group, border: int, loss_mix, settings: di
 def clear_run_outputs(work_dir: Path) -> None:
     """Before a fresh start, remove an earlier run's curves and pictures so they cannot be mixed in.
 
-    (Checkpoints are kept or superseded by ``checkpoint.find_resumable``; metrics.csv is rewritten.)
+    (Checkpoints are kept or superseded by ``checkpoint.find_start``; metrics.csv is rewritten.)
     """
     shutil.rmtree(work_dir / "tensorboard", ignore_errors=True)
     for path in list(work_dir.glob("contact_*.png")) + [work_dir / "loss.png", work_dir / "metrics.csv"]:
@@ -286,16 +286,30 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     device = choose_device(settings["device"])
     precision = choose_precision(device, settings["precision"])
 
+    # -- how the run begins: resumed, trained further, fine-tuned or from scratch -----------------------
+    init_from = settings.get("init_from") or ""
+    own_model = bool(init_from) and Path(init_from).resolve() == model_dir.resolve()
+    start = ckpt.find_start(checkpoints, config, pool_hash, bool(settings["start_over"]), own_model)
+    log.info("train: %s", start.why)
+    if own_model and start.kind == "fresh":
+        # The shot's own model is what its checkpoints hold (Snakemake removes the model files before
+        # the job); with none left the run starts afresh rather than failing.
+        log.warning("train: train.init_from is this shot's own model, which has no checkpoint to start from")
+        init_from = ""
+    warm_from = init_from if start.kind == "fresh" else ""
+
     # -- network and optimizer --------------------------------------------------------------------------
     seed_everything(seed)
-    init_from = settings.get("init_from") or ""
     overrides = dict(model_settings.get("overrides") or {})
-    # The colour path's curves span the data's values; a warm start keeps the knots its curves were
-    # learnt on, or its weights would mean other values.
-    previous = read_card(init_from).get("model", {}) if init_from else {}
+    # The colour path's curves span the data's values; a run from earlier weights keeps the knots its
+    # curves were learnt on, and what its output means, or its weights would mean other values.
+    if start.state is not None:
+        previous = json.loads(start.state.get("model_config") or "{}")
+    else:
+        previous = read_card(warm_from).get("model", {}) if warm_from else {}
     if "curve_range" not in overrides:
         overrides["curve_range"] = previous.get("curve_range") or value_range(group)
-    if "output_activation" not in overrides and previous:  # a warm start keeps what its weights mean
+    if "output_activation" not in overrides and previous:
         overrides["output_activation"] = previous.get("output_activation", "none")
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
                         in_channels=in_channels, out_channels=out_channels, **overrides)
@@ -306,10 +320,13 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             f"{model.size_multiple} (set pool.tile_size to a multiple of it)"
         )
     lr = float(settings["lr"])
-    if init_from:
-        warm_start(model, init_from)
+    if start.kind == "fine-tune":
+        model.load_state_dict(start.state["ema"]["model"])  # the weights the shot's model was saved with
+    elif warm_from:
+        warm_start(model, warm_from)
+    if start.kind == "fine-tune" or warm_from:
         lr *= float(settings["finetune_lr_scale"])
-        log.info("warm start from %s, learning rate scaled to %.3g", init_from, lr)
+        log.info("train: starting from %s, learning rate scaled to %.3g", start.source or warm_from, lr)
     # Channels-last: the layout the CPU's (oneDNN) and the GPU's convolution kernels run fastest on.
     model.to(device=device, memory_format=torch.channels_last)
     ema = WeightAverage(model, float(settings["ema_decay"]))
@@ -330,8 +347,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
 
     # -- resume ------------------------------------------------------------------------------------------
     start_step, best_psnr, best_step, last_validation = 0, -math.inf, None, {}
-    state, why = ckpt.find_resumable(checkpoints, config, pool_hash)
-    log.info("train: %s", why)
+    state = start.state if start.kind in ("resume", "continue") else None
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -344,8 +360,13 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         best_psnr = float(state["best_psnr"])
         best_step = int(state["best_step"]) if int(state["best_step"]) >= 0 else None
         last_validation = json.loads(state.get("validation", "{}"))
+    if start.kind == "continue":
+        added = (total_steps or DEFAULT_STEPS) - start_step
+        scheduler.continue_from_here(float(settings["finetune_lr_scale"]),
+                                     int(round(float(settings["warmup_fraction"]) * max(1, added))))
     resumed_from = start_step if state is not None else None
     del state
+    start.state = None  # the weights are in the model now; do not hold a second copy
     if resumed_from is None:
         clear_run_outputs(work_dir)
         if getattr(model, "colour", None) is not None and int(settings["colour_fit_steps"]) > 0:
@@ -370,6 +391,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             "identity": json.dumps(ckpt.training_identity(config), sort_keys=True, default=str),
             "config_fingerprint": ckpt.config_fingerprint(config),
             "pool_fingerprint": pool_hash,
+            "model_config": json.dumps(model.config, default=str),
             "best_psnr": best_psnr,
             "best_step": -1 if best_step is None else best_step,
             "validation": json.dumps(_plain(last_validation), default=str),
@@ -379,6 +401,9 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         path = ckpt.save_checkpoint(checkpoints, checkpoint_state(step))
         ckpt.prune_checkpoints(checkpoints, int(settings["keep_checkpoints"]), best_step)
         return path
+
+    if start.kind == "fine-tune":
+        write_checkpoint(0)  # the earlier run's checkpoints are superseded: a rerun resumes the fine-tune
 
     # -- the run ------------------------------------------------------------------------------------------
     batches, data_choice = make_batches(str(pool_path), group, epochs, device, settings)
@@ -486,6 +511,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                     "train_frames": list(plan.get("train_frames") or []),
                     "validation_frames": [f.frame for f in frames],
                     "init_from": init_from or None,
+                    "start": start.kind,
+                    "started_from": str(start.source) if start.source else None,
                 },
                 "metrics": {"loss": last_loss, "validation": last_validation,
                             "best_validation_psnr": best_psnr if best_step is not None else None,
@@ -504,6 +531,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         "target_steps": total_steps,
         "stopped_by": stopped_by,
         "resumed_from": resumed_from,
+        "start": start.kind,
         "loss": last_loss,
         "validation_psnr": last_validation.get("psnr"),
         "validation_ssim": last_validation.get("ssim"),

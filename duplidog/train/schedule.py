@@ -77,16 +77,32 @@ class TrainingSchedule:
         self.budget = float(budget_seconds) if budget_seconds else None
         self.clock = clock or TrainingClock()
         self.steps = 0
+        # The schedule runs from a segment's start: (step, seconds, learning-rate scale); a run trained
+        # further starts a new segment where the earlier one ended (``continue_from_here``).
+        self.segment = (0, 0.0, 1.0)
+        self._apply()
+
+    def continue_from_here(self, lr_scale: float, warmup_steps: int) -> None:
+        """Start a new warm-up and cosine from the current step and time to the (raised) end of the run,
+        peaking at ``lr_scale`` times the base rate: the weights settled at the end of the earlier
+        schedule are refined, not thrown back to the full rate."""
+        self.segment = (self.steps, self.clock(), float(lr_scale))
+        self.warmup_steps = int(warmup_steps)
         self._apply()
 
     def time_progress(self) -> float:
-        return 0.0 if self.budget is None else self.clock() / self.budget
+        if self.budget is None:
+            return 0.0
+        _, start, _ = self.segment
+        return 1.0 if self.budget <= start else (self.clock() - start) / (self.budget - start)
 
     def _apply(self) -> None:
         progress = self.time_progress()
+        start, _, scale = self.segment
+        total = None if self.total_steps is None else self.total_steps - start
         for group, base in zip(self.optimizer.param_groups, self.bases):
-            group["lr"] = base * lr_factor(self.steps, self.total_steps, self.warmup_steps, base, self.min_lr,
-                                           progress)
+            group["lr"] = base * scale * lr_factor(self.steps - start, total, self.warmup_steps, base * scale,
+                                                   self.min_lr, progress)
 
     def step(self) -> None:
         self.steps += 1
@@ -96,9 +112,14 @@ class TrainingSchedule:
         return [float(group["lr"]) for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "seconds": self.clock()}
+        return {"steps": self.steps, "seconds": self.clock(), "segment": list(self.segment),
+                "warmup_steps": self.warmup_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
         self.clock.resume(float(state["seconds"]))
+        if "segment" in state:  # checkpoints of runs never trained further have none
+            step, seconds, scale = state["segment"]
+            self.segment = (int(step), float(seconds), float(scale))
+            self.warmup_steps = int(state["warmup_steps"])
         self._apply()
