@@ -173,7 +173,8 @@ def reference_output(network: nn.Module, space: Any, frame: torch.Tensor, names_
     from duplidog.infer import apply_model
 
     working = encode(frame, space, names_in)
-    return decode(apply_model(network, working, tile="none", device="cpu", precision="fp32"), space, names_out)
+    return decode(apply_model(network, working, tile="none", device="cpu", precision="fp32", ensemble=1), space,
+                  names_out)
 
 
 def output_path(out_path: Union[str, os.PathLike], to: str, card: Dict[str, Any]) -> Path:

@@ -45,6 +45,25 @@ def test_tiled_equals_whole_frame_everywhere(net, device, height, width, tile):
     net.to("cpu")
 
 
+def test_an_ensemble_of_flipped_and_turned_copies_stays_exact_in_tiles():
+    from duplidog.infer.ensemble import TRANSFORMS, resolve_ensemble, transform, untransform
+
+    x = frame(8, 12)
+    assert all(torch.equal(untransform(transform(x, k), k), x) for k in range(8))
+    assert len({tuple(transform(x, k).flatten().tolist()) for k in TRANSFORMS[8]}) == 8
+    matte = TinyPyramid(3, 1, width=4).eval()
+    matte.out_channels = 1
+    assert resolve_ensemble("auto", 3, 1) == 8 and resolve_ensemble("auto", 3, 3) == 1
+    image = frame(150, 97, seed=3)
+    averaged = apply_model(matte, image, tile="none", edge_context=8)  # auto: a matte averages 8
+    tiled = apply_model(matte, image, tile=64, edge_context=8, ensemble=8)
+    single = apply_model(matte, image, tile="none", edge_context=8, ensemble=1)
+    assert (averaged - tiled).abs().max().item() <= 1e-3
+    assert (averaged - single).abs().max().item() > 1e-3
+    with pytest.raises(DuplidogError, match="infer.ensemble"):
+        apply_model(matte, image, ensemble=3)
+
+
 def test_mirrored_edge_context_is_exact_too(net):
     image = frame(150, 97, seed=1)
     whole = apply_model(net, image, tile="none", edge_context=20)

@@ -38,6 +38,7 @@ import duplidog
 from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, remove_stale_temporaries
 from duplidog.errors import DuplidogError
+from duplidog.infer.ensemble import resolve_ensemble
 from duplidog.infer.runner import apply_model, plan_run
 from duplidog.sequence import FramePattern, format_frame_list
 
@@ -214,10 +215,12 @@ def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.devi
                     settings["edge_context"])
     height, width = image.shape[-2:]
     precision = str(plan.dtype).replace("torch.", "")
+    copies = resolve_ensemble(settings["ensemble"], image.shape[1], int(getattr(model, "out_channels", image.shape[1])))
+    averaged = f", the mean of {copies} flipped and turned copies" if copies > 1 else ""
     if plan.grid is None:
-        return f"{width}x{height} frames whole on {device} in {precision}"
+        return f"{width}x{height} frames whole on {device} in {precision}{averaged}"
     return (f"{width}x{height} frames in {len(plan.grid)} tiles of {plan.grid.tile_width}x{plan.grid.tile_height} "
-            f"(batches of {plan.batch_size}) on {device} in {precision}")
+            f"(batches of {plan.batch_size}) on {device} in {precision}{averaged}")
 
 
 def check_like_plate(info: imageio.ImageInfo, plate: dict) -> None:
@@ -331,7 +334,7 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                 model, image, tile=settings["tile"], overlap=settings["overlap"],
                 batch_size=settings["batch_size"], device=device, precision=settings["precision"],
                 cpu_pixel_budget=settings["cpu_pixel_budget"], memory_fraction=settings["memory_fraction"],
-                edge_context=settings["edge_context"],
+                edge_context=settings["edge_context"], ensemble=settings["ensemble"],
             )
             result = colour.decode(result[0].permute(1, 2, 0).numpy(), space, route.output)
             if passthrough.shape[2]:

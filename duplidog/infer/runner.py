@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from duplidog.errors import DuplidogError
+from duplidog.infer.ensemble import resolve_ensemble, run_ensemble
 from duplidog.infer.tiling import (
     TileGrid, default_overlap, frame_padding, minimum_overlap, mirror_indices, plan_tiles, round_down, round_up,
 )
@@ -281,16 +282,16 @@ def _check_image(image: torch.Tensor) -> None:
         raise ValueError(f"apply_model expects a (1, C, H, W) tensor, got {shape}")
 
 
-def _run_whole(model, padded: torch.Tensor, padding, height, width, scale, device, dtype) -> torch.Tensor:
+def _run_whole(model, padded: torch.Tensor, padding, height, width, scale, device, dtype, copies) -> torch.Tensor:
     with _autocast(device, dtype):
-        out = model(padded.to(device))
+        out = run_ensemble(model, padded.to(device), copies)
     top, left = scale * padding.top, scale * padding.left
     out = out[..., top: top + scale * height, left: left + scale * width]
     return out.to("cpu", torch.float32)
 
 
 def _run_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width, scale, batch_size, device,
-               dtype) -> torch.Tensor:
+               dtype, copies) -> torch.Tensor:
     """Run the grid's tiles in batches and blend each one's weighted kept part into the output."""
     output: torch.Tensor | None = None
     pin = device.type == "cuda"
@@ -303,7 +304,7 @@ def _run_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width, scale
         if pin:
             inputs = inputs.pin_memory()
         with _autocast(device, dtype):
-            outputs = model(inputs.to(device, non_blocking=pin))
+            outputs = run_ensemble(model, inputs.to(device, non_blocking=pin), copies)
         for k, (row, col) in enumerate(batch):
             # The tile's output starts at scale*origin in padded output pixels; keep_* are visible pixels.
             y0 = row.keep_start + scale * (grid.padding.top - row.origin)
@@ -328,6 +329,7 @@ def apply_model(
     cpu_pixel_budget: int | None = None,
     memory_fraction: float = DEFAULT_MEMORY_FRACTION,
     edge_context: str | int = "auto",
+    ensemble: str | int = "auto",
 ) -> torch.Tensor:
     """Run ``model`` over a (1, C, H, W) float32 working-space CPU tensor; returns (1, C', sH, sW) CPU float32.
 
@@ -348,9 +350,13 @@ def apply_model(
             cropped off). "auto": the model's training context (the tile pool's border: the loss
             never scored pixels with less context than that, so a frame edge without it is where a
             network errs most); 0 lets the network meet the frame edge unpadded.
+        ensemble: copies of the input, flipped and turned, whose results are averaged (1, 2, 4, 8;
+            ``duplidog.infer.ensemble``); "auto": 8 for a network whose outputs its input lacks (a
+            matte), 1 otherwise.
     """
     _check_image(image)
     edge_context = resolve_edge_context(model, edge_context)
+    copies = resolve_ensemble(ensemble, image.shape[1], int(getattr(model, "out_channels", image.shape[1])))
     device = torch.device(device) if device is not None else model_device(model)
     if model_device(model) != device:
         model.to(device)
@@ -367,7 +373,8 @@ def apply_model(
     try:
         with torch.inference_mode():
             if plan.grid is None:
-                return _run_whole(model, padded, padding, height, width, scale, device, plan.dtype)
-            return _run_tiles(model, padded, plan.grid, height, width, scale, plan.batch_size, device, plan.dtype)
+                return _run_whole(model, padded, padding, height, width, scale, device, plan.dtype, copies)
+            return _run_tiles(model, padded, plan.grid, height, width, scale, plan.batch_size, device, plan.dtype,
+                              copies)
     finally:
         model.train(was_training)

@@ -89,7 +89,9 @@ def _infer_arguments(settings: dict) -> dict:
     from duplidog.infer import apply_model
 
     accepted = set(inspect.signature(apply_model).parameters) - {"model", "image", "device"}
-    return {key: value for key, value in (settings or {}).items() if key in accepted and value is not None}
+    arguments = {key: value for key, value in (settings or {}).items() if key in accepted and value is not None}
+    # Validation follows the network as it learns; averaging flipped copies would multiply its cost.
+    return {**arguments, "ensemble": 1}
 
 
 @torch.no_grad()
