@@ -64,7 +64,16 @@ def cmd_config(args) -> None:
 
     from duplidog import settings
 
-    print(yaml.safe_dump(settings.defaults(), sort_keys=False), end="")
+    if args.describe:
+        print(settings.described_defaults(), end="")
+    else:
+        print(yaml.safe_dump(settings.defaults(), sort_keys=False), end="")
+
+
+def cmd_status(args) -> None:
+    from duplidog import status
+
+    print(status.format_table(status.find_shots(args.results)))
 
 
 def cmd_ingest(args) -> None:
@@ -93,16 +102,28 @@ def cmd_train(args) -> None:
     metrics = train(pool_path=root / "pool/pool.zarr", plan_path=root / "ingest/plan.json",
                     manifest_path=root / "ingest/manifest.csv", model_dir=root / "model",
                     work_dir=root / "train", config=config)
-    print(json.dumps(metrics, indent=2, default=str))
+    from duplidog.train.loop import summary_line
+
+    print(f"{summary_line(metrics)} (details: {root / 'train/result.json'})")
 
 
 def cmd_infer(args) -> None:
     from duplidog.infer import infer_sequence
     from duplidog.sequence import parse_frame_range
+    from duplidog.settings import resolve
 
+    given = _apply_sets({}, args.set)
+    named = [f"infer.{name}={getattr(args, name)}" for name in ("tile", "device", "precision")
+             if getattr(args, name) is not None]
+    given = _apply_sets(given, named)  # read like --set: "--tile 512" is the number 512
+    unknown = sorted(set(given) - {"infer"})
+    if unknown:
+        raise DuplidogError(f"infer --set: only infer.* settings apply here, not {', '.join(unknown)}")
+    settings = resolve(given, origin="infer --set")["infer"]
     summary = infer_sequence(model_dir=args.model, source_pattern=args.source, output_pattern=args.output,
-                             frames=parse_frame_range(args.frames), tile=args.tile, device=args.device)
-    print(json.dumps(summary, indent=2, default=str))
+                             frames=parse_frame_range(args.frames), settings=settings)
+    print(f"infer: {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.2f} frames/s) "
+          f"to {args.output}")
 
 
 def cmd_assemble(args) -> None:
@@ -163,13 +184,21 @@ def cmd_models(args) -> None:
 def cmd_export(args) -> None:
     from duplidog import export
 
-    result = export.export(args.model, args.to, args.out)
+    ensemble = args.ensemble if args.ensemble == "auto" else int(args.ensemble)
+    result = export.export(args.model, args.to, args.out, ensemble)
     print(json.dumps(result, indent=2, default=str))
+
+
+def _version() -> str:
+    from duplidog import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duplidog", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"duplidog {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def stage(name, func, help):
@@ -184,7 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="write the built-in demo shot (plates, fixed keyframes, shot file)")
     p.add_argument("directory")
     p.set_defaults(func=cmd_demo)
-    sub.add_parser("config", help="print the default settings").set_defaults(func=cmd_config)
+    p = sub.add_parser("config", help="print the default settings")
+    p.add_argument("--describe", action="store_true", help="each setting under its description, as comments")
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("status", help="where each shot stands: stage, steps, validation PSNR, frames delivered")
+    p.add_argument("results", nargs="?", default="results", help="results folder (default: results)")
+    p.set_defaults(func=cmd_status)
     stage("ingest", cmd_ingest, "find frames, check headers, write manifest and plan")
     stage("pool", cmd_pool, "build the Zarr tile pool from the keyframes")
     stage("train", cmd_train, "train the model on the pool")
@@ -195,8 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="source pattern, e.g. plate.%%04d.exr")
     p.add_argument("--output", required=True, help="output pattern")
     p.add_argument("--frames", help="frame range, e.g. 1001-1010 (default: every source frame)")
-    p.add_argument("--tile", default="auto", help="auto | none | tile size in pixels")
-    p.add_argument("--device", default=None, help="cuda | mps | cpu (default: best available)")
+    p.add_argument("--tile", help="auto | none | tile size in pixels (default: infer.tile)")
+    p.add_argument("--device", help="cuda | mps | cpu (default: infer.device, the best available)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: infer.precision")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="an infer setting, e.g. --set infer.ensemble=1 (repeatable)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("bench", help="measure speed (ratios against a reference) or quality (against TuNet)")
@@ -227,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model for Nuke (TorchScript) or Flame (ONNX)")
     p.add_argument("model")
     p.add_argument("--to", required=True, choices=["nuke", "flame"])
+    p.add_argument("--ensemble", default="auto", choices=["auto", "1", "2", "4", "8"],
+                   help="flipped and turned copies averaged inside the file, as infer.ensemble (auto: 8 for "
+                        "a matte, else 1)")
     p.add_argument("out")
     p.set_defaults(func=cmd_export)
     return parser

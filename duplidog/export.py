@@ -8,7 +8,8 @@ crop back to ``scale`` times the input size -- so the file works for any height 
 has to rebuild the pre- and post-processing in a gizmo.
 
 - ``to="nuke"``: a TorchScript file (``.pt``) for Nuke's CatFileCreator, which turns it into a
-  ``.cat`` for the Inference node. ``forward`` takes one 1xCxHxW tensor (scene-linear for a linear
+  ``.cat`` for the Inference node, and beside it a ``.nk`` with both nodes set up
+  (``duplidog.nuke_script``; which Nuke can load the file is said there and in the result). ``forward`` takes one 1xCxHxW tensor (scene-linear for a linear
   model: values above 1 and below 0 are fine) and returns 1xC'x(sH)x(sW). It is *scripted*, not
   traced, so H and W stay free; tensors made inside follow the input's device and dtype, as Nuke's
   "Use GPU" and "Optimize for Speed and Memory" (half precision) require. The card is stored in the
@@ -54,13 +55,15 @@ from duplidog.atomic import atomic_path, atomic_write_text
 from duplidog.colour import as_space, decode, encode
 from duplidog.colour_module import WorkingSpaceModule
 from duplidog.errors import DuplidogError
+from duplidog.infer.ensemble import TRANSFORMS, resolve_ensemble
+from duplidog.nuke_script import torch_requirement, write_nuke_script
 
 log = logging.getLogger(__name__)
 
 TARGETS = ("nuke", "flame")
 SUFFIX = {"nuke": ".pt", "flame": ".onnx"}
 #: Largest allowed difference (scene values) between the exported file and duplidog's inference.
-TOLERANCE = {"nuke": 1e-4, "flame": 1e-3}
+TOLERANCE = {"nuke": 1e-4, "flame": 1e-3, "nuke_half": 0.05}  # nuke_half: the file run in float16
 ONNX_OPSET = 17
 #: Check frames (height, width): not multiples of any size_multiple > 1, one taller than wide.
 CHECK_SIZES = ((37, 53), (70, 41))
@@ -94,10 +97,12 @@ class SceneModel(nn.Module):
 
     def __init__(self, network: nn.Module, space: Any, size_multiple: int, scale: int,
                  host_to_network: Sequence[int], network_to_host: Sequence[int], context: int = 0,
-                 names_in: Sequence[str] | None = None, names_out: Sequence[str] | None = None):
+                 names_in: Sequence[str] | None = None, names_out: Sequence[str] | None = None,
+                 copies: int = 1):
         super().__init__()
         self.context = int(context)
         self.network = network
+        self.transforms: List[int] = list(TRANSFORMS[int(copies)])  # infer.ensemble, as the pipeline runs it
         # names_in: the network's input channels; names_out: the network's outputs (coverage is not shaped)
         self.encode = WorkingSpaceModule(space, "encode", names_in)
         self.decode = WorkingSpaceModule(space, "decode", None if names_out is None
@@ -120,13 +125,28 @@ class SceneModel(nn.Module):
         y = self.encode(x)
         y = y.index_select(2, mirror_index(height, (height + 2 * c + multiple - 1) // multiple * multiple, x.device, c))
         y = y.index_select(3, mirror_index(width, (width + 2 * c + multiple - 1) // multiple * multiple, x.device, c))
-        out = self.network(y)
-        assert isinstance(out, torch.Tensor)
+        out = self.averaged(y)
         scale = self.scale
         out = out[:, :, scale * c: scale * (c + height), scale * c: scale * (c + width)]
         if self.reorder_output:
             out = out.index_select(1, self.network_to_host)
         return self.decode(out)
+
+
+    def averaged(self, y: torch.Tensor) -> torch.Tensor:
+        """The network over each flipped and turned copy, mapped back and averaged (``infer.ensemble``),
+        written out for TorchScript."""
+        outs: List[torch.Tensor] = []
+        for k in self.transforms:
+            x = y.flip([3]) if k >= 4 else y
+            if k % 4 != 0:
+                x = torch.rot90(x, k % 4, [2, 3])
+            out = self.network(x)
+            assert isinstance(out, torch.Tensor)
+            if k % 4 != 0:
+                out = torch.rot90(out, 4 - k % 4, [2, 3])
+            outs.append(out.flip([3]) if k >= 4 else out)
+        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
 
 
 # -- shared helpers ------------------------------------------------------------------------------------
@@ -168,13 +188,13 @@ def check_frames(channels: int, seed: int = 0) -> List[torch.Tensor]:
 
 
 def reference_output(network: nn.Module, space: Any, frame: torch.Tensor, names_in: Sequence[str],
-                     names_out: Sequence[str]) -> torch.Tensor:
+                     names_out: Sequence[str], copies: int) -> torch.Tensor:
     """duplidog's own result for a scene frame: encode, whole-frame fp32 apply_model, decode."""
     from duplidog.infer import apply_model
 
     working = encode(frame, space, names_in)
-    return decode(apply_model(network, working, tile="none", device="cpu", precision="fp32", ensemble=1), space,
-                  names_out)
+    return decode(apply_model(network, working, tile="none", device="cpu", precision="fp32", ensemble=copies),
+                  space, names_out)
 
 
 def output_path(out_path: Union[str, os.PathLike], to: str, card: Dict[str, Any]) -> Path:
@@ -209,14 +229,25 @@ def _export_nuke(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: 
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.jit.save(scripted, str(tmp), _extra_files=extra)
             loaded = torch.jit.load(str(tmp), map_location="cpu")
-        diffs = []
+        expected = [reference_output(network, space, frame, *names, len(wrapper.transforms)) for frame in frames]
         with torch.inference_mode():
-            for frame in frames:
-                expected = reference_output(network, space, frame, *names)
-                got = loaded(frame)
-                diffs.append(_compare(got, expected, out))
+            diffs = [_compare(loaded(frame), want, out) for frame, want in zip(frames, expected)]
+            # Nuke's "Optimize for Speed and Memory" casts the module and the frame to half.
+            loaded.half()
+            halves = [_compare(loaded(frame.half()).float(), want, out) for frame, want in zip(frames, expected)]
         measured = _within(diffs, "nuke", out)
-    return {"files": [str(out)], "sizes": {str(out): _file_size(out)}, **measured}
+        half = _within(halves, "nuke_half", out)
+    files = [out]
+    script = out.with_suffix(".nk")
+    not_written = write_nuke_script(script, out, names[0], names[1], int(getattr(network, "scale", 1)),
+                                    str(card.get("id", "model")), torch.__version__.split("+")[0])
+    if not_written:
+        log.warning("export: %s not written: %s", script, not_written)
+    else:
+        files.append(script)
+    return {"files": [str(f) for f in files], "sizes": {str(f): _file_size(f) for f in files}, **measured,
+            "max_scaled_difference_half": half["max_scaled_difference"],
+            "nuke_versions": torch_requirement(torch.__version__.split("+")[0])}
 
 
 # -- Flame -----------------------------------------------------------------------------------------------
@@ -324,7 +355,7 @@ def _export_flame(wrapper: SceneModel, card: Dict[str, Any], out: Path, network:
         session = onnxruntime.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
         diffs = []
         for frame in frames:
-            expected = reference_output(network, space, frame, *names)[:, order_out]
+            expected = reference_output(network, space, frame, *names, len(wrapper.transforms))[:, order_out]
             host_in = np.ascontiguousarray(frame[:, order_in].numpy())
             got = torch.from_numpy(session.run([FLAME_OUTPUT], {FLAME_INPUT: host_in})[0])
             diffs.append(_compare(got, expected, out))
@@ -361,10 +392,12 @@ def _within(pairs: List[Tuple[float, float]], to: str, out: Path) -> Dict[str, A
             "differences": [p[0] for p in pairs]}
 
 
-def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.PathLike]) -> Dict[str, Any]:
+def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.PathLike],
+           ensemble: str | int = "auto") -> Dict[str, Any]:
     """Export the model in ``model_dir`` for Nuke (``to="nuke"``: TorchScript .pt) or Flame
     (``to="flame"``: .onnx plus its .json sidecar) to ``out_path`` (a file, or a folder for a default
-    name), after checking the written file against duplidog's inference.
+    name), after checking the written file against duplidog's inference. ``ensemble`` as
+    ``infer.ensemble``: the file averages as many flipped and turned copies as the pipeline would.
 
     Returns {target, model_id, files, sizes (bytes), max_difference (absolute, scene values),
     max_scaled_difference (absolute below 1, relative above: what ``TOLERANCE`` bounds), differences
@@ -383,22 +416,23 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
     multiple, scale = int(network.size_multiple), int(getattr(network, "scale", 1))
     out = output_path(out_path, to, card)
     frames = check_frames(network.in_channels)
+    copies = resolve_ensemble(ensemble, network.in_channels, network.out_channels)
 
     if to == "nuke":
         wrapper = SceneModel(network, space, multiple, scale, range(network.in_channels),
-                             range(network.out_channels), network.edge_context, names_in, names_out).eval()
+                             range(network.out_channels), network.edge_context, names_in, names_out, copies).eval()
         result = _export_nuke(wrapper, card, out, network, space, frames, (names_in, names_out))
     else:
         colour_in, alpha_in, order_in = flame_layout(names_in, "input", card_path)
         colour_out, alpha_out, order_out = flame_layout(names_out, "output", card_path)
         host_to_network = torch.argsort(torch.tensor(order_in)).tolist()
         wrapper = SceneModel(network, space, multiple, scale, host_to_network, order_out,
-                             network.edge_context, names_in, names_out).eval()
+                             network.edge_context, names_in, names_out, copies).eval()
         result = _export_flame(wrapper, card, out, network, space, frames, order_in, order_out,
                                ((colour_in, alpha_in), (colour_out, alpha_out)), (names_in, names_out))
     result.update(target=to, model_id=card.get("id"), check_sizes=[list(s) for s in CHECK_SIZES],
                   tolerance=TOLERANCE[to], input_channels=names_in, output_channels=names_out, scale=scale,
-                  colorspace=space.get("name"))
+                  colorspace=space.get("name"), ensemble=copies)
     log.info("export: %s model %s -> %s (max difference %.3g)", to, card.get("id"), ", ".join(result["files"]),
              result["max_difference"])
     return result

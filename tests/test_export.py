@@ -103,8 +103,18 @@ torch.save(results, sys.argv[3])
 def test_nuke_export_runs_without_duplidog_and_matches_its_inference(rgb_model, tmp_path):
     result = export(rgb_model, "nuke", tmp_path / "sh010.pt")
     pt = tmp_path / "sh010.pt"
-    assert result["files"] == [str(pt)] and result["sizes"][str(pt)] == pt.stat().st_size > 0
+    nk = tmp_path / "sh010.nk"
+    assert result["files"] == [str(pt), str(nk)] and result["sizes"][str(pt)] == pt.stat().st_size > 0
     assert result["max_difference"] <= 1e-4 and len(result["differences"]) == 2
+    assert result["max_scaled_difference_half"] <= 0.05  # as Nuke's "Optimize for Speed and Memory" runs it
+    # The Nuke script: CatFileCreator set up for this model, an Inference node reading its .cat, and
+    # which Nuke can load the file.
+    script = nk.read_text()
+    assert f'torchScriptFile "{pt.resolve()}"' in script and f'catFile "{pt.resolve().with_suffix(".cat")}"' in script
+    assert 'channelsIn "rgba.red, rgba.green, rgba.blue"' in script and "outputScale 1" in script
+    assert f'modelFile "{pt.resolve().with_suffix(".cat")}"' in script and script.count("{") == script.count("}")
+    version = torch.__version__.split("+")[0]
+    assert f"saved by torch {version}" in script and f"saved by torch {version}" in result["nuke_versions"]
 
     frames = scene_frames(3)
     torch.save(frames, tmp_path / "frames.pt")
@@ -160,7 +170,7 @@ def test_cli_export_prints_what_was_written(rgb_model, tmp_path, capsys):
 
     assert main(["export", str(rgb_model), "--to", "nuke", str(tmp_path / "m.pt")]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["files"] == [str(tmp_path / "m.pt")] and printed["max_difference"] <= 1e-4
+    assert printed["files"] == [str(tmp_path / "m.pt"), str(tmp_path / "m.nk")] and printed["max_difference"] <= 1e-4
 
 
 # -- Flame ---------------------------------------------------------------------------------------------------
@@ -205,6 +215,50 @@ def test_flame_export_has_dynamic_size_a_sidecar_and_matches_in_onnxruntime(tmp_
         print(f"flame export {tuple(frame.shape[-2:])}: max difference {difference:.3g}, scaled "
               f"{scaled_difference(got, expected):.3g} (out up to {float(np.abs(expected).max()):.1f})")
         assert scaled_difference(got, expected) <= 1e-3
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_matte_export_averages_the_copies_the_pipeline_averages(tmp_path):
+    import onnxruntime
+
+    model_dir = save_tiny_model(tmp_path / "matte", ["R", "G", "B"], ["A"])
+    nuke = export(model_dir, "nuke", tmp_path / "matte.pt")
+    flame = export(model_dir, "flame", tmp_path / "matte.onnx")
+    assert nuke["ensemble"] == flame["ensemble"] == 8  # infer.ensemble auto, for a matte
+    assert 'channelsIn "rgba.red, rgba.green, rgba.blue"\n channelsOut "rgba.alpha"' in (tmp_path / "matte.nk").read_text()
+    single = export(model_dir, "nuke", tmp_path / "single.pt", ensemble=1)
+    assert single["ensemble"] == 1
+    loaded, plain = torch.jit.load(str(tmp_path / "matte.pt")), torch.jit.load(str(tmp_path / "single.pt"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "matte.onnx"), providers=["CPUExecutionProvider"])
+    for frame in scene_frames(3):
+        expected = duplidog_result(model_dir, frame)
+        with torch.inference_mode():
+            assert float((loaded(frame) - expected).abs().max()) <= 1e-4
+            assert float((plain(frame) - expected).abs().max()) > 1e-4
+        assert scaled_difference(session.run(None, {"input_image": frame.numpy()})[0], expected) <= 1e-3
+
+
+#: Autodesk's "Inference Builder" page (Flame 2025): the sidecar's fields, and those of each input and output.
+FLAME_FIELDS = {"MinimumVersion", "Name", "Description", "SupportsSceneLinear", "KeepAspectRatio", "Padding",
+                "Inputs", "Outputs"}
+FLAME_INPUT_FIELDS = {"Name", "Description", "Type", "Gain", "Channels"}
+FLAME_OUTPUT_FIELDS = {"Name", "Description", "Type", "InverseGain", "ScalingFactor", "Channels"}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_flame_sidecar_has_every_documented_field_and_no_other(tmp_path):
+    from duplidog.export import FLAME_MINIMUM_VERSION
+
+    model_dir = save_tiny_model(tmp_path / "rgb", ["R", "G", "B"], ["R", "G", "B"])
+    export(model_dir, "flame", tmp_path / "sh010.onnx")
+    sidecar = json.loads((tmp_path / "sh010.json").read_text())
+    assert set(sidecar) == {"ModelDescription"}
+    description = sidecar["ModelDescription"]
+    assert set(description) == FLAME_FIELDS and description["MinimumVersion"] == FLAME_MINIMUM_VERSION
+    assert all(set(entry) == FLAME_INPUT_FIELDS for entry in description["Inputs"])
+    assert all(set(entry) == FLAME_OUTPUT_FIELDS for entry in description["Outputs"])
+    assert {entry["Type"] for entry in description["Inputs"]} <= {"Front", "Back", "Matte", "Aux"}
+    assert {entry["Type"] for entry in description["Outputs"]} <= {"Result", "OutMatte"}
 
 
 def test_flame_layout_puts_colour_before_alpha_and_names_a_matte():
