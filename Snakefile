@@ -23,6 +23,10 @@ onstart:
     sweep_stale_temporaries()
 
 
+onsuccess:
+    print_run_summary()
+
+
 rule all:
     input:
         all_outputs(),

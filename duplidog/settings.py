@@ -46,6 +46,31 @@ def defaults() -> dict:
     return _defaults_of(schema())
 
 
+def described_defaults(width: int = 100) -> str:
+    """The defaults as YAML, each setting under its schema description as comments
+    (``duplidog config --describe``); loading the text gives ``defaults()``."""
+    import textwrap
+
+    def lines_of(node: dict, values: dict, indent: int) -> list[str]:
+        out = []
+        pad = "  " * indent
+        for key, value in values.items():
+            child = node.get("properties", {}).get(key, {})
+            text = " ".join(str(child.get("description", "")).split())
+            if "enum" in child:
+                text += f" One of: {', '.join(str(v) for v in child['enum'])}."
+            out += [f"{pad}# {line}" for line in textwrap.wrap(text.strip(), max(40, width - len(pad) - 2))]
+            if isinstance(value, dict) and value and child.get("type") == "object" and "properties" in child:
+                out.append(f"{pad}{key}:")
+                out += lines_of(child, value, indent + 1)
+            else:
+                dumped = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False).rstrip("\n")
+                out += [pad + line for line in dumped.splitlines()]
+        return out
+
+    return "\n".join(lines_of(schema(), defaults(), 0)) + "\n"
+
+
 def merge_settings(base: dict, override: dict) -> dict:
     """``override`` on top of ``base``, section by section and key by key (neither is changed)."""
     merged = copy.deepcopy(base)

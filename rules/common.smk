@@ -253,6 +253,16 @@ def sweep_stale_temporaries():
             print(f"duplidog: removed {stale}, left by an earlier run that was killed", file=sys.stderr)
 
 
+def print_run_summary():
+    """One line per shot at the end of a successful run: frames delivered and where, the model's steps
+    and validation PSNR against doing nothing, the QC sheet (``duplidog status`` prints the same table
+    at any time)."""
+    from duplidog.status import shot_status, summary_line
+
+    for shot in SHOTS.values():
+        print(f"duplidog: {summary_line(shot_status(f'results/{shot.name}'))}", file=sys.stderr)
+
+
 def stale_lock_hint():
     """After `kill -9` (or a power loss) Snakemake's lock stays in .snakemake/locks and every later run
     stops on it. When no Snakemake runs in this folder now, say how to unlock, with this run's own

@@ -3,6 +3,8 @@ frame-level runner moves only tiles to the device, never clamps, and restores th
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -364,6 +366,21 @@ def test_infer_sequence_needs_no_plan(shot):
     assert summary["frames"] == 4
     info = imageio.read_info(root / "seq/s.1004.exr")
     assert info.channel_names == ("R", "G", "B", "A")
+
+
+def test_the_infer_command_takes_settings_and_ends_in_one_line(shot, capsys, monkeypatch):
+    from duplidog.cli import main
+
+    root, _ = shot
+    monkeypatch.chdir(root)
+    argv = ["infer", "--model", "model", "--source", "plate/plate.%04d.exr", "--output", "cli/c.####.exr",
+            "--tile", "64", "--precision", "fp32", "--device", "cpu", "--set", "infer.ensemble=2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and re.match(r"infer: 4 frames in [\d.]+ s \([\d.]+ frames/s\) to cli/c.####.exr", out[0])
+    assert main(argv[:-2] + ["--set", "train.steps=3"]) == 2
+    assert "only infer.* settings apply here" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--set", "infer.ensemble=3"]) == 2
 
 
 def test_a_killed_runs_temporaries_of_this_jobs_frames_are_removed_and_no_others(shot):

@@ -78,8 +78,21 @@ def output(root: Path, frame: int) -> Path:
     return root / f"results/t1/output/t1.{frame}.exr"
 
 
-def test_a_finished_run_has_nothing_to_do(run):
+def test_a_finished_run_has_nothing_to_do_and_its_status_says_delivered(run, capsys, monkeypatch):
+    from duplidog.cli import main
+    from duplidog.status import find_shots, summary_line
+
     assert planned_jobs(run) == set()
+    (shot,) = find_shots(run / "results")
+    assert (shot.shot, shot.stage, shot.delivered, shot.frames, shot.steps) == ("t1", "delivered", 7, 7, 6)
+    monkeypatch.chdir(run)
+    line = summary_line(shot)
+    assert line.startswith("t1: delivered, 7 of 7 frames to results/t1/output/t1.%04d.exr; model results/t1/model "
+                           "(6 steps in ") and "validation PSNR" in line and "QC results/t1/assemble/" in line
+    assert main(["status"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["shot", "stage", "steps", "validation", "PSNR", "frames"]
+    assert table[1].split()[:3] == ["t1", "delivered", "6"] and table[1].split()[-1] == "7/7"
 
 
 def test_two_deleted_frames_rerun_only_their_chunk(run):
@@ -142,14 +155,16 @@ def test_starting_from_another_shots_model_under_results_plans_a_retraining(run)
 
 
 def train_result(root: Path) -> dict:
-    done = [line for line in (root / "logs/t1/train.log").read_text().splitlines() if "train: done:" in line]
-    return json.loads(done[-1].split("train: done:", 1)[1])
+    return json.loads((root / "results/t1/train/result.json").read_text())
 
 
 def test_more_steps_train_the_shots_model_further_and_its_own_model_can_be_the_start(run):
     # Issue 14.1: raising train.steps restarted from scratch; init_from the shot's own model was a
     # CyclicGraphException.
-    snakemake(*LOCAL, "--configfile", str(write_shot_file(run, train={"steps": 9})), "--until", "train", cwd=run)
+    ran = snakemake(*LOCAL, "--configfile", str(write_shot_file(run, train={"steps": 9})), "--until", "train",
+                    cwd=run)
+    # The run ends in one line per shot; the frames on disk are the earlier model's.
+    assert "duplidog: t1: trained, 0 of 7 frames" in ran.stderr, ran.stderr[-2000:]
     result = train_result(run)
     assert result["start"] == "continue" and result["resumed_from"] == TINY["train"]["steps"]
     assert result["steps"] == 9

@@ -14,6 +14,27 @@ def test_config_yaml_equals_the_schema_defaults():
         assert yaml.safe_load(f) == settings.defaults(), "regenerate with: duplidog config > config/config.yaml"
 
 
+def test_config_describe_puts_each_description_over_its_setting_and_still_loads(capsys):
+    from duplidog.cli import main
+
+    assert main(["config", "--describe"]) == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text) == settings.defaults()
+    lines = text.splitlines()
+    at = lines.index("  start_over: false")
+    assert lines[at - 1].startswith("  # ") and "Train from scratch when the keyframes change" in "\n".join(lines[at - 4:at])
+    assert "One of: auto, 1, 2, 4, 8." in text  # infer.ensemble's choices
+
+
+def test_version(capsys):
+    from duplidog import __version__
+    from duplidog.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"duplidog {__version__}"
+
+
 def test_every_schema_key_has_type_description_and_default():
     def walk(node, path):
         for key, child in node.get("properties", {}).items():

@@ -7,6 +7,7 @@ MSRN cut down to a few hundred parameters, so every ``train`` call takes a secon
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -437,6 +438,21 @@ def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tm
     for key, value in straight["ema"]["model"].items():
         assert torch.equal(value, resumed["ema"]["model"][key]), key
     assert torch.equal(straight["optimizer"]["state"][0]["exp_avg_sq"], resumed["optimizer"]["state"][0]["exp_avg_sq"])
+
+
+def test_a_job_log_gets_plain_progress_lines_and_one_line_at_the_end(shot, tmp_path, caplog):
+    caplog.set_level("INFO")
+    result = run(shot, tmp_path, steps=20, progress=True, progress_every=5, validate_every=10)
+    lines = [r.getMessage() for r in caplog.records]
+    progress = [line for line in lines if line.startswith("train: step ")]
+    assert [line.split()[2] for line in progress] == ["5/20", "10/20", "15/20", "20/20"], progress
+    assert re.match(r"train: step 5/20 \(25 %\) loss [\d.e-]+ lr [\d.e+-]+, [\d.]+ steps/s, [\d.]+ min left, \w+",
+                    progress[0]), progress[0]
+    done = [line for line in lines if line.startswith("train: done:")]
+    assert len(done) == 1 and "\n" not in done[0] and "{" not in done[0]
+    assert re.match(r"train: done: 20 steps in [\d.]+ min \(stopped by steps\); validation PSNR [\d.]+ dB against "
+                    r"[\d.]+ dB doing nothing; model \S+model$", done[0]), done[0]
+    assert json.loads((tmp_path / "train/result.json").read_text())["steps"] == result["steps"] == 20
 
 
 def test_changed_settings_start_from_scratch_and_a_changed_pool_fine_tunes(shot, tmp_path, caplog):

@@ -432,7 +432,7 @@ def infer_sequence(
     source_pattern: str,
     output_pattern: str,
     frames: Iterable[int] | None = None,
-    tile: str | int = "auto",
+    tile: str | int | None = None,
     device: str | None = None,
     settings: dict | None = None,
 ) -> dict:
@@ -445,7 +445,9 @@ def infer_sequence(
     from duplidog.ingest import check_output_pattern
     from duplidog.modelstore import load_model
 
-    settings = {**infer_settings(settings), "tile": tile}
+    settings = infer_settings(settings)  # tile and device, where given, override the settings' own
+    if tile is not None:
+        settings["tile"] = tile
     if device is not None:
         settings["device"] = device
     source = FramePattern(source_pattern)

@@ -44,7 +44,7 @@ NAME = re.compile(r"^step_(\d{8,})\.pt$")
 #: made under other values of these is still resumed.
 OPERATIONAL_KEYS = frozenset({
     "max_minutes", "device", "precision", "compile", "num_workers", "prefetch_batches", "data_on_device",
-    "device_memory_fraction", "progress", "log_every", "validate_every", "checkpoint_every",
+    "device_memory_fraction", "progress", "progress_every", "log_every", "validate_every", "checkpoint_every",
     "keep_checkpoints", "activation_stats_every", "convergence_window", "validation_frames_max",
 })
 

@@ -39,6 +39,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from duplidog.atomic import atomic_write_json
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
 from duplidog.train.colour_fit import BUDGET_SHARE, STEPS_PER_NETWORK_STEP, fit_colour_path, sample_pixels
@@ -265,6 +266,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     work_dir, model_dir = Path(work_dir), Path(model_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = work_dir / "checkpoints"
+    (work_dir / "result.json").unlink(missing_ok=True)  # written again when this run ends
     max_minutes = settings.get("max_minutes")
     budget_seconds = 60.0 * float(max_minutes) if max_minutes else None
     # Without a step count the budget alone ends the run (and the schedule); without either, DEFAULT_STEPS.
@@ -424,7 +426,9 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             return {}
         metrics = validate(ema.model, frames, config.get("infer", {}))
         latest_results = metrics["_results"]
-        write_contact_sheet(work_dir / f"contact_{step:08d}.png", frames, latest_results)
+        picture = write_contact_sheet(work_dir / f"contact_{step:08d}.png", frames, latest_results,
+                                      title=f"step {step}")
+        monitor.image("validation/contact_sheet", picture, step)
         last_validation = _plain(metrics)
         monitor.validation(step, {k: v for k, v in last_validation.items() if k != "frames"})
         improved = metrics["psnr"] > best_psnr
@@ -520,7 +524,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             }
             save_model(model_dir, ema.model, card)
             if latest_results:
-                write_contact_sheet(work_dir / "contact_final.png", frames, latest_results)
+                write_contact_sheet(work_dir / "contact_final.png", frames, latest_results,
+                                    title=f"final model, step {step}")
     finally:
         batches.close()
         monitor.close()
@@ -545,5 +550,21 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         "checkpoint": str(final_checkpoint),
         "model_dir": str(model_dir),
     }
-    log.info("train: done: %s", json.dumps(result, default=str))
+    atomic_write_json(work_dir / "result.json", result)
+    log.info("%s", summary_line(result))
     return result
+
+
+def summary_line(result: Dict[str, Any]) -> str:
+    """One line on how training ended, for the job's log and the command line."""
+    how = {"continue": ", trained further", "fine-tune": ", fine-tuned", "resume": ", resumed"}.get(result["start"], "")
+    line = (f"train: done: {result['steps']} steps in {result['minutes']:.1f} min (stopped by "
+            f"{result['stopped_by']}{how}); ")
+    if result.get("validation_psnr") is None:
+        line += "not validated (no keyframe to validate on); "
+    else:
+        line += f"validation PSNR {result['validation_psnr']:.2f} dB"
+        if result.get("validation_psnr_identity") is not None:
+            line += f" against {result['validation_psnr_identity']:.2f} dB doing nothing"
+        line += "; "
+    return line + f"model {result['model_dir']}"

@@ -3,8 +3,9 @@
 What a compositor wants to know while a shot trains is "is it still getting better, and when will it
 be done"; a TD wants the numbers afterwards. So:
 
-* a tqdm progress bar (to stderr, which the pipeline sends to the job's log) with the step, the loss
-  and its terms, the learning rate, steps/s, the ETA and a one-word convergence status;
+* on a terminal a tqdm progress bar with the step, the loss and its terms, the learning rate,
+  steps/s, the ETA and a one-word convergence status; in a job's log (not a terminal) the same as
+  a plain line every ``progress_every`` steps;
 * the status -- ``converging``, ``plateauing`` or ``diverging`` -- comes from the slope of the
   log-loss over the last ``window`` steps (a least-squares line), which is insensitive to the loss
   scale and to single noisy batches;
@@ -137,8 +138,13 @@ class ActivationStats:
         return out
 
 
+#: The smallest range of the loss plot's PSNR axis, in dB.
+MIN_PSNR_SPAN = 3.0
+
+
 def write_loss_plot(path: Path, rows: List[dict], loss_names: List[str]) -> None:
-    """Loss (total and terms, log scale) and validation PSNR against step, as a PNG (Agg, no pyplot)."""
+    """Loss (total and terms, log scale) and validation PSNR against step, with doing nothing's PSNR
+    as a line, as a PNG (Agg, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -162,11 +168,25 @@ def write_loss_plot(path: Path, rows: List[dict], loss_names: List[str]) -> None
     val_rows = [r for r in rows if r.get("val_psnr") not in (None, "")]
     if val_rows:
         psnr_axes = axes.twinx()
-        line = psnr_axes.plot([r["step"] for r in val_rows], [float(r["val_psnr"]) for r in val_rows], "o-",
-                              color="tab:red", label="validation PSNR (dB)")
-        psnr_axes.set_ylabel("validation PSNR (dB)")
+        values = [float(r["val_psnr"]) for r in val_rows]
+        line = psnr_axes.plot([r["step"] for r in val_rows], values, "o-", color="tab:red",
+                              label="validation PSNR (dB)")
         handles += line
         labels += [line[0].get_label()]
+        nothing = [float(r["val_psnr_identity"]) for r in val_rows if r.get("val_psnr_identity") not in (None, "")]
+        if nothing:  # the plate itself against the target: what the fix has to beat
+            level = psnr_axes.axhline(nothing[-1], color="tab:red", linestyle=":", linewidth=1.0,
+                                      label=f"doing nothing ({nothing[-1]:.1f} dB)")
+            handles.append(level)
+            labels.append(level.get_label())
+            values.append(nothing[-1])
+        # At least MIN_PSNR_SPAN dB tall, so a wobble of hundredths of a dB does not fill the plot.
+        finite = [v for v in values if math.isfinite(v)]
+        if finite:
+            low, high = min(finite), max(finite)
+            middle, half = (low + high) / 2, max(high - low, MIN_PSNR_SPAN) / 2 * 1.1
+            psnr_axes.set_ylim(middle - half, middle + half)
+        psnr_axes.set_ylabel("validation PSNR (dB)")
     if handles:
         axes.legend(handles, labels, loc="upper right", fontsize="small")
     figure.tight_layout()
@@ -196,13 +216,20 @@ class TrainingMonitor:
         from torch.utils.tensorboard import SummaryWriter
 
         self.tensorboard = SummaryWriter(log_dir=str(self.work_dir / "tensorboard"), purge_step=start_step or None)
-        interactive = sys.stderr.isatty()
+        # A bar on a terminal; in a job's log file (Snakemake, SLURM) a plain line every progress_every steps,
+        # since a bar there is carriage returns packed into a few unreadable lines.
         self.bar = None
-        if settings.get("progress", True):
+        self.progress_every = 0
+        self.budget_seconds = 60.0 * float(settings["max_minutes"]) if settings.get("max_minutes") else None
+        if settings.get("progress", True) and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True,
-                            mininterval=0.5 if interactive else 30.0, smoothing=0.05, desc="train")
+                            mininterval=0.5, smoothing=0.05, desc="train")
+        elif settings.get("progress", True):
+            self.progress_every = max(1, int(settings.get("progress_every", 50)))
+        self._progress_losses: List[float] = []
+        self._progress_mark = (self.started, start_step)
 
     @property
     def status(self) -> str:
@@ -218,6 +245,10 @@ class TrainingMonitor:
             self.bar.set_postfix_str(
                 f"loss {loss:.4g}" + (f" [{terms}]" if terms else "") + f" lr {lr:.2e} {self.status}", refresh=False
             )
+        if self.progress_every:
+            self._progress_losses.append(loss)
+            if step % self.progress_every == 0 or step == self.total_steps:
+                self.write(self.progress_line(step, lr))
         if step % self.log_every == 0 or step == self.total_steps:
             now = time.monotonic()
             self.steps_per_second = (step - self._last_step) / max(now - self._last_time, 1e-9)
@@ -236,6 +267,25 @@ class TrainingMonitor:
             self.tensorboard.add_scalar("train/steps_per_s", self.steps_per_second, step)
             self.write_csv()
 
+    def progress_line(self, step: int, lr: float) -> str:
+        """``train: step 300/600 (50 %) loss 0.0123 lr 4.2e-04, 3.4 steps/s, 1.5 min left, converging``."""
+        now = time.monotonic()
+        since, since_step = self._progress_mark
+        rate = (step - since_step) / max(now - since, 1e-9)
+        self._progress_mark = (now, step)
+        loss = sum(self._progress_losses) / max(1, len(self._progress_losses))
+        self._progress_losses = []
+        if self.total_steps:
+            where = f"step {step}/{self.total_steps} ({100 * step // self.total_steps} %)"
+            left = (self.total_steps - step) / rate if rate > 0 else None
+        else:
+            where, left = f"step {step}", None
+        if self.budget_seconds is not None:  # a budget may end the run before the steps do
+            budget_left = max(0.0, self.budget_seconds - (now - self.started))
+            left = budget_left if left is None else min(left, budget_left)
+        eta = "" if left is None else f", {left / 60:.1f} min left"
+        return f"train: {where} loss {loss:.4g} lr {lr:.2e}, {rate:.2f} steps/s{eta}, {self.status}"
+
     def activations(self, step: int, stats: Dict[str, Dict[str, float]]) -> None:
         for block, values in stats.items():
             for key, value in values.items():
@@ -251,6 +301,10 @@ class TrainingMonitor:
         self.write(f"validation at step {step}: {message}")
         self.write_csv()
         self.write_plot()
+
+    def image(self, name: str, picture, step: int) -> None:
+        """A picture (H, W, 3 uint8) in TensorBoard, under ``name`` at ``step``."""
+        self.tensorboard.add_image(name, picture, step, dataformats="HWC")
 
     def write(self, message: str) -> None:
         """A log line that does not break the progress bar."""

@@ -1,0 +1,141 @@
+"""Where each shot stands, read from the files its stages leave under ``results/<shot>/``.
+
+A TD running a batch of shots asks two questions: "how far is each one" while it runs, and "what did
+it deliver" when it ends. Both are answered from the stages' own outputs -- the plan, the pool, the
+checkpoints, the model card, the output frames and the assemble summary -- so nothing extra has to
+be written or kept in step, and a shot run by hand (the ``duplidog`` stage commands) reads the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional
+
+#: The stages in pipeline order, each named by what its finished output says.
+STAGES = ("not started", "ingested", "pooled", "training", "trained", "inferring", "delivered")
+
+
+@dataclass
+class ShotStatus:
+    shot: str
+    stage: str
+    frames: int = 0
+    delivered: int = 0
+    steps: Optional[int] = None
+    target_steps: Optional[int] = None
+    validation_psnr: Optional[float] = None
+    nothing_psnr: Optional[float] = None
+    minutes: Optional[float] = None
+    model: Optional[str] = None
+    output: Optional[str] = None
+    contact_sheet: Optional[str] = None
+
+
+def _json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _newest_checkpoint_step(directory: Path) -> Optional[int]:
+    from duplidog.train.checkpoint import list_checkpoints
+
+    found = list_checkpoints(directory)
+    return found[-1][0] if found else None
+
+
+def _delivered(plan: dict, frames: List[int], model_written: float) -> int:
+    """Output frames written by the current model (after its card: older ones are an earlier model's)."""
+    from duplidog.sequence import FramePattern
+
+    if not plan.get("output"):
+        return 0
+    pattern = FramePattern(plan["output"])
+    count = 0
+    for frame in frames:
+        try:
+            count += os.stat(pattern.path(frame)).st_mtime >= model_written
+        except OSError:
+            continue
+    return count
+
+
+def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
+    """The status of the shot whose results are in ``shot_dir`` (``results/<shot>``)."""
+    root = Path(shot_dir)
+    status = ShotStatus(shot=root.name, stage="not started")
+    plan = _json(root / "ingest/plan.json")
+    if plan is None:
+        return status
+    frames = [int(f) for f in plan.get("frames", [])]
+    status.frames, status.stage = len(frames), "ingested"
+    if (root / "pool/pool.zarr/zarr.json").is_file():
+        status.stage = "pooled"
+    step = _newest_checkpoint_step(root / "train/checkpoints")
+    if step is not None:
+        status.stage, status.steps = "training", step
+    result = _json(root / "train/result.json")
+    card = _json(root / "model/model.json")
+    if card is not None:
+        status.stage, status.model = "trained", str(root / "model")
+        status.steps = card.get("training", {}).get("steps", status.steps)
+        validation = card.get("metrics", {}).get("validation") or {}
+        status.validation_psnr = validation.get("psnr")
+        status.nothing_psnr = validation.get("psnr_identity")
+        if result is not None:
+            status.minutes, status.target_steps = result.get("minutes"), result.get("target_steps")
+        status.delivered = _delivered(plan, frames, (root / "model/model.json").stat().st_mtime)
+        status.output = plan.get("output")
+        if status.delivered:
+            status.stage = "inferring"
+        summary = _json(root / "assemble/summary.json")
+        if summary is not None and status.delivered == status.frames:
+            status.stage, status.contact_sheet = "delivered", summary.get("contact_sheet")
+    return status
+
+
+def find_shots(results: str | os.PathLike = "results") -> List[ShotStatus]:
+    """The status of every shot folder under ``results`` (those with an ingest plan or a model)."""
+    root = Path(results)
+    if not root.is_dir():
+        return []
+    shots = [d for d in sorted(root.iterdir())
+             if d.is_dir() and ((d / "ingest/plan.json").is_file() or (d / "model/model.json").is_file())]
+    return [shot_status(d) for d in shots]
+
+
+def _psnr(status: ShotStatus) -> str:
+    if status.validation_psnr is None:
+        return "-"
+    text = f"{status.validation_psnr:.2f} dB"
+    return text + (f" (nothing {status.nothing_psnr:.2f})" if status.nothing_psnr is not None else "")
+
+
+def format_table(statuses: Iterable[ShotStatus]) -> str:
+    """One row per shot: stage, training steps, validation PSNR against doing nothing, frames delivered."""
+    rows = [("shot", "stage", "steps", "validation PSNR", "frames")]
+    for s in statuses:
+        steps = "-" if s.steps is None else str(s.steps)
+        rows.append((s.shot, s.stage, steps, _psnr(s), f"{s.delivered}/{s.frames}"))
+    if len(rows) == 1:
+        return "no shots found"
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def summary_line(status: ShotStatus) -> str:
+    """The line a finished run prints for a shot: what was delivered, where, and how good it looked."""
+    parts = [f"{status.shot}: {status.stage}, {status.delivered} of {status.frames} frames"]
+    if status.output:
+        parts.append(f"to {status.output}")
+    line = " ".join(parts)
+    if status.steps is not None:
+        minutes = f" in {status.minutes:.1f} min" if status.minutes is not None else ""
+        line += f"; model {status.model} ({status.steps} steps{minutes}, validation PSNR {_psnr(status)})"
+    if status.contact_sheet:
+        line += f"; QC {status.contact_sheet}"
+    return line
