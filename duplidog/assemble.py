@@ -7,12 +7,16 @@ compared with what the plan promises, and *all* the faults are reported together
 rerun then fixes them in one go. Then:
 
 * ``checksums.tsv``: frame, path and SHA-256 of each file, so a copy to the client can be verified;
-* ``contact_sheet.png``: a few frames as rows (keyframes first, the rest spread over the shot),
-  columns plate | result and, on keyframes, target | difference. Pictures go through a simple view
+* ``contact_sheet.png``: the frames an artist checks as rows (the held-out keyframe, the frames
+  farthest from any keyframe, the frames named in ``assemble.frames``), each titled with what it is;
+  columns plate | result and, on keyframes, target | difference, then two zoomed crops (whole
+  pixels, no resampling) where the keyframe's error is worst or where the fix changes the plate most.
+  Pictures go through a simple view
   transform (scene-linear: the working-space shaper, which maps 0..1 to 0..1 with highlights rolled
   off; log and display: as they are) and are quantised to 8 bits *only here, for the picture*;
 * ``summary.json``: frames, inference seconds and frames per second (summed over the chunks' own
-  summaries), plus how far each keyframe's result is from its target.
+  summaries), how far each keyframe's result is from its target (whole frame and worst 32x32
+  block), and a warning for each keyframe whose worst block is poor however good the whole frame is.
 
 All three files are written atomically.
 """
@@ -38,6 +42,20 @@ log = logging.getLogger(__name__)
 
 #: Differences are shown this many times brighter, so small errors are visible.
 DIFFERENCE_GAIN = 4.0
+#: The block a keyframe's local error is measured on, and the PSNR below which it is reported: a
+#: paint-out left half done can leave the whole frame above 35 dB.
+BLOCK, WORST_BLOCK_WARNING = 32, 25.0
+
+
+def _keyframe_error(result: np.ndarray, target: np.ndarray, held_out: bool) -> dict[str, Any]:
+    """How far a keyframe's result is from its target, in the working space (peak 1)."""
+    from duplidog.quality.scores import psnr
+
+    difference = result - target
+    worst, top, left = worst_block(result, target, BLOCK)
+    return {"held_out": held_out, "mean_abs": float(np.abs(difference).mean()),
+            "rms": float(np.sqrt(np.mean(difference ** 2))), "psnr": float(psnr(result, target)),
+            "worst_block_psnr": worst, "worst_block_at": [top, left]}
 
 
 def _sha256(path: str | Path) -> str:
@@ -96,16 +114,54 @@ def load_infer_summaries(infer_summaries: Iterable[dict | str | Path] | None, ou
     return summaries
 
 
-def contact_frames(frames: Sequence[int], keyframes: Sequence[int], count: int) -> list[int]:
-    """Up to ``count`` frames: keyframes first (they have a target to compare), then spread evenly."""
-    keys = [f for f in keyframes if f in frames]
-    chosen = keys[: max(1, count // 2)] if keys else []
-    rest = [f for f in frames if f not in chosen]
-    needed = count - len(chosen)
-    if needed > 0 and rest:
-        picks = np.linspace(0, len(rest) - 1, min(needed, len(rest))).round().astype(int)
-        chosen += [rest[i] for i in sorted(set(picks.tolist()))]
-    return sorted(chosen)
+def contact_frames(frames: Sequence[int], keyframes: Sequence[int], count: int, held_out: Sequence[int] = (),
+                   named: Sequence[int] = ()) -> list[tuple[int, str]]:
+    """The contact sheet's rows as (frame, what it is), in shot order.
+
+    What an artist checks: the held-out keyframes (a target the network never trained on), the frames
+    the user names (``assemble.frames``), and, up to ``count`` rows in all with the held-out ones, the
+    frames farthest from any keyframe -- where a fix learnt from the keyframes is least sure. Only when
+    every frame is a keyframe are keyframes shown to fill the rows.
+    """
+    present = set(frames)
+    keys = sorted(f for f in keyframes if f in present)
+    rows = {f: "held-out keyframe" for f in held_out if f in present}
+    for frame in named:
+        if frame in present:
+            rows.setdefault(frame, "named keyframe" if frame in keys else "named")
+    anchors = (list(keys) or [frames[0]]) if frames else []
+    unseen = [f for f in frames if f not in keys and f not in rows]
+    wanted = count - sum(role == "held-out keyframe" for role in rows.values())
+    while wanted > 0 and unseen:
+        # The next row: the frame farthest from every keyframe and every frame already chosen.
+        taken = anchors + [f for f in rows if f not in keys]
+        farthest = max(unseen, key=lambda f: (min(abs(f - a) for a in taken), -f))
+        distance = min(abs(farthest - k) for k in keys) if keys else None
+        rows[farthest] = f"unseen, {distance} frame{'s' * (distance != 1)} from a keyframe" if keys else "unseen"
+        unseen.remove(farthest)
+        wanted -= 1
+    for frame in keys:  # a shot whose every frame is a keyframe
+        if wanted <= 0:
+            break
+        if frame not in rows:
+            rows[frame], wanted = "keyframe", wanted - 1
+    return sorted(rows.items())
+
+
+def worst_block(result: np.ndarray, reference: np.ndarray, block: int) -> tuple[float, int, int]:
+    """(PSNR, top, left) of the ``block`` x ``block`` block where ``result`` is farthest from ``reference``."""
+    from duplidog.quality.scores import block_psnrs
+
+    psnrs = block_psnrs(result, reference, block)
+    row, col = np.unravel_index(int(np.argmin(psnrs)), psnrs.shape)
+    return float(psnrs[row, col]), int(row) * block, int(col) * block
+
+
+def _zoom(pixels: np.ndarray, top: int, left: int, size: int, width: int) -> np.ndarray:
+    """The ``size`` x ``size`` crop at (top, left), enlarged by whole pixels to about ``width`` (no resampling)."""
+    crop = pixels[top: top + size, left: left + size]
+    factor = max(1, width // max(1, crop.shape[1]))
+    return np.repeat(np.repeat(crop, factor, axis=0), factor, axis=1)
 
 
 def _display_channels(names: Sequence[str]) -> list[str]:
@@ -138,21 +194,25 @@ def _thumbnail(pixels: np.ndarray, width: int) -> np.ndarray:
 
 
 def write_contact_sheet(path: Path, rows: list[dict], space: str, width: int) -> None:
-    """Rows of labelled pictures (plate | result [| target | difference]) as one 8-bit PNG."""
+    """Rows of labelled pictures as one 8-bit PNG: each row a frame, titled with its number and what it
+    is (held-out keyframe, named, how far from a keyframe), each picture with its column's label."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     columns = max(len(r["pictures"]) for r in rows)
     aspect = rows[0]["pictures"][0][1].shape[0] / rows[0]["pictures"][0][1].shape[1]
     cell_w = width / 100.0
-    figure = Figure(figsize=(columns * cell_w, len(rows) * (cell_w * aspect + 0.3)), dpi=100)
+    figure = Figure(figsize=(columns * cell_w, len(rows) * (cell_w * aspect + 0.45)), dpi=100)
     FigureCanvasAgg(figure)
     for r, row in enumerate(rows):
         for c, (label, picture) in enumerate(row["pictures"]):
             axes = figure.add_subplot(len(rows), columns, r * columns + c + 1)
-            axes.imshow(picture, interpolation="nearest")
-            axes.set_title(f"{label} {row['frame']}" if c == 0 else label, fontsize=8)
             axes.axis("off")
+            if picture is None:  # a column this row has nothing for
+                continue
+            axes.imshow(picture, interpolation="nearest")
+            title = f"{row['frame']}: {row['role']}\n{label}" if c == 0 and row.get("role") else f"\n{label}"
+            axes.set_title(title, fontsize=7, loc="left")
     figure.tight_layout(pad=0.3)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
@@ -213,33 +273,61 @@ def assemble(
     space = plan.get("colorspace", "display")
     keyframes = [int(f) for f in plan.get("keyframes", [])]
     targets = {int(r.frame): r.target for r in manifest.itertuples() if getattr(r, "target", "")}
-    keyframe_error = {}
-    rows = []
-    chosen = set(contact_frames(frames, keyframes, int(settings["contact_frames"])))
+    keyframe_error, warnings, rows = {}, [], []
+    held_out = [int(f) for f in plan.get("validation_frames") or []]
+    chosen = dict(contact_frames(frames, keyframes, int(settings["contact_frames"]), held_out,
+                                 [int(f) for f in settings.get("frames") or []]))
+    thumb = int(settings["contact_width"])
+    shown = _display_channels(plan["output_channels"])
+    index = [plan["output_channels"].index(c) for c in shown]
+    plate_channels = _display_channels(plan["input_channels"])
+    picture = lambda x: _thumbnail(view_transform(x, space), thumb)  # noqa: E731
     for frame in frames:
         target_path = targets.get(frame) if frame in keyframes else None
         if frame not in chosen and not target_path:
             continue
         result = imageio.read_pixels(output.path(frame), plan["output_channels"])
         target = imageio.read_pixels(target_path, plan["output_channels"]) if target_path else None
+        size = max(16, min(result.shape[0], result.shape[1]) // 8)  # the zoomed square: an eighth of the frame
         if target is not None and target.shape == result.shape:
-            difference = colour.encode(result, space) - colour.encode(target, space)
-            keyframe_error[str(frame)] = {"mean_abs": float(np.abs(difference).mean()),
-                                          "rms": float(np.sqrt(np.mean(difference ** 2)))}
+            error = _keyframe_error(colour.encode(result, space), colour.encode(target, space), frame in held_out)
+            keyframe_error[str(frame)] = error
+            if error["worst_block_psnr"] < WORST_BLOCK_WARNING:
+                warnings.append(f"frame {frame}{' (held out)' if frame in held_out else ''}: its worst "
+                                f"{BLOCK}x{BLOCK} block is {error['worst_block_psnr']:.1f} dB at x {error['worst_block_at'][1]}, "
+                                f"y {error['worst_block_at'][0]} although the whole frame is {error['psnr']:.1f} dB: "
+                                "a local failure a whole-frame figure hides")
         if frame not in chosen:
             continue
-        shown = _display_channels(plan["output_channels"])
-        plate_channels = _display_channels(plan["input_channels"])
-        picture = lambda x: _thumbnail(view_transform(x, space), int(settings["contact_width"]))  # noqa: E731
-        pictures = [("plate", picture(imageio.read_pixels(source.path(frame), plate_channels))),
-                    ("result", picture(result[:, :, [plan["output_channels"].index(c) for c in shown]]))]
+        plate = imageio.read_pixels(source.path(frame), plate_channels)
+        pictures = [("plate", picture(plate)), ("result", picture(result[:, :, index]))]
         if target is not None and target.shape == result.shape:
-            index = [plan["output_channels"].index(c) for c in shown]
             pictures.append(("target", picture(target[:, :, index])))
             gap = np.abs(colour.encode(result[:, :, index], space) - colour.encode(target[:, :, index], space))
-            pictures.append((f"difference x{DIFFERENCE_GAIN:g}",
-                             _thumbnail(view_transform(gap * DIFFERENCE_GAIN, "display"), int(settings["contact_width"]))))
-        rows.append({"frame": frame, "pictures": pictures})
+            pictures.append((f"difference x{DIFFERENCE_GAIN:g}", _thumbnail(view_transform(gap * DIFFERENCE_GAIN, "display"), thumb)))
+            # Zoom where the result is farthest from the target.
+            _, top, left = worst_block(colour.encode(result[:, :, index], space),
+                                       colour.encode(target[:, :, index], space), size)
+            zooms = [("result", result[:, :, index]), ("target", target[:, :, index])]
+            where = "worst error"
+        else:
+            # Zoom where the result changes the plate most: where the fix is, and where it fails if it does.
+            source_index = [plate_channels.index(c) for c in shown if c in plate_channels]
+            if len(source_index) == len(index):
+                _, top, left = worst_block(colour.encode(result[:, :, index], space),
+                                           colour.encode(plate[:, :, source_index], space), size)
+            else:  # a matte from RGB: where the matte has most edge
+                matte = result[:, :, index]
+                _, top, left = worst_block(matte, np.roll(np.roll(matte, 1, axis=0), 1, axis=1), size)
+            zooms = [("plate", plate), ("result", result[:, :, index])]
+            where = "most change"
+            pictures += [("", None), ("", None)]  # no target: the zooms stay in their columns
+        for label, image in zooms:
+            pictures.append((f"zoom: {label}", _zoom(view_transform(image, space), top, left, size, thumb)))
+        rows.append({"frame": frame, "pictures": pictures,
+                     "role": f"{chosen[frame]}; zoom on {where} at x {left}, y {top}"})
+    for warning in warnings:
+        log.warning("assemble %s: %s", plan.get("shot"), warning)
     write_contact_sheet(out_dir / "contact_sheet.png", rows, space, int(settings["contact_width"]))
 
     chunks = load_infer_summaries(infer_summaries, out_dir)
@@ -257,6 +345,7 @@ def assemble(
         "height": height,
         "channels": channels,
         "keyframe_error": keyframe_error,
+        "warnings": warnings,
         "checksums": str(out_dir / "checksums.tsv"),
         "contact_sheet": str(out_dir / "contact_sheet.png"),
     }

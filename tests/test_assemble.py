@@ -96,11 +96,29 @@ def test_nan_in_an_output_frame_is_a_fault(shot):
         run(root)
 
 
-def test_contact_frames_put_keyframes_first_and_spread_the_rest():
-    chosen = contact_frames(list(range(1, 101)), [10, 50, 90], 4)
-    assert {10, 50} <= set(chosen) and len(chosen) == 4 and chosen == sorted(chosen)
-    assert 1 in chosen and 100 in chosen  # the rest spread to both ends of the shot
-    assert contact_frames([1, 2], [], 4) == [1, 2]
+def test_contact_frames_are_the_held_out_keyframe_the_frames_farthest_from_keyframes_and_named_ones():
+    rows = contact_frames(list(range(1, 101)), [10, 50, 90], 4, held_out=[50], named=[42])
+    assert rows == [(26, "unseen, 16 frames from a keyframe"), (42, "named"), (50, "held-out keyframe"),
+                    (60, "unseen, 10 frames from a keyframe"), (70, "unseen, 20 frames from a keyframe")]
+    assert contact_frames([1, 2], [1, 2], 4) == [(1, "keyframe"), (2, "keyframe")]
+    assert [f for f, _ in contact_frames(list(range(1, 13)), [1, 4, 8, 12], 2)] == [6, 10]
+
+
+def test_a_local_failure_is_warned_of_and_zoomed_on_although_the_whole_frame_is_good(shot):
+    root, plan = shot
+    source = imageio.read_info(root / "plate/plate.1004.exr")
+    pixels = imageio.read_pixels(source.path) * 0.8 + 0.05
+    pixels[8:12, 34:38] += 1.0  # a blemish left in
+    imageio.write_pixels(plan["output"] % 1004, pixels, like=source)
+    summary = run(root, settings={"contact_frames": 3, "contact_width": 200, "frames": [1002]})
+    error = summary["keyframe_error"]["1004"]
+    assert error["held_out"] is (1004 in plan["validation_frames"])
+    assert error["psnr"] > error["worst_block_psnr"] + 5 and error["worst_block_psnr"] < 25
+    assert error["worst_block_at"] == [0, 32]
+    assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("frame 1004")
+    written = json.loads((root / "results/t1/assemble/summary.json").read_text())
+    assert written["keyframe_error"]["1001"]["worst_block_psnr"] > 60  # a good keyframe: half-float rounding only
+    assert written["warnings"] == summary["warnings"]
 
 
 def test_inference_then_assembly_end_to_end(tmp_path):

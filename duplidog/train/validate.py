@@ -131,22 +131,29 @@ def _preview(x: torch.Tensor, width: int) -> np.ndarray:
 
 
 def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: Sequence[torch.Tensor],
-                        panel_width: int = PANEL_WIDTH) -> None:
-    """source | result | target | difference, one row per validation frame, as an 8-bit PNG."""
+                        panel_width: int = PANEL_WIDTH, title: str = "") -> np.ndarray:
+    """source | result | target | difference, one row per validation frame, each row under a strip
+    naming its frame and columns (and ``title``, e.g. the step, on the first), as an 8-bit PNG.
+    Returns the picture (H, W, 3) uint8, for TensorBoard."""
     import OpenImageIO as oiio
 
-    gap = 4
+    gap, strip, text = 4, 16, 11
+    labels = ("plate", "result", "target", f"difference x{DIFFERENCE_GAIN:g}")
     rows = []
-    for item, result in zip(frames, results):
+    for index, (item, result) in enumerate(zip(frames, results)):
         panels = [_preview(item.source, panel_width), _preview(result, panel_width), _preview(item.target, panel_width),
                   _preview((result - item.target).abs() * DIFFERENCE_GAIN, panel_width)]
-        height = max(p.shape[0] for p in panels)
-        row = np.ones((height, sum(p.shape[1] for p in panels) + gap * (len(panels) - 1), 3), np.float32) * 0.18
+        height = max(p.shape[0] for p in panels) + strip
+        row = oiio.ImageBuf(oiio.ImageSpec(sum(p.shape[1] for p in panels) + gap * (len(panels) - 1), height, 3,
+                                           oiio.FLOAT))
+        oiio.ImageBufAlgo.fill(row, [0.18, 0.18, 0.18])
         x = 0
-        for panel in panels:
-            row[: panel.shape[0], x: x + panel.shape[1]] = panel
+        for k, (panel, label) in enumerate(zip(panels, labels)):
+            row.set_pixels(oiio.ROI(x, x + panel.shape[1], strip, strip + panel.shape[0]), panel)
+            name = f"{label}  (frame {item.frame}{', ' + title if title and index == 0 else ''})" if k == 0 else label
+            oiio.ImageBufAlgo.render_text(row, x + 2, strip - 4, name, text, "", [0.9, 0.9, 0.9])
             x += panel.shape[1] + gap
-        rows.append(row)
+        rows.append(row.get_pixels(oiio.FLOAT)[:, :, :3])
     width = max(r.shape[1] for r in rows)
     sheet = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1), width, 3), 0.18, np.float32)
     y = 0
@@ -167,3 +174,4 @@ def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: 
             closed = output.close()
         if not closed:
             raise DuplidogError(f"{path}: cannot write the contact sheet ({output.geterror()})")
+    return pixels
