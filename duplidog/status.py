@@ -48,13 +48,28 @@ def _newest_checkpoint_step(directory: Path) -> Optional[int]:
     return found[-1][0] if found else None
 
 
-def _delivered(plan: dict, frames: List[int], model_written: float) -> int:
-    """Output frames written by the current model (after its card: older ones are an earlier model's)."""
+def _output_pattern(plan: dict) -> Optional[str]:
+    """The plan's output, or (a shot that names none) the contract's default."""
     from duplidog.sequence import FramePattern
 
-    if not plan.get("output"):
+    if plan.get("output"):
+        return plan["output"]
+    if not plan.get("source"):
+        return None
+    shot = plan.get("shot")
+    return f"results/{shot}/output/{shot}.%04d.{FramePattern(plan['source']).extension}"
+
+
+def _delivered(plan: dict, frames: List[int], model_written: float, run_dir: Path) -> int:
+    """Output frames on disk written at or after ``model_written`` (a time stamp; 0: every one)."""
+    from duplidog.sequence import FramePattern
+
+    output = _output_pattern(plan)
+    if output is None:
         return 0
-    pattern = FramePattern(plan["output"])
+    if not os.path.isabs(output):  # relative to the folder the run was started in, above results/
+        output = str(run_dir / output)
+    pattern = FramePattern(output)
     count = 0
     for frame in frames:
         try:
@@ -88,8 +103,8 @@ def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
         status.nothing_psnr = validation.get("psnr_identity")
         if result is not None:
             status.minutes, status.target_steps = result.get("minutes"), result.get("target_steps")
-        status.delivered = _delivered(plan, frames, (root / "model/model.json").stat().st_mtime)
-        status.output = plan.get("output")
+        status.delivered = _delivered(plan, frames, 0.0, root.parent.parent)
+        status.output = _output_pattern(plan)
         if status.delivered:
             status.stage = "inferring"
         summary = _json(root / "assemble/summary.json")
