@@ -60,23 +60,15 @@ def _output_pattern(plan: dict) -> Optional[str]:
     return f"results/{shot}/output/{shot}.%04d.{FramePattern(plan['source']).extension}"
 
 
-def _delivered(plan: dict, frames: List[int], model_written: float, run_dir: Path) -> int:
-    """Output frames on disk written at or after ``model_written`` (a time stamp; 0: every one)."""
+def _delivered(plan: dict, frames: List[int], run_dir: Path) -> int:
+    """Output frames on disk (a relative pattern is taken from ``run_dir``, where the run was started)."""
     from duplidog.sequence import FramePattern
 
     output = _output_pattern(plan)
     if output is None:
         return 0
-    if not os.path.isabs(output):  # relative to the folder the run was started in, above results/
-        output = str(run_dir / output)
-    pattern = FramePattern(output)
-    count = 0
-    for frame in frames:
-        try:
-            count += os.stat(pattern.path(frame)).st_mtime >= model_written
-        except OSError:
-            continue
-    return count
+    pattern = FramePattern(output if os.path.isabs(output) else str(run_dir / output))
+    return sum(os.path.isfile(pattern.path(frame)) for frame in frames)
 
 
 def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
@@ -103,7 +95,7 @@ def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
         status.nothing_psnr = validation.get("psnr_identity")
         if result is not None:
             status.minutes, status.target_steps = result.get("minutes"), result.get("target_steps")
-        status.delivered = _delivered(plan, frames, 0.0, root.parent.parent)
+        status.delivered = _delivered(plan, frames, root.parent.parent)
         status.output = _output_pattern(plan)
         if status.delivered:
             status.stage = "inferring"

@@ -42,6 +42,12 @@ def resolve_ensemble(setting: str | int, in_channels: int, out_channels: int) ->
     return int(setting)
 
 
+def model_copies(setting: str | int, model, in_channels: int) -> int:
+    """``resolve_ensemble`` for ``model`` on an input of ``in_channels`` (a network that does not say
+    its outputs is taken as colour to colour)."""
+    return resolve_ensemble(setting, in_channels, int(getattr(model, "out_channels", in_channels)))
+
+
 def run_ensemble(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, count: int) -> torch.Tensor:
     """The mean of ``network`` over ``count`` transformed copies of ``x`` (N, C, H, W), mapped back."""
     total = None

@@ -38,7 +38,7 @@ import duplidog
 from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, remove_stale_temporaries
 from duplidog.errors import DuplidogError
-from duplidog.infer.ensemble import resolve_ensemble
+from duplidog.infer.ensemble import model_copies
 from duplidog.infer.runner import apply_model, plan_run
 from duplidog.sequence import FramePattern, format_frame_list
 
@@ -215,7 +215,7 @@ def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.devi
                     settings["edge_context"])
     height, width = image.shape[-2:]
     precision = str(plan.dtype).replace("torch.", "")
-    copies = resolve_ensemble(settings["ensemble"], image.shape[1], int(getattr(model, "out_channels", image.shape[1])))
+    copies = model_copies(settings["ensemble"], model, image.shape[1])
     averaged = f", the mean of {copies} flipped and turned copies" if copies > 1 else ""
     if plan.grid is None:
         return f"{width}x{height} frames whole on {device} in {precision}{averaged}"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from duplidog.errors import DuplidogError
-from duplidog.infer.ensemble import resolve_ensemble, run_ensemble
+from duplidog.infer.ensemble import model_copies, run_ensemble
 from duplidog.infer.tiling import (
     TileGrid, default_overlap, frame_padding, minimum_overlap, mirror_indices, plan_tiles, round_down, round_up,
 )
@@ -356,7 +356,7 @@ def apply_model(
     """
     _check_image(image)
     edge_context = resolve_edge_context(model, edge_context)
-    copies = resolve_ensemble(ensemble, image.shape[1], int(getattr(model, "out_channels", image.shape[1])))
+    copies = model_copies(ensemble, model, image.shape[1])
     device = torch.device(device) if device is not None else model_device(model)
     if model_device(model) != device:
         model.to(device)
