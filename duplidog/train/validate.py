@@ -127,7 +127,8 @@ def _preview(x: torch.Tensor, width: int) -> np.ndarray:
     if x.shape[-1] > width:
         height = max(1, round(x.shape[-2] * width / x.shape[-1]))
         x = F.interpolate(x, size=(height, width), mode="area")
-    return x[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
+    # OpenImageIO's set_pixels takes only interleaved channels; a permuted view may not be.
+    return np.ascontiguousarray(x[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy())
 
 
 def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: Sequence[torch.Tensor],
@@ -149,7 +150,8 @@ def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: 
         oiio.ImageBufAlgo.fill(row, [0.18, 0.18, 0.18])
         x = 0
         for k, (panel, label) in enumerate(zip(panels, labels)):
-            row.set_pixels(oiio.ROI(x, x + panel.shape[1], strip, strip + panel.shape[0]), panel)
+            if not row.set_pixels(oiio.ROI(x, x + panel.shape[1], strip, strip + panel.shape[0]), panel):
+                raise DuplidogError(f"{path}: cannot place a panel on the contact sheet ({row.geterror()})")
             name = f"{label}  (frame {item.frame}{', ' + title if title and index == 0 else ''})" if k == 0 else label
             oiio.ImageBufAlgo.render_text(row, x + 2, strip - 4, name, text, "", [0.9, 0.9, 0.9])
             x += panel.shape[1] + gap
