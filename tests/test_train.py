@@ -284,6 +284,39 @@ def test_the_colour_fit_learns_a_grade_from_the_pools_untouched_pixels_within_it
     assert 10 <= cut["steps"] <= 20
 
 
+def test_a_colour_fit_that_explains_little_of_the_change_is_undone_and_held(tmp_path):
+    import zarr
+
+    from duplidog.model import build_model
+    from duplidog.train.colour_fit import colour_path_held
+    from duplidog.train.ema import WeightAverage
+    from duplidog.train.loop import fit_colour_path_first
+
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.rand(6, 3, 24, 24, generator=generator)
+    fixes = {"grade": (clean, clean ** 1.8),  # every pixel's fix is a function of its colour
+             "degrain": (clean + 0.1 * torch.randn(clean.shape, generator=generator), clean)}  # none is
+    settings = {"colour_fit_lr": 3e-3, "curve_lr_scale": 10.0}
+    held = {}
+    for name, (source, target) in fixes.items():
+        group = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
+        group.create_array("source", data=source.numpy().astype(np.float32), chunks=(2, 3, 24, 24))
+        group.create_array("target", data=target.numpy().astype(np.float32), chunks=(2, 3, 24, 24))
+        torch.manual_seed(0)
+        model = build_model("msrn", "small", 3, 3, levels=2, stages=1, width=4, depth=1, colour_width=16,
+                            curve_knots=9, curve_range=[-0.5, 1.5])
+        before = {k: v.clone() for k, v in model.colour.state_dict().items()}
+        ema = WeightAverage(model, 0.9)
+        fit_colour_path_first(model, ema, group, 2, LossMix({"l1": 1.0}, border=2), settings, 400, 0, None,
+                              time.monotonic)
+        held[name] = colour_path_held(model)
+        unchanged = all(torch.equal(before[k], v) for k, v in model.colour.state_dict().items())
+        assert unchanged == held[name], name
+        averaged = dict(ema.model.colour.state_dict())
+        assert all(torch.equal(averaged[k], v) for k, v in model.colour.state_dict().items())
+    assert held == {"grade": False, "degrain": True}
+
+
 def test_a_validation_keyframe_holding_nan_is_refused_naming_its_file(tmp_path):
     from duplidog import imageio
     from duplidog.ingest import read_manifest, read_plan

@@ -38,6 +38,11 @@ BUDGET_SHARE = 0.1
 STEPS_PER_NETWORK_STEP = 25
 #: The fit runs where the fix changes at least this share of the sampled tiles' pixels.
 CHANGED_SHARE = 0.5
+#: A colour path that starts as the identity keeps its fit where the fit explains at least this share of
+#: the change's squared error. Where it explains less, the fix is mostly not a function of each pixel's
+#: colour (grain: the best such function only shrinks the noise with the picture), and the fitted path
+#: would hand the encoder-decoder a flattened base to undo; it goes back to the identity and stays there.
+KEEP_SHARE = 0.5
 
 
 class PixelSample(NamedTuple):
@@ -114,3 +119,26 @@ def fit_colour_path(colour_path: torch.nn.Module, source: torch.Tensor, target: 
         optimizer.step()
         step += 1
     return {"steps": step, "seconds": clock() - started, "error_before": before, "error_after": error()}
+
+
+def explained_share(source: torch.Tensor, target: torch.Tensor, error_after: float) -> Optional[float]:
+    """The share of the change's squared error (that of leaving the pixels alone) a fit removed, where
+    source and target have the same channels; None otherwise."""
+    if source.shape[1] != target.shape[1] or source.shape[0] == 0:
+        return None
+    change = float(sum(((s - t) ** 2).sum() for s, t in zip(source.split(1 << 16), target.split(1 << 16)))
+                   / target.numel())
+    return 1.0 - error_after / change if change > 0 else 1.0
+
+
+def hold_colour_path(colour_path: torch.nn.Module, state: Optional[dict] = None) -> None:
+    """Keep the colour path as it is (or at ``state``) for the rest of the run: no gradients, no steps."""
+    if state is not None:
+        colour_path.load_state_dict(state)
+    for parameter in colour_path.parameters():
+        parameter.requires_grad_(False)
+
+
+def colour_path_held(model: torch.nn.Module) -> bool:
+    colour_path = getattr(model, "colour", None)
+    return colour_path is not None and not any(p.requires_grad for p in colour_path.parameters())

@@ -23,6 +23,7 @@ The saved model is the weight average (EMA), with a card that says how it was ma
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -42,7 +43,8 @@ import torch
 from duplidog.atomic import atomic_write_json
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
-from duplidog.train.colour_fit import BUDGET_SHARE, STEPS_PER_NETWORK_STEP, fit_colour_path, sample_pixels
+from duplidog.train.colour_fit import (BUDGET_SHARE, KEEP_SHARE, STEPS_PER_NETWORK_STEP, colour_path_held,
+                                      explained_share, fit_colour_path, hold_colour_path, sample_pixels)
 from duplidog.train.data import EpochPlan, make_batches, value_range
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
@@ -164,17 +166,25 @@ def parameter_groups(model: torch.nn.Module, lr: float, weight_decay: float, cur
 
 def fit_colour_path_first(model, ema, group, border: int, loss_mix, settings: dict, steps: int, seed: int,
                           seconds: Optional[float], clock) -> None:
-    """Before a fresh run: fit the colour path alone where the fix changes most pixels (``colour_fit``)."""
+    """Before a fresh run: fit the colour path alone where the fix changes most pixels (``colour_fit``),
+    and keep the fit only where it carries most of the change (``KEEP_SHARE``)."""
     pixels = sample_pixels(group, border, loss_mix.change_threshold, 2 * loss_mix.change_radius, seed)
     if not pixels.needs_fit:
         log.info("train: colour path not fitted first: the fix changes %.0f %% of the pixels (a local edit)",
                  100 * pixels.changed_share)
         return
+    before_fit = copy.deepcopy(model.colour.state_dict())
     groups = parameter_groups(model.colour, float(settings["colour_fit_lr"]), 0.0, float(settings["curve_lr_scale"]))
     fit = fit_colour_path(model.colour, pixels.source, pixels.target, groups, steps, seed, seconds, clock)
-    ema.model.load_state_dict(model.state_dict())  # the average starts from the fitted colour path
     log.info("train: colour path fitted alone on %d pixels: %d steps in %.1f s, squared error %.3g -> %.3g",
              pixels.source.shape[0], fit["steps"], fit["seconds"], fit["error_before"], fit["error_after"])
+    explained = explained_share(pixels.source, pixels.target, fit["error_after"]) if model.residual else None
+    if explained is not None and explained < KEEP_SHARE:
+        hold_colour_path(model.colour, before_fit)
+        log.info("train: the fit explains %.0f %% of the change (under %.0f %%): not a per-pixel colour fix, so "
+                 "the colour path stays as it was and the encoder-decoder learns the whole fix",
+                 100 * explained, 100 * KEEP_SHARE)
+    ema.model.load_state_dict(model.state_dict())  # the average starts from the colour path kept
 
 
 def clear_run_outputs(work_dir: Path) -> None:
@@ -352,6 +362,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     state = start.state if start.kind in ("resume", "continue") else None
     if state is not None:
         model.load_state_dict(state["model"])
+        if state.get("colour_path_held"):
+            hold_colour_path(model.colour)  # as the run that wrote the checkpoint decided
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         if state["scaler"] and scaler.is_enabled():
@@ -397,6 +409,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             "best_psnr": best_psnr,
             "best_step": -1 if best_step is None else best_step,
             "validation": json.dumps(_plain(last_validation), default=str),
+            "colour_path_held": colour_path_held(model),
         }
 
     def write_checkpoint(step: int) -> Path:
