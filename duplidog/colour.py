@@ -25,6 +25,11 @@ Why this one:
   tile pool), working values up to 4 keep 11 significant bits, so a scene value comes back within
   0.4 % (half-float EXR itself keeps 0.05 %), which is below what a network learns to.
 
+Colour spaces named the studio's way (OpenColorIO names, aliases and roles of ``$OCIO`` or OCIO's
+built-in config; see ``duplidog.ocio``) map to one of these kinds by their encoding, and the space
+carries the OCIO name with it: ``WorkingSpace.ocio`` holds the canonical name and the config's name,
+so the plan and the model card say which space the pixels are in, not only how they are shaped.
+
 ``describe(space)`` returns the name and parameters as a dict, which the model card stores;
 ``from_description`` rebuilds the very same transform, so inference on another machine (or in Nuke
 through the exported TorchScript model) applies what training used, even if defaults change later.
@@ -69,6 +74,9 @@ class WorkingSpace:
     softness: float = DEFAULT_SOFTNESS
     #: Whether coverage channels are shaped too: only for models saved before mattes were left alone.
     shape_coverage: bool = False
+    #: The OpenColorIO space the pixels are in (``duplidog.ocio.describe`` as sorted key/value pairs), or
+    #: None for a space named only by its kind (settings linear/log/display, untagged files, old cards).
+    ocio: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SPACES:
@@ -85,6 +93,11 @@ class WorkingSpace:
         """asinh(1 / s): divides the shaper so that scene 1.0 lands on working 1.0."""
         return math.asinh(1.0 / self.softness)
 
+    @property
+    def ocio_name(self) -> str | None:
+        """The canonical OpenColorIO name of the space, or None."""
+        return dict(self.ocio).get("colorspace") if self.ocio else None
+
 
 SpaceLike = Union[str, dict, WorkingSpace]
 
@@ -98,15 +111,18 @@ def as_space(space: SpaceLike) -> WorkingSpace:
     if isinstance(space, str):
         if space == "auto":
             raise DuplidogError("colour space 'auto' must be resolved first (resolve_colorspace)")
-        return WorkingSpace(space)
+        if space in SPACES:
+            return WorkingSpace(space)
+        return ocio_space(space)
     raise DuplidogError(f"not a colour space: {space!r}")
 
 
 def describe(space: SpaceLike) -> dict[str, Any]:
     """Name and parameters of ``space`` as plain JSON-able data, for the model card."""
     ws = as_space(space)
+    extra = {"ocio": dict(ws.ocio)} if ws.ocio else {}
     if ws.is_identity:
-        return {"name": ws.name, "shaper": "identity"}
+        return {"name": ws.name, "shaper": "identity", **extra}
     return {
         "name": ws.name,
         "shaper": "asinh",
@@ -114,6 +130,7 @@ def describe(space: SpaceLike) -> dict[str, Any]:
         "encode": "y = asinh(x / softness) / asinh(1 / softness)",
         "decode": "x = softness * sinh(y * asinh(1 / softness))",
         "coverage": "shaped" if ws.shape_coverage else "unshaped",
+        **extra,
     }
 
 
@@ -128,8 +145,34 @@ def from_description(description: dict[str, Any]) -> WorkingSpace:
     if shaper != expected:
         raise DuplidogError(f"colour space {name!r}: unknown shaper {shaper!r} (expected {expected!r})")
     # A card without "coverage" predates unshaped mattes: its network learnt them shaped.
+    ocio = description.get("ocio")
+    if ocio is not None and not (isinstance(ocio, dict) and ocio.get("colorspace")):
+        raise DuplidogError(f"colour space {name!r}: its OpenColorIO entry names no colour space: {ocio!r}")
     return WorkingSpace(name, float(description.get("softness", DEFAULT_SOFTNESS)),
-                        name == "linear" and description.get("coverage", "shaped") == "shaped")
+                        name == "linear" and description.get("coverage", "shaped") == "shaped",
+                        tuple(sorted((str(k), str(v)) for k, v in ocio.items())) if ocio else None)
+
+
+def ocio_space(name: str) -> WorkingSpace:
+    """The working space for OpenColorIO space ``name`` of the active config: its kind by encoding (see
+    ``duplidog.ocio``) with the default shaper, and the OCIO name it came from."""
+    from duplidog import ocio
+
+    info = ocio.describe(name)
+    return WorkingSpace(ocio.kind(name), ocio=tuple(sorted(info.items())))
+
+
+def ocio_name(space: SpaceLike | None) -> str | None:
+    """The OpenColorIO name a space (name, description or ``WorkingSpace``) carries, or None."""
+    if space is None or space == "auto":
+        return None
+    return as_space(space).ocio_name
+
+
+def label(space: SpaceLike) -> str:
+    """A short name for logs: 'linear', or 'ACEScg (linear)' for an OCIO space."""
+    ws = as_space(space)
+    return f"{ws.ocio_name} ({ws.name})" if ws.ocio_name else ws.name
 
 
 def is_coverage(name: str) -> bool:
@@ -199,17 +242,45 @@ def decode(y: Any, space: SpaceLike, channels: Sequence[str] | None = None) -> A
     return _keep_unshaped(scene, array.astype(out_dtype), shaped_channels(ws, channels))
 
 
-def resolve_colorspace(setting: str, info: Any) -> str:
-    """The working space for a source described by ``info`` (an ``imageio.ImageInfo``).
+def check_setting(setting: str, origin: str = "colorspace setting") -> None:
+    """Raise DuplidogError (one line, with close names) unless ``setting`` is auto, a kind, or a name,
+    alias or role of the active OpenColorIO config."""
+    from duplidog import ocio
 
-    An explicit setting wins. ``auto``: float files (half/float EXR, float TIFF, ...) hold scene
-    values -> 'linear'; DPX/Cineon whose transfer says printing density or logarithmic -> 'log';
-    every other integer file is display referred -> 'display'.
+    if setting in SETTINGS or ocio.canonical(setting) is not None:
+        return
+    near = ocio.close_names(setting)
+    hint = f"; close names: {', '.join(near)}" if near else ""
+    raise DuplidogError(f"{origin} {setting!r} is not one of {', '.join(SETTINGS)} nor a colour space of the "
+                        f"OpenColorIO config {ocio.config_path()}{hint}")
+
+
+def file_space(info: Any) -> str | None:
+    """The canonical OCIO name of the space a file's ``oiio:ColorSpace`` tag names, or None (untagged,
+    or a tag the active config does not know)."""
+    from duplidog import ocio
+
+    tag = str(info.attributes.get("oiio:ColorSpace", "") or "").strip()
+    return ocio.canonical(tag) if tag else None
+
+
+def resolve_colorspace(setting: str, info: Any) -> Union[str, dict]:
+    """The working space for a source described by ``info`` (an ``imageio.ImageInfo``): a kind name, or
+    a ``describe()`` dict when the space is an OpenColorIO one (so later stages need no OCIO config).
+
+    An explicit kind wins. An OCIO name, alias or role -> its space (kind by encoding). ``auto``: the
+    file's ``oiio:ColorSpace`` tag when the active config knows it; else float files (half/float EXR,
+    float TIFF, ...) hold scene values -> 'linear'; DPX/Cineon whose transfer says printing density or
+    logarithmic -> 'log'; every other integer file is display referred -> 'display'.
     """
-    if setting not in SETTINGS:
-        raise DuplidogError(f"colorspace setting {setting!r} is not one of {', '.join(SETTINGS)}")
-    if setting != "auto":
+    check_setting(setting)
+    if setting in SPACES:
         return setting
+    if setting != "auto":
+        return describe(ocio_space(setting))
+    tagged = file_space(info)
+    if tagged is not None:
+        return describe(ocio_space(tagged))
     if info.pixel_type in ("half", "float", "double"):
         return "linear"
     transfer = str(info.attributes.get("dpx:Transfer", "")).lower()
@@ -218,3 +289,49 @@ def resolve_colorspace(setting: str, info: Any) -> str:
     if info.format_name == "cineon":
         return "log"
     return "display"
+
+
+def conversion_hint() -> str:
+    return "set ingest.convert_colorspace: true to convert it"
+
+
+def to_working(pixels: np.ndarray, channels: Sequence[str] | None, file_space: str | None, space: SpaceLike | None,
+               convert: bool, path: Any) -> np.ndarray:
+    """Pixels read from a file in OCIO space ``file_space`` in the OCIO space of working ``space``.
+
+    Nothing happens when either names no OCIO space (untagged files, plain kinds, old model cards) or
+    both name the same one. Otherwise: converted with an OpenColorIO processor when ``convert``, else
+    a one-line DuplidogError naming ``path``, its space and the expected one (never guessed)."""
+    from duplidog import ocio
+
+    wanted = ocio_name(space)
+    if not wanted or not file_space:
+        return pixels
+    wanted = ocio.canonical(wanted) or wanted
+    found = ocio.canonical(file_space) or file_space
+    if found == wanted:
+        return pixels
+    if not convert:
+        raise DuplidogError(f"{path}: in colour space {found!r}, but the expected space is {wanted!r} "
+                            f"({conversion_hint()})")
+    return ocio.convert(pixels, channels, found, wanted)
+
+
+def from_working(pixels: np.ndarray, channels: Sequence[str] | None, file_space: str | None,
+                 space: SpaceLike | None) -> np.ndarray:
+    """The inverse of ``to_working`` (after it accepted): working OCIO space -> ``file_space``, for writing."""
+    from duplidog import ocio
+
+    wanted = ocio_name(space)
+    if not wanted or not file_space:
+        return pixels
+    wanted = ocio.canonical(wanted) or wanted
+    found = ocio.canonical(file_space) or file_space
+    return pixels if found == wanted else ocio.convert(pixels, channels, wanted, found)
+
+
+def plan_to_working(pixels: np.ndarray, channels: Sequence[str] | None, plan: dict, role: str, path: Any) -> np.ndarray:
+    """A plate (``role`` 'plate') or keyframe ('target') frame read for a shot, in the plan's working
+    OCIO space: converted when ingest found it in another one and ``ingest.convert_colorspace`` allowed it."""
+    return to_working(pixels, channels, plan.get(f"{role}_colorspace"), plan.get("colorspace"),
+                      bool(plan.get("convert_colorspace")), path)

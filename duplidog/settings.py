@@ -98,7 +98,22 @@ def resolve(user: dict | None, origin: str = "config") -> dict:
         error = errors[0]
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         raise DuplidogError(f"{origin}: {key}: {error.message}")
+    _check_colour_settings(config, origin)
     return config
+
+
+def _check_colour_settings(config: dict, origin: str) -> None:
+    """Names the schema cannot check: the colour space and the QC display/view must exist in the
+    active OpenColorIO config. The config is loaded only when such a name is given."""
+    from duplidog import colour, ocio
+
+    try:
+        colour.check_setting(str(config.get("colorspace", "auto")), "colorspace")
+        qc = config.get("assemble") or {}
+        if qc.get("display") or qc.get("view"):
+            ocio.check_display_view(qc.get("display"), qc.get("view"))
+    except DuplidogError as exc:
+        raise DuplidogError(f"{origin}: {exc}") from None
 
 
 def load_shot_file(path: str | Path) -> dict:

@@ -91,8 +91,10 @@ def test_description_rebuilds_the_same_transform():
     assert from_description(describe("display")) == WorkingSpace("display")
     with pytest.raises(DuplidogError, match="unknown shaper"):
         from_description({"name": "linear", "shaper": "pq"})
-    with pytest.raises(DuplidogError, match="not one of"):
-        encode(x, "acescct")
+    # an OpenColorIO name (here of the built-in config, case-insensitive) is a space of its kind
+    assert from_description(describe("acescct")).name == "log" and np.array_equal(encode(x, "acescct"), x)
+    with pytest.raises(DuplidogError, match="'acescct-ish' is not a colour space of the OpenColorIO config"):
+        encode(x, "acescct-ish")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -121,7 +123,9 @@ def test_resolve_colorspace_from_the_file(tmp_path):
     assert resolve_colorspace("auto", _file(tmp_path / "a.exr", "half")) == "linear"
     assert resolve_colorspace("auto", _file(tmp_path / "a.tif", "float")) == "linear"
     assert resolve_colorspace("auto", _file(tmp_path / "b.tif", "uint16")) == "display"
-    assert resolve_colorspace("auto", _file(tmp_path / "a.png", "uint8")) == "display"
+    # OpenImageIO tags a PNG sRGB: auto takes the tag, an OpenColorIO space of the display kind
+    png = resolve_colorspace("auto", _file(tmp_path / "a.png", "uint8"))
+    assert png["name"] == "display" and png["ocio"]["colorspace"] == "sRGB Encoded Rec.709 (sRGB)"
     assert resolve_colorspace("auto", _file(tmp_path / "a.dpx", "uint16", **{"oiio:BitsPerSample": 10})) == "display"
     scan = _file(tmp_path / "scan.dpx", "uint16", **{"oiio:BitsPerSample": 10, "dpx:Transfer": "Printing density"})
     assert resolve_colorspace("auto", scan) == "log"
