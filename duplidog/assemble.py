@@ -11,9 +11,12 @@ rerun then fixes them in one go. Then:
   farthest from any keyframe, the frames named in ``assemble.frames``), each titled with what it is;
   columns plate | result and, on keyframes, target | difference, then two zoomed crops (whole
   pixels, no resampling) where the keyframe's error is worst or where the fix changes the plate most.
-  Pictures go through a simple view
-  transform (scene-linear: the working-space shaper, which maps 0..1 to 0..1 with highlights rolled
-  off; log and display: as they are) and are quantised to 8 bits *only here, for the picture*;
+  Pictures of a shot whose working space is an OpenColorIO one go through an OCIO display/view
+  (``assemble.display``/``assemble.view``; default the config's default display and its default view,
+  sRGB - Display and the ACES SDR view in OCIO's built-in config), after every file is brought into
+  the working space; plain kinds keep a simple view transform (scene-linear: the working-space
+  shaper, which maps 0..1 to 0..1 with highlights rolled off; log and display: as they are). Either
+  way they are quantised to 8 bits *only here, for the picture*;
 * ``summary.json``: frames, inference seconds and frames per second (summed over the chunks' own
   summaries), how far each keyframe's result is from its target (whole frame and worst 32x32
   block), and a warning for each keyframe whose worst block is poor however good the whole frame is.
@@ -171,9 +174,18 @@ def _display_channels(names: Sequence[str]) -> list[str]:
     return list(names[:3]) if len(names) >= 3 else list(names[:1])
 
 
-def view_transform(pixels: np.ndarray, space: str) -> np.ndarray:
-    """Scene or working values -> 0..1 RGB for a picture (display only: clipped here, nowhere else)."""
-    shown = colour.encode(pixels, space) if space == "linear" else np.asarray(pixels, np.float32)
+def view_transform(pixels: np.ndarray, space: Any, display: str | None = None, view: str | None = None) -> np.ndarray:
+    """Scene or working values -> 0..1 RGB for a picture (display only: clipped here, nowhere else).
+
+    ``space`` naming an OpenColorIO space: through OCIO ``display``/``view`` (None: the config's
+    defaults); else linear through the working-space shaper, log and display as they are."""
+    ws = colour.as_space(space)
+    if ws.ocio_name and np.asarray(pixels).shape[2] >= 3:
+        from duplidog import ocio
+
+        shown = ocio.display_view(pixels, ws.ocio_name, display, view)
+    else:
+        shown = colour.encode(pixels, ws) if ws.name == "linear" else np.asarray(pixels, np.float32)
     if shown.shape[2] == 1:
         shown = np.repeat(shown, 3, axis=2)
     elif shown.shape[2] == 2:
@@ -271,6 +283,21 @@ def assemble(
     atomic_write_text(out_dir / "checksums.tsv", "\n".join(lines) + "\n")
 
     space = plan.get("colorspace", "display")
+    display, view = settings.get("display"), settings.get("view")
+    # The space pictures are shown from: an OCIO one through the display/view, except a display-referred
+    # OCIO space (an sRGB PNG plate) with no display or view set, which is shown as it is, as before.
+    shown_space = space
+    if colour.ocio_name(space):
+        from duplidog import ocio
+
+        if colour.as_space(space).name == "display" and not (display or view):
+            shown_space = "display"
+        else:
+            display, view = ocio.check_display_view(display, view)
+            log.info("assemble %s: contact sheet through OpenColorIO display %r, view %r",
+                     plan.get("shot"), display, view)
+    # Every file in the working space first (the output is in the plate's space, keyframes in theirs).
+    in_plate = lambda x, names, path: colour.plan_to_working(x, names, plan, "plate", path)  # noqa: E731
     keyframes = [int(f) for f in plan.get("keyframes", [])]
     targets = {int(r.frame): r.target for r in manifest.itertuples() if getattr(r, "target", "")}
     keyframe_error, warnings, rows = {}, [], []
@@ -281,13 +308,16 @@ def assemble(
     shown = _display_channels(plan["output_channels"])
     index = [plan["output_channels"].index(c) for c in shown]
     plate_channels = _display_channels(plan["input_channels"])
-    picture = lambda x: _thumbnail(view_transform(x, space), thumb)  # noqa: E731
+    picture = lambda x: _thumbnail(view_transform(x, shown_space, display, view), thumb)  # noqa: E731
     for frame in frames:
         target_path = targets.get(frame) if frame in keyframes else None
         if frame not in chosen and not target_path:
             continue
-        result = imageio.read_pixels(output.path(frame), plan["output_channels"])
+        result = in_plate(imageio.read_pixels(output.path(frame), plan["output_channels"]), plan["output_channels"],
+                          output.path(frame))
         target = imageio.read_pixels(target_path, plan["output_channels"]) if target_path else None
+        if target is not None:
+            target = colour.plan_to_working(target, plan["output_channels"], plan, "target", target_path)
         size = max(16, min(result.shape[0], result.shape[1]) // 8)  # the zoomed square: an eighth of the frame
         if target is not None and target.shape == result.shape:
             error = _keyframe_error(colour.encode(result, space), colour.encode(target, space), frame in held_out)
@@ -299,7 +329,7 @@ def assemble(
                                 "a local failure a whole-frame figure hides")
         if frame not in chosen:
             continue
-        plate = imageio.read_pixels(source.path(frame), plate_channels)
+        plate = in_plate(imageio.read_pixels(source.path(frame), plate_channels), plate_channels, source.path(frame))
         pictures = [("plate", picture(plate)), ("result", picture(result[:, :, index]))]
         if target is not None and target.shape == result.shape:
             pictures.append(("target", picture(target[:, :, index])))
@@ -323,7 +353,7 @@ def assemble(
             where = "most change"
             pictures += [("", None), ("", None)]  # no target: the zooms stay in their columns
         for label, image in zooms:
-            pictures.append((f"zoom: {label}", _zoom(view_transform(image, space), top, left, size, thumb)))
+            pictures.append((f"zoom: {label}", _zoom(view_transform(image, shown_space, display, view), top, left, size, thumb)))
         rows.append({"frame": frame, "pictures": pictures,
                      "role": f"{chosen[frame]}; zoom on {where} at x {left}, y {top}"})
     for warning in warnings:

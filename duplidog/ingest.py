@@ -202,6 +202,10 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
                 "target_channel_names": ",".join(key.channel_names) if key else "",
             }
         )
+    space = colour.resolve_colorspace(config["colorspace"], first)
+    convert = bool(settings.get("convert_colorspace", False))
+    plate_space = _tagged_space(infos, space, convert, "plate")
+    target_space = _tagged_space(target_infos, space, convert, "keyframe")
     plan = {
         "shot": config["shot"],
         "source": config["source"],
@@ -211,7 +215,12 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
         "keyframes": shot.keyframes,
         "train_frames": [f for f in shot.keyframes if f not in validation],
         "validation_frames": validation,
-        "colorspace": colour.resolve_colorspace(config["colorspace"], first),
+        "colorspace": space,
+        # The OCIO spaces the plate's and keyframes' files are tagged with (None: untagged, or no OCIO
+        # working space), and whether frames in another space than "colorspace" are converted on read.
+        "plate_colorspace": plate_space,
+        "target_colorspace": target_space,
+        "convert_colorspace": convert,
         "input_channels": list(input_channels),
         "output_channels": list(output_channels),
         "passthrough_channels": list(passthrough),
@@ -230,9 +239,45 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
     log.info(
         "ingest %s: %d frames, keyframes %s (validation %s), %dx%d %s %s, colour space %s",
         config["shot"], len(shot.frames), format_frame_list(shot.keyframes), format_frame_list(validation) or "none",
-        first.width, first.height, first.pixel_type, ",".join(first.channel_names), plan["colorspace"],
+        first.width, first.height, first.pixel_type, ",".join(first.channel_names), colour.label(space),
     )
+    if plate_space and plate_space != colour.ocio_name(space):
+        log.info("ingest %s: the plate is in %s and is converted to %s on read, and back on write",
+                 config["shot"], plate_space, colour.ocio_name(space))
     return plan
+
+
+def _tagged_space(infos: dict, space: str | dict, convert: bool, what: str) -> str | None:
+    """The OCIO space the files' ``oiio:ColorSpace`` tags name (canonical), checked against the working
+    ``space``: None when the working space is no OCIO one or no file is tagged with a known space.
+
+    Frames of one sequence in different spaces are an error; a space other than the working one is
+    an error naming the file unless ``convert`` (``ingest.convert_colorspace``). A tag the config does
+    not know is reported once and the file taken to be in the working space (an untagged file is)."""
+    from duplidog import colour
+
+    wanted = colour.ocio_name(space)
+    if not wanted:
+        return None
+    found, first_path = None, None
+    for info in infos.values():
+        tag = str(info.attributes.get("oiio:ColorSpace", "") or "").strip()
+        named = colour.file_space(info)
+        if tag and named is None:
+            log.warning("%s: oiio:ColorSpace %r is not a colour space of the OpenColorIO config; "
+                        "taken to be in %s", info.path, tag, wanted)
+            continue
+        if named is None:
+            continue
+        if found is None:
+            found, first_path = named, info.path
+        elif named != found:
+            raise DuplidogError(f"{info.path}: {what} frame in colour space {named!r}, but {first_path} is in "
+                                f"{found!r} (every frame of a sequence has one space)")
+        if named != wanted and not convert:
+            raise DuplidogError(f"{info.path}: {what} in colour space {named!r}, but colorspace is {wanted!r} "
+                                f"({colour.conversion_hint()})")
+    return found
 
 
 def read_plan(path: str | Path) -> dict:

@@ -169,9 +169,12 @@ def _weights_status(folder: Path, card: Dict[str, Any]) -> str:
 def _describe_space(space: Any) -> str:
     if not isinstance(space, dict):
         return "? (not on the card)"
+    ocio = space.get("ocio") if isinstance(space.get("ocio"), dict) else {}
+    named = (f"OpenColorIO {ocio.get('colorspace')!r} of config {ocio.get('config') or ocio.get('config_path') or '?'}, "
+             if ocio.get("colorspace") else "")
     if space.get("shaper") == "asinh":
-        return f"{space.get('name')} (asinh shaper, softness {space.get('softness')})"
-    return f"{space.get('name')} ({space.get('shaper', 'identity')})"
+        return f"{space.get('name')} ({named}asinh shaper, softness {space.get('softness')})"
+    return f"{space.get('name')} ({named}{space.get('shaper', 'identity')})"
 
 
 def _fingerprint(value: Any) -> str:

@@ -146,6 +146,14 @@ def card_space(card: dict, fallback: str | None = None) -> colour.WorkingSpace:
     return colour.as_space(description)
 
 
+def frame_space(info: imageio.ImageInfo, plate: dict, colorspace: Any = None) -> str | None:
+    """The OCIO space a source frame is in: its ``oiio:ColorSpace`` tag when the active config knows
+    it, else the plate's at ingest (``plate_colorspace``), else the shot's working space; None when
+    nothing names one."""
+    return (colour.file_space(info) or plate.get("plate_colorspace")
+            or colour.ocio_name(plate.get("colorspace") or colorspace))
+
+
 def model_id(card: dict) -> str:
     return str(card.get("id") or card.get("model_id") or "unknown")
 
@@ -326,6 +334,11 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                 wait_read += waited
             frame, info, network_input, passthrough = item
             t0 = time.perf_counter()
+            # The frame's OCIO space (its tag, else the plate's at ingest, else the shot's) against the
+            # model's: the same, or converted when ingest.convert_colorspace allows it, else refused.
+            in_space = frame_space(info, plate or {}, colorspace) if space.ocio_name else None
+            network_input = colour.to_working(network_input, route.input, in_space, space,
+                                              bool((plate or {}).get("convert_colorspace")), info.path)
             image = torch.from_numpy(np.ascontiguousarray(colour.encode(network_input, space, route.input).transpose(2, 0, 1)))
             image = image[None]
             if index == 0:
@@ -337,6 +350,7 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                 edge_context=settings["edge_context"], ensemble=settings["ensemble"],
             )
             result = colour.decode(result[0].permute(1, 2, 0).numpy(), space, route.output)
+            result = colour.from_working(result, route.output, in_space, space)
             if passthrough.shape[2]:
                 if result.shape[:2] != passthrough.shape[:2]:
                     raise DuplidogError(

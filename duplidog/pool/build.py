@@ -98,6 +98,9 @@ def _read_keyframe(row: dict, plan: dict, settings: dict) -> tuple[np.ndarray, n
     policy = plan.get("nonfinite", "error")
     source = imageio.check_finite(imageio.read_pixels(row["source"], plan["input_channels"]), row["source"], policy)
     target = imageio.check_finite(imageio.read_pixels(row["target"], plan["output_channels"]), row["target"], policy)
+    # In the plan's colour space (ingest refused or allowed a plate or keyframe in another one).
+    source = colour.plan_to_working(source, plan["input_channels"], plan, "plate", row["source"])
+    target = colour.plan_to_working(target, plan["output_channels"], plan, "target", row["target"])
     if source.shape[:2] != target.shape[:2]:
         raise DuplidogError(
             f"{row['target']}: keyframe {row['frame']} is {target.shape[1]}x{target.shape[0]}, its source "

@@ -41,6 +41,8 @@ class ValidationFrame:
     frame: int
     source: torch.Tensor  # (1, Cin, H, W) float32 working space, CPU
     target: torch.Tensor  # (1, Cout, H, W)
+    #: The plan's working space; an OpenColorIO one makes the contact sheet go through its default view.
+    space: object = None
 
 
 def validation_frame_numbers(plan: dict, limit: int) -> List[int]:
@@ -70,8 +72,10 @@ def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4
         policy = plan.get("nonfinite", "error")
         source = imageio.check_finite(imageio.read_pixels(row["source"], plan["input_channels"]), row["source"], policy)
         target = imageio.check_finite(imageio.read_pixels(row["target"], plan["output_channels"]), row["target"], policy)
+        source = colour.plan_to_working(source, plan["input_channels"], plan, "plate", row["source"])
+        target = colour.plan_to_working(target, plan["output_channels"], plan, "target", row["target"])
         frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space, plan["input_channels"])),
-                                      _to_tensor(colour.encode(target, space, plan["output_channels"]))))
+                                      _to_tensor(colour.encode(target, space, plan["output_channels"])), space))
     return frames
 
 
@@ -116,9 +120,23 @@ def validate(model: torch.nn.Module, frames: Sequence[ValidationFrame], infer_se
     return metrics
 
 
-def _preview(x: torch.Tensor, width: int) -> np.ndarray:
-    """(1, C, H, W) -> (h, w, 3) float in 0..1 for display: grey for one channel, first three else."""
+def _preview(x: torch.Tensor, width: int, space: object = None) -> np.ndarray:
+    """(1, C, H, W) -> (h, w, 3) float in 0..1 for display: grey for one channel, first three else.
+    Working values of a scene-referred OpenColorIO ``space`` (linear, log) with three or more channels are
+    decoded and shown through the config's default display and view; others as they are."""
     x = x.float()
+    if space is not None and x.shape[1] >= 3:
+        from duplidog import colour, ocio
+
+        ws = colour.as_space(space)
+        if ws.ocio_name and ws.name != "display":
+            small = x[:, :3]
+            if small.shape[-1] > width:
+                height = max(1, round(small.shape[-2] * width / small.shape[-1]))
+                small = F.interpolate(small, size=(height, width), mode="area")
+            scene = colour.decode(np.ascontiguousarray(small[0].permute(1, 2, 0).numpy()), ws)
+            return np.ascontiguousarray(np.clip(np.nan_to_num(ocio.display_view(scene, ws.ocio_name)), 0.0, 1.0),
+                                        dtype=np.float32)
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
     elif x.shape[1] == 2:
@@ -142,7 +160,8 @@ def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: 
     labels = ("plate", "result", "target", f"difference x{DIFFERENCE_GAIN:g}")
     rows = []
     for index, (item, result) in enumerate(zip(frames, results)):
-        panels = [_preview(item.source, panel_width), _preview(result, panel_width), _preview(item.target, panel_width),
+        panels = [_preview(item.source, panel_width, item.space), _preview(result, panel_width, item.space),
+                  _preview(item.target, panel_width, item.space),
                   _preview((result - item.target).abs() * DIFFERENCE_GAIN, panel_width)]
         height = max(p.shape[0] for p in panels) + strip
         row = oiio.ImageBuf(oiio.ImageSpec(sum(p.shape[1] for p in panels) + gap * (len(panels) - 1), height, 3,
