@@ -121,7 +121,8 @@ def cmd_infer(args) -> None:
         raise DuplidogError(f"infer --set: only infer.* settings apply here, not {', '.join(unknown)}")
     settings = resolve(given, origin="infer --set")["infer"]
     summary = infer_sequence(model_dir=args.model, source_pattern=args.source, output_pattern=args.output,
-                             frames=parse_frame_range(args.frames), settings=settings)
+                             frames=parse_frame_range(args.frames), settings=settings,
+                             convert_colorspace=args.convert_colorspace)
     print(f"infer: {summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.2f} frames/s) "
           f"to {args.output}")
 
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", help="auto | none | tile size in pixels (default: infer.tile)")
     p.add_argument("--device", help="cuda | mps | cpu (default: infer.device, the best available)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: infer.precision")
+    p.add_argument("--convert-colorspace", action="store_true",
+                   help="convert frames tagged with another OpenColorIO space than the model's (default: refuse them)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="an infer setting, e.g. --set infer.ensemble=1 (repeatable)")
     p.set_defaults(func=cmd_infer)

@@ -292,7 +292,7 @@ def resolve_colorspace(setting: str, info: Any) -> Union[str, dict]:
 
 
 def conversion_hint() -> str:
-    return "set ingest.convert_colorspace: true to convert it"
+    return "set ingest.convert_colorspace: true (duplidog infer: --convert-colorspace) to convert it"
 
 
 def to_working(pixels: np.ndarray, channels: Sequence[str] | None, file_space: str | None, space: SpaceLike | None,

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import OpenImageIO as oiio
 import pytest
-import yaml
 
 from duplidog import colour, imageio, ocio, settings
 from duplidog.errors import DuplidogError
@@ -303,3 +302,17 @@ def test_training_contact_sheet_panels_use_the_default_view():
     expected = np.clip(ocio.display_view(colour.decode(colour.encode(scene, space), space), "ACEScg"), 0, 1)
     assert shown.shape == scene.shape and np.allclose(shown, expected, atol=1e-4)
     assert np.allclose(_preview(working, 64), np.clip(working[0].permute(1, 2, 0).numpy(), 0, 1))
+
+
+def test_plan_less_inference_refuses_or_converts_on_request(tmp_path):
+    from duplidog.cli import main
+    from duplidog.infer import infer_sequence
+
+    make_tagged_shot(tmp_path, "ACEScg")
+    identity_model(tmp_path / "model", colour.resolve_colorspace("lin_rec709", None))
+    source, output = str(tmp_path / "plate/plate.%04d.exr"), str(tmp_path / "cli/out.%04d.exr")
+    with pytest.raises(DuplidogError, match="in colour space 'ACEScg'.*--convert-colorspace"):
+        infer_sequence(tmp_path / "model", source, output, [1001], device="cpu")
+    assert main(["infer", "--model", str(tmp_path / "model"), "--source", source, "--output", output,
+                 "--frames", "1001", "--device", "cpu", "--convert-colorspace"]) in (None, 0)
+    assert np.allclose(imageio.read_pixels(tmp_path / "cli/out.1001.exr"), plate_pixels(1001), rtol=0.02, atol=0.01)

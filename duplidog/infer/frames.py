@@ -449,12 +449,14 @@ def infer_sequence(
     tile: str | int | None = None,
     device: str | None = None,
     settings: dict | None = None,
+    convert_colorspace: bool = False,
 ) -> dict:
     """``infer_frames`` without a shot plan (the command line's ``duplidog infer``).
 
     Channels come from the model card: the network reads its trained input channels from the source
     and writes its output channels; every other source channel is copied through. ``frames`` default
-    to every source frame found on disk.
+    to every source frame found on disk. A frame whose ``oiio:ColorSpace`` names another OpenColorIO
+    space than the card's is refused, or converted (and written back in its own) with ``convert_colorspace``.
     """
     from duplidog.ingest import check_output_pattern
     from duplidog.modelstore import load_model
@@ -476,7 +478,8 @@ def infer_sequence(
     model, card = load_model(model_dir, torch_device)
     info = imageio.read_info(source.path(frames[0]))
     route = route_from_card(card, info)
-    return run_frames(model, card, frames, source_pattern, output_pattern, route, settings, torch_device)
+    return run_frames(model, card, frames, source_pattern, output_pattern, route, settings, torch_device,
+                      plate={"convert_colorspace": bool(convert_colorspace)})
 
 
 def route_from_card(card: dict, info: imageio.ImageInfo) -> ChannelRoute:
