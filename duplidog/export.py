@@ -277,8 +277,12 @@ def flame_layout(names: Sequence[str], what: str, card_path: Path) -> Tuple[str,
 def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple[str, bool]) -> Dict[str, Any]:
     """The Inference node's JSON description of the exported model (see the module docstring)."""
     shot = card.get("shot") or (card.get("training") or {}).get("shot") or "model"
-    linear = (card.get("colorspace") or card.get("colour") or {}).get("name") == "linear"
+    described = card.get("colorspace") or card.get("colour") or {}
+    linear = described.get("name") == "linear"
     space = "scene-linear" if linear else "as the plate (display or log encoded)"
+    named = (described.get("ocio") or {}).get("colorspace") if isinstance(described.get("ocio"), dict) else None
+    if named:  # the OpenColorIO space the model was trained in: the plate must be in it
+        space = f"{named}, {space}"
     entries_in, entries_out = [], []
     colour, alpha = inputs
     if colour:
@@ -432,7 +436,8 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
                                ((colour_in, alpha_in), (colour_out, alpha_out)), (names_in, names_out))
     result.update(target=to, model_id=card.get("id"), check_sizes=[list(s) for s in CHECK_SIZES],
                   tolerance=TOLERANCE[to], input_channels=names_in, output_channels=names_out, scale=scale,
-                  colorspace=space.get("name"), ensemble=copies)
+                  colorspace=space.get("name"), ocio_colorspace=(space.get("ocio") or {}).get("colorspace"),
+                  ensemble=copies)
     log.info("export: %s model %s -> %s (max difference %.3g)", to, card.get("id"), ", ".join(result["files"]),
              result["max_difference"])
     return result

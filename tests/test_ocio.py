@@ -316,3 +316,13 @@ def test_plan_less_inference_refuses_or_converts_on_request(tmp_path):
     assert main(["infer", "--model", str(tmp_path / "model"), "--source", source, "--output", output,
                  "--frames", "1001", "--device", "cpu", "--convert-colorspace"]) in (None, 0)
     assert np.allclose(imageio.read_pixels(tmp_path / "cli/out.1001.exr"), plate_pixels(1001), rtol=0.02, atol=0.01)
+
+
+def test_the_flame_sidecar_names_the_models_ocio_space():
+    from duplidog.export import flame_sidecar
+
+    sidecar = flame_sidecar({"colorspace": colour.describe("ACEScg"), "scale": 1, "id": "abc"},
+                            ("RGB", False), ("RGB", False))
+    description = sidecar["ModelDescription"]
+    assert description["SupportsSceneLinear"] is True
+    assert description["Inputs"][0]["Description"] == "plate, ACEScg, scene-linear"
