@@ -326,3 +326,15 @@ def test_the_flame_sidecar_names_the_models_ocio_space():
     description = sidecar["ModelDescription"]
     assert description["SupportsSceneLinear"] is True
     assert description["Inputs"][0]["Description"] == "plate, ACEScg, scene-linear"
+
+
+def test_a_conversion_touches_colour_channels_only_keeps_the_dtype_and_never_clamps():
+    pixels = np.array([[[0.18, 0.5, 2.0, 0.7, 3.0], [-0.01, 100.0, 0.0, 1.0, -1.0]]], np.float16)
+    names = ["R", "G", "B", "A", "Z"]
+    converted = ocio.convert(pixels, names, "ACEScg", "lin_rec709")
+    assert converted.dtype == np.float16
+    assert np.array_equal(converted[..., 3:], pixels[..., 3:])
+    assert converted[0, 1, 1] > 100.0 and converted[0, 1, 0] < -1.0  # beyond 0..1 both ways, unclamped
+    back = ocio.convert(converted, names, "lin_rec709", "ACEScg")
+    assert np.allclose(back.astype(np.float32), pixels.astype(np.float32), rtol=5e-3, atol=5e-3)
+    assert np.array_equal(ocio.convert(pixels, names, "ACEScg", "Raw"), pixels)  # data is never converted
