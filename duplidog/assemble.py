@@ -19,7 +19,8 @@ rerun then fixes them in one go. Then:
   way they are quantised to 8 bits *only here, for the picture*;
 * ``summary.json``: frames, inference seconds and frames per second (summed over the chunks' own
   summaries), how far each keyframe's result is from its target (whole frame and worst 32x32
-  block), and a warning for each keyframe whose worst block is poor however good the whole frame is.
+  block), a warning for each keyframe whose worst block is poor however good the whole frame is, and
+  a flicker figure (``temporal``: the PSNR of the result's frame-to-frame change against the plate's).
 
 All three files are written atomically.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -149,6 +151,38 @@ def contact_frames(frames: Sequence[int], keyframes: Sequence[int], count: int, 
         if frame not in rows:
             rows[frame], wanted = "keyframe", wanted - 1
     return sorted(rows.items())
+
+
+def temporal_figure(frames: Sequence[int], read_result, read_plate) -> dict[str, Any] | None:
+    """How steadily the result moves: the PSNR of its frame-to-frame change against the plate's own
+    (no truth exists), pooled over every pair of consecutive frames f, f + 1, and the worst pair.
+
+    A paint-out that holds moves as the plate does; one that flickers or chatters changes where the
+    plate does not. ``read_result(f)``/``read_plate(f)`` give frame f in the working space, the same
+    channels. None where the shot has no such pair.
+    """
+    from duplidog.quality.scores import _psnr_of_mse
+
+    pairs = [(f, f + 1) for f in frames if f + 1 in set(frames)]
+    if not pairs:
+        return None
+    total, count, worst = 0.0, 0, (math.inf, None)
+    previous: tuple[int, np.ndarray, np.ndarray] | None = None
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for a, b in pairs:
+            if previous is None or previous[0] != a:
+                previous = (a, *pool.map(lambda read: read(a).astype(np.float64), (read_result, read_plate)))
+            now = (b, *pool.map(lambda read: read(b).astype(np.float64), (read_result, read_plate)))
+            squared = float(np.sum(((now[1] - previous[1]) - (now[2] - previous[2])) ** 2))
+            total, count = total + squared, count + now[1].size
+            pair_psnr = _psnr_of_mse(squared / now[1].size)
+            if pair_psnr < worst[0]:
+                worst = (pair_psnr, [a, b])
+            previous = now
+    pooled = _psnr_of_mse(total / count)
+    as_number = lambda x: round(x, 3) if math.isfinite(x) else None  # noqa: E731  (JSON has no inf)
+    return {"psnr": as_number(pooled), "worst_pair": worst[1], "worst_pair_psnr": as_number(worst[0]),
+            "pairs": len(pairs), "against": "the plate's own frame-to-frame change"}
 
 
 def worst_block(result: np.ndarray, reference: np.ndarray, block: int) -> tuple[float, int, int]:
@@ -360,6 +394,16 @@ def assemble(
         log.warning("assemble %s: %s", plan.get("shot"), warning)
     write_contact_sheet(out_dir / "contact_sheet.png", rows, space, int(settings["contact_width"]))
 
+    # Flicker: where the output has the plate's colour channels (not a matte from RGB).
+    temporal = None
+    if all(c in plate_channels for c in shown):
+        temporal = temporal_figure(
+            frames,
+            lambda f: colour.encode(in_plate(imageio.read_pixels(output.path(f), shown), shown, output.path(f)),
+                                    space, shown),
+            lambda f: colour.encode(in_plate(imageio.read_pixels(source.path(f), shown), shown, source.path(f)),
+                                    space, shown))
+
     chunks = load_infer_summaries(infer_summaries, out_dir)
     infer_seconds = sum(float(c.get("seconds", 0.0)) for c in chunks) if chunks else None
     summary: dict[str, Any] = {
@@ -375,6 +419,7 @@ def assemble(
         "height": height,
         "channels": channels,
         "keyframe_error": keyframe_error,
+        "temporal": temporal,
         "warnings": warnings,
         "checksums": str(out_dir / "checksums.tsv"),
         "contact_sheet": str(out_dir / "contact_sheet.png"),

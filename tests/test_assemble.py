@@ -121,6 +121,24 @@ def test_a_local_failure_is_warned_of_and_zoomed_on_although_the_whole_frame_is_
     assert written["warnings"] == summary["warnings"]
 
 
+def test_the_summary_has_a_flicker_figure_against_the_plates_own_change(shot):
+    root, plan = shot
+
+    def write_outputs(jump: float) -> None:  # a slight grade; frame 1004 ``jump`` brighter than the rest
+        for frame in FRAMES:
+            source = imageio.read_info(root / f"plate/plate.{frame:04d}.exr")
+            pixels = imageio.read_pixels(source.path) * 0.98 + (jump if frame == 1004 else 0.0)
+            imageio.write_pixels(plan["output"] % frame, pixels, like=source)
+
+    write_outputs(0.0)
+    steady = run(root)["temporal"]
+    write_outputs(0.02)
+    flickering = run(root)["temporal"]
+    assert steady["pairs"] == flickering["pairs"] == len(FRAMES) - 1
+    assert flickering["worst_pair"] in ([1003, 1004], [1004, 1005])
+    assert steady["psnr"] > flickering["psnr"] + 6 and steady["worst_pair_psnr"] > flickering["worst_pair_psnr"] + 6
+
+
 def test_inference_then_assembly_end_to_end(tmp_path):
     """The real chain on a tiny shot: a saved (untrained) model, infer_frames in two chunks, assemble."""
     import torch
