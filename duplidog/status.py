@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional
 
@@ -32,6 +32,10 @@ class ShotStatus:
     model: Optional[str] = None
     output: Optional[str] = None
     contact_sheet: Optional[str] = None
+    stopped_by: Optional[str] = None
+    #: The keyframe whose worst 32x32 block is poorest (assemble's summary.json): frame, PSNR, held out.
+    worst_block: Optional[dict] = None
+    warnings: List[str] = field(default_factory=list)
 
 
 def _json(path: Path) -> Optional[dict]:
@@ -95,6 +99,7 @@ def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
         status.nothing_psnr = validation.get("psnr_identity")
         if result is not None:
             status.minutes, status.target_steps = result.get("minutes"), result.get("target_steps")
+            status.stopped_by = result.get("stopped_by")
         status.delivered = _delivered(plan, frames, root.parent.parent)
         status.output = _output_pattern(plan)
         if status.delivered:
@@ -102,6 +107,13 @@ def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
         summary = _json(root / "assemble/summary.json")
         if summary is not None and status.delivered == status.frames:
             status.stage, status.contact_sheet = "delivered", summary.get("contact_sheet")
+            status.warnings = [str(w) for w in summary.get("warnings") or []]
+            errors = {frame: e for frame, e in (summary.get("keyframe_error") or {}).items()
+                      if e.get("worst_block_psnr") is not None}
+            if errors:
+                frame = min(errors, key=lambda f: errors[f]["worst_block_psnr"])
+                status.worst_block = {"frame": int(frame), "psnr": float(errors[frame]["worst_block_psnr"]),
+                                      "held_out": bool(errors[frame].get("held_out"))}
     return status
 
 
@@ -132,6 +144,60 @@ def format_table(statuses: Iterable[ShotStatus]) -> str:
         return "no shots found"
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def report_figures(status: ShotStatus) -> dict:
+    """A shot's figures as short texts for the report's opening page (``report/workflow.rst``): validation
+    PSNR against doing nothing, steps, minutes, the worst block, warnings, frames delivered. A figure
+    the shot has not reached yet reads "-", and ``note`` says how far it is."""
+    gain = ""
+    if status.validation_psnr is not None and status.nothing_psnr is not None:
+        gain = f", {status.validation_psnr - status.nothing_psnr:+.2f} dB"
+    psnr = ("-" if status.validation_psnr is None else
+            f"{status.validation_psnr:.2f} dB (doing nothing {status.nothing_psnr:.2f} dB{gain})"
+            if status.nothing_psnr is not None else f"{status.validation_psnr:.2f} dB")
+    if status.validation_psnr is None and status.stage in ("trained", "inferring", "delivered"):
+        psnr = "not validated"
+    steps = "-" if status.steps is None else str(status.steps)
+    if status.steps is not None and status.target_steps:
+        steps += f" of {status.target_steps}"
+    if status.steps is not None and status.stopped_by and status.stopped_by != "steps":
+        steps += f" (stopped by {status.stopped_by})"
+    worst = "-"
+    if status.worst_block is not None:
+        block = status.worst_block
+        worst = f"{block['psnr']:.1f} dB (frame {block['frame']}{', held out' if block['held_out'] else ''})"
+    notes = {"not started": f"not run yet (nothing under results/{status.shot})",
+             "ingested": "ingested; not trained yet", "pooled": "tile pool built; not trained yet",
+             "training": "training, or stopped part way", "trained": "trained; no frame delivered yet",
+             "inferring": "delivering frames", "delivered": "delivered"}
+    return {
+        "shot": status.shot,
+        "stage": status.stage,
+        "note": notes.get(status.stage, status.stage),
+        "psnr": psnr,
+        "steps": steps,
+        "minutes": "-" if status.minutes is None else f"{status.minutes:.1f}",
+        "worst_block": worst,
+        "warnings": list(status.warnings),
+        "frames": f"{status.delivered} of {status.frames}" if status.frames else "-",
+        "output": status.output or "-",
+    }
+
+
+class ReportFigures:
+    """The figures (``report_figures``) of the named shots, read from ``results`` each time they are
+    iterated over: made when the workflow is read, read when the report is rendered, so a dry run or a
+    job reads no results (and imports nothing heavy) and the report shows the results as they are then."""
+
+    def __init__(self, shots: Iterable[str], results: str | os.PathLike = "results"):
+        self.shots, self.results = list(shots), str(results)
+
+    def __iter__(self):
+        return iter([report_figures(shot_status(Path(self.results) / shot)) for shot in self.shots])
+
+    def __len__(self) -> int:
+        return len(self.shots)
 
 
 def summary_line(status: ShotStatus) -> str:

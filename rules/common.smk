@@ -11,6 +11,7 @@ from duplidog import demo
 from duplidog.errors import DuplidogError
 from duplidog.ingest import INGEST_KEYS, check_output_pattern, check_output_writable, discover_frames, ShotFrames
 from duplidog.sequence import FramePattern
+from duplidog.status import ReportFigures
 from duplidog.settings import default_output_pattern, merge_settings, read_shot_yaml, resolve
 
 # The config is checked against config/schema.yaml by duplidog's resolver, which names the key in one
@@ -239,6 +240,12 @@ def all_outputs():
             f"results/{shot.name}/assemble/contact_sheet.png",
         ]
     return targets
+
+
+# The report opens on each shot's figures (report/workflow.rst). Snakemake renders that page with Jinja and
+# gives it only `snakemake.config`, so they go there under a key no setting uses; they are read from
+# results/ when the page is rendered (a shot not run yet reads "not run yet"), never by a dry run or a job.
+config["_report_shots"] = ReportFigures(SHOTS)
 
 
 def sweep_stale_temporaries():
