@@ -15,6 +15,13 @@ rule train:
             category="Training",
             subcategory="{shot}",
         ),
+        # The last picture training draws: the final model on the validation keyframes.
+        contact_sheet=report(
+            "results/{shot}/train/contact_final.png",
+            caption="../report/training_sheet.rst",
+            category="Training",
+            subcategory="{shot}",
+        ),
     log:
         "logs/{shot}/train.log",
     benchmark:
