@@ -82,4 +82,17 @@ def test_a_real_run_writes_every_frame_and_the_report(tiny_shot):
     again = snakemake("--profile", str(ROOT / "profiles/local"), "--configfile", str(shot_file), "-n", cwd=root)
     assert "Nothing to be done" in again.stdout + again.stderr
     snakemake("--configfile", str(shot_file), "--report", str(root / "report.html"), cwd=root)
-    assert (root / "report.html").stat().st_size > 10_000
+    report = (root / "report.html").read_text()
+    assert len(report) > 10_000
+    # The final model's training sheet is a result under Training/t1, with its caption.
+    assert '"results/t1/train/contact_final.png"' in report
+    assert "Validation contact sheet of the final model of shot t1" in report
+    # The report opens on the shot's figures, as the run wrote them.
+    trained = json.loads((results / "train/result.json").read_text())
+    worst = min(summary["keyframe_error"].items(), key=lambda item: item[1]["worst_block_psnr"])
+    assert "duplidog: shot summary" in report and "System Message" not in report  # no reStructuredText error
+    for figure in (f"{trained['validation_psnr']:.2f} dB (doing nothing {trained['validation_psnr_identity']:.2f} dB",
+                   f"{trained['steps']} of {trained['target_steps']}",
+                   f"{worst[1]['worst_block_psnr']:.1f} dB (frame {worst[0]}", "7 of 7"):
+        assert figure in report, figure
+    assert ("No warnings." in report) == (not summary["warnings"])
