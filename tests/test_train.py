@@ -546,9 +546,10 @@ def test_raising_the_steps_trains_the_finished_model_further(shot, tmp_path):
 
 
 def test_raising_max_minutes_trains_the_finished_model_further(shot, tmp_path):
-    first = run(shot, tmp_path, steps=None, max_minutes=0.01, validate_every=0)
+    # Budgets of seconds, not fractions of one: the setup before the first step counts against them.
+    first = run(shot, tmp_path, steps=None, max_minutes=0.04, validate_every=0)
     assert first["stopped_by"] == "max_minutes"
-    more = run(shot, tmp_path, steps=None, max_minutes=0.02, validate_every=0)
+    more = run(shot, tmp_path, steps=None, max_minutes=0.08, validate_every=0)
     assert more["start"] == "continue" and more["resumed_from"] == first["steps"] < more["steps"]
     assert more["stopped_by"] == "max_minutes"
 
