@@ -283,6 +283,15 @@ def test_the_colour_fit_learns_a_grade_from_the_pools_untouched_pixels_within_it
                           seconds=20, clock=lambda: float(next(ticks)))
     assert 10 <= cut["steps"] <= 20
 
+    # A fit that will not be kept ends a quarter of the way in, once asked; one that will runs on.
+    asked = []
+    ended = fit_colour_path(model.colour, *pixels[:2], parameter_groups(model.colour, 3e-3, 0.0, 10.0), 800, seed=0,
+                            give_up=lambda error: asked.append(error) or True)
+    assert ended["gave_up"] and ended["steps"] == 200 and asked == [ended["error_after"]]
+    kept = fit_colour_path(model.colour, *pixels[:2], parameter_groups(model.colour, 3e-3, 0.0, 10.0), 800, seed=0,
+                           give_up=lambda error: False)
+    assert not kept["gave_up"] and kept["steps"] == 800
+
 
 def test_a_colour_fit_that_explains_little_of_the_change_is_undone_and_held(tmp_path):
     import zarr

@@ -43,6 +43,9 @@ CHANGED_SHARE = 0.5
 #: colour (grain: the best such function only shrinks the noise with the picture), and the fitted path
 #: would hand the encoder-decoder a flattened base to undo; it goes back to the identity and stays there.
 KEEP_SHARE = 0.5
+#: A fit that explains under half of KEEP_SHARE at this share of its steps will not be kept: it ends there,
+#: and its seconds go to the network's training.
+CHECK_AT = 0.25
 
 
 class PixelSample(NamedTuple):
@@ -81,12 +84,15 @@ def sample_pixels(group, border: int, threshold: float, radius: int, seed: int,
 
 def fit_colour_path(colour_path: torch.nn.Module, source: torch.Tensor, target: torch.Tensor,
                     parameter_groups: list, steps: int, seed: int, seconds: Optional[float] = None,
-                    clock: Callable[[], float] = time.monotonic) -> Dict[str, float]:
+                    clock: Callable[[], float] = time.monotonic,
+                    give_up: Optional[Callable[[float], bool]] = None) -> Dict[str, float]:
     """Adam on the squared error of ``colour_path(source)`` against ``target`` for ``steps`` steps.
 
     The learning rate follows a cosine over the steps, or over ``seconds`` where those run out first
-    (measured by ``clock``), so a fit cut short by its time still ends annealed. Returns the steps taken,
-    the seconds and the squared error on the whole sample before and after.
+    (measured by ``clock``), so a fit cut short by its time still ends annealed. ``give_up(error)``,
+    asked once at ``CHECK_AT`` of the fit, may end it there (``gave_up``: a fit that will not be kept
+    need not spend the budget's seconds). Returns the steps taken, the seconds and the squared error on
+    the whole sample before and after.
     """
     device = next(colour_path.parameters()).device
     source, target = source.to(device), target.to(device)
@@ -105,11 +111,18 @@ def fit_colour_path(colour_path: torch.nn.Module, source: torch.Tensor, target: 
     before = error()
     started = clock()
     step = 0
+    checked = give_up is None
     while step < steps:
         elapsed = clock() - started
         progress = max(step / steps, elapsed / seconds if seconds else 0.0)
         if progress >= 1.0:
             break
+        if not checked and progress >= CHECK_AT:
+            checked = True
+            now = error()
+            if give_up(now):
+                return {"steps": step, "seconds": clock() - started, "error_before": before, "error_after": now,
+                        "gave_up": True}
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * 0.5 * (1.0 + math.cos(math.pi * progress))
         chosen = torch.randint(0, source.shape[0], (PIXELS_PER_STEP,), generator=generator, device=device)
@@ -118,7 +131,8 @@ def fit_colour_path(colour_path: torch.nn.Module, source: torch.Tensor, target: 
         loss.backward()
         optimizer.step()
         step += 1
-    return {"steps": step, "seconds": clock() - started, "error_before": before, "error_after": error()}
+    return {"steps": step, "seconds": clock() - started, "error_before": before, "error_after": error(),
+            "gave_up": False}
 
 
 def explained_share(source: torch.Tensor, target: torch.Tensor, error_after: float) -> Optional[float]:

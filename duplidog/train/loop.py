@@ -175,10 +175,19 @@ def fit_colour_path_first(model, ema, group, border: int, loss_mix, settings: di
         return
     before_fit = copy.deepcopy(model.colour.state_dict())
     groups = parameter_groups(model.colour, float(settings["colour_fit_lr"]), 0.0, float(settings["curve_lr_scale"]))
-    fit = fit_colour_path(model.colour, pixels.source, pixels.target, groups, steps, seed, seconds, clock)
-    log.info("train: colour path fitted alone on %d pixels: %d steps in %.1f s, squared error %.3g -> %.3g",
-             pixels.source.shape[0], fit["steps"], fit["seconds"], fit["error_before"], fit["error_after"])
-    explained = explained_share(pixels.source, pixels.target, fit["error_after"]) if model.residual else None
+
+    def explains(error: float) -> Optional[float]:  # None where there is no identity to compare with
+        return explained_share(pixels.source, pixels.target, error) if model.residual else None
+
+    def give_up(error: float) -> bool:
+        share = explains(error)
+        return share is not None and share < KEEP_SHARE / 2
+
+    fit = fit_colour_path(model.colour, pixels.source, pixels.target, groups, steps, seed, seconds, clock, give_up)
+    log.info("train: colour path fitted alone on %d pixels: %d steps in %.1f s%s, squared error %.3g -> %.3g",
+             pixels.source.shape[0], fit["steps"], fit["seconds"], " (ended early)" if fit["gave_up"] else "",
+             fit["error_before"], fit["error_after"])
+    explained = explains(fit["error_after"])
     if explained is not None and explained < KEEP_SHARE:
         hold_colour_path(model.colour, before_fit)
         log.info("train: the fit explains %.0f %% of the change (under %.0f %%): not a per-pixel colour fix, so "
