@@ -11,12 +11,12 @@ rerun then fixes them in one go. Then:
   farthest from any keyframe, the frames named in ``assemble.frames``), each titled with what it is;
   columns plate | result and, on keyframes, target | difference, then two zoomed crops (whole
   pixels, no resampling) where the keyframe's error is worst or where the fix changes the plate most.
-  Pictures of a shot whose working space is an OpenColorIO one go through an OCIO display/view
-  (``assemble.display``/``assemble.view``; default the config's default display and its default view,
-  sRGB - Display and the ACES SDR view in OCIO's built-in config), after every file is brought into
-  the working space; plain kinds keep a simple view transform (scene-linear: the working-space
-  shaper, which maps 0..1 to 0..1 with highlights rolled off; log and display: as they are). Either
-  way they are quantised to 8 bits *only here, for the picture*;
+  Pictures of a shot whose working space is an OpenColorIO one, or scene-linear with no tag (shown as
+  linear Rec.709), go through an OCIO display/view (``assemble.display``/``assemble.view``; default
+  the config's default display and its default view, sRGB - Display and the ACES SDR view in OCIO's
+  built-in config), after every file is brought into the working space; log and display-referred
+  values without a tag are shown as they are. Either way they are quantised to 8 bits *only here, for
+  the picture*;
 * ``summary.json``: frames, inference seconds and frames per second (summed over the chunks' own
   summaries), how far each keyframe's result is from its target (whole frame and worst 32x32
   block), a warning for each keyframe whose worst block is poor however good the whole frame is, and
@@ -211,13 +211,15 @@ def _display_channels(names: Sequence[str]) -> list[str]:
 def view_transform(pixels: np.ndarray, space: Any, display: str | None = None, view: str | None = None) -> np.ndarray:
     """Scene or working values -> 0..1 RGB for a picture (display only: clipped here, nowhere else).
 
-    ``space`` naming an OpenColorIO space: through OCIO ``display``/``view`` (None: the config's
-    defaults); else linear through the working-space shaper, log and display as they are."""
-    ws = colour.as_space(space)
-    if ws.ocio_name and np.asarray(pixels).shape[2] >= 3:
-        from duplidog import ocio
+    ``space`` naming an OpenColorIO space, or scene-linear (``ocio.picture_space``): through OCIO
+    ``display``/``view`` (None: the config's defaults); else the shaper (a config without linear
+    Rec.709), log and display as they are."""
+    from duplidog import ocio
 
-        shown = ocio.display_view(pixels, ws.ocio_name, display, view)
+    ws = colour.as_space(space)
+    shown_from = ocio.picture_space(ws) if np.asarray(pixels).shape[2] >= 3 else None
+    if shown_from:
+        shown = ocio.display_view(pixels, shown_from, display, view)
     else:
         shown = colour.encode(pixels, ws) if ws.name == "linear" else np.asarray(pixels, np.float32)
     if shown.shape[2] == 1:
@@ -318,18 +320,19 @@ def assemble(
 
     space = plan.get("colorspace", "display")
     display, view = settings.get("display"), settings.get("view")
-    # The space pictures are shown from: an OCIO one through the display/view, except a display-referred
-    # OCIO space (an sRGB PNG plate) with no display or view set, which is shown as it is, as before.
-    shown_space = space
-    if colour.ocio_name(space):
-        from duplidog import ocio
+    # The space pictures are shown from: an OCIO one, or untagged scene-linear values as linear Rec.709,
+    # through the display/view; display-referred values (an sRGB PNG plate) as they are unless a display
+    # or view is asked for.
+    from duplidog import ocio
 
-        if colour.as_space(space).name == "display" and not (display or view):
-            shown_space = "display"
-        else:
-            display, view = ocio.check_display_view(display, view)
-            log.info("assemble %s: contact sheet through OpenColorIO display %r, view %r",
-                     plan.get("shot"), display, view)
+    shown_space = space
+    working = colour.as_space(space)
+    if working.name == "display" and not (working.ocio_name and (display or view)):
+        shown_space = "display"
+    elif ocio.picture_space(working):
+        display, view = ocio.check_display_view(display, view)
+        log.info("assemble %s: contact sheet from %s through OpenColorIO display %r, view %r",
+                 plan.get("shot"), ocio.picture_space(working), display, view)
     # Every file in the working space first (the output is in the plate's space, keyframes in theirs).
     in_plate = lambda x, names, path: colour.plan_to_working(x, names, plan, "plate", path)  # noqa: E731
     keyframes = [int(f) for f in plan.get("keyframes", [])]

@@ -174,6 +174,19 @@ def convert(pixels: np.ndarray, channels: Sequence[str] | None, source: str, des
     return _apply(processor, pixels, colour_channels(channels, pixels.shape[-1]))
 
 
+#: Scene-linear values that name no space (an untagged EXR, ``colorspace: linear``) are shown as linear
+#: Rec.709, the way Nuke's default config shows them, where the active config has that space.
+UNTAGGED_LINEAR = "lin_rec709_scene"
+
+
+def picture_space(space: Any) -> str | None:
+    """The OCIO space pictures of a working space (``duplidog.colour.WorkingSpace``) are shown from: its
+    own, or linear Rec.709 for untagged scene-linear values; None where there is none (shown as they are)."""
+    if space.ocio_name:
+        return space.ocio_name
+    return canonical(UNTAGGED_LINEAR) if space.name == "linear" else None
+
+
 def check_display_view(display: str | None, view: str | None) -> tuple[str, str]:
     """The (display, view) to use: None means the config's default display, or that display's default
     view. Raises DuplidogError naming the setting when the config has no such display or view."""

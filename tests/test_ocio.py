@@ -270,7 +270,11 @@ def test_qc_pictures_go_through_the_display_view(tmp_path):
     default = view_transform(scene, acescg)
     assert np.allclose(default, np.clip(ocio.display_view(scene, "ACEScg", "sRGB - Display",
                                                           "ACES 2.0 - SDR 100 nits (Rec.709)"), 0, 1))
-    assert not np.allclose(default, view_transform(scene, "linear"), atol=0.02)  # not the shaper
+    assert not np.allclose(default, np.clip(colour.encode(scene, "linear"), 0, 1), atol=0.02)  # not the shaper
+    # untagged scene-linear values are shown as linear Rec.709 through the same default view
+    assert np.allclose(view_transform(scene, "linear"),
+                       np.clip(ocio.display_view(scene, "Linear Rec.709 (sRGB)", "sRGB - Display",
+                                                 "ACES 2.0 - SDR 100 nits (Rec.709)"), 0, 1))
     plain = view_transform(scene, acescg, "sRGB - Display", "Un-tone-mapped")
     assert not np.allclose(plain, default, atol=0.02)
     # a display-referred plain kind is shown as it is, as before

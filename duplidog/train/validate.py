@@ -122,20 +122,21 @@ def validate(model: torch.nn.Module, frames: Sequence[ValidationFrame], infer_se
 
 def _preview(x: torch.Tensor, width: int, space: object = None) -> np.ndarray:
     """(1, C, H, W) -> (h, w, 3) float in 0..1 for display: grey for one channel, first three else.
-    Working values of a scene-referred OpenColorIO ``space`` (linear, log) with three or more channels are
-    decoded and shown through the config's default display and view; others as they are."""
+    Working values of a scene-referred ``space`` (linear, log) with three or more channels are decoded and
+    shown through the config's default display and view (``ocio.picture_space``); others as they are."""
     x = x.float()
     if space is not None and x.shape[1] >= 3:
         from duplidog import colour, ocio
 
         ws = colour.as_space(space)
-        if ws.ocio_name and ws.name != "display":
+        shown_from = ocio.picture_space(ws)
+        if shown_from and ws.name != "display":
             small = x[:, :3]
             if small.shape[-1] > width:
                 height = max(1, round(small.shape[-2] * width / small.shape[-1]))
                 small = F.interpolate(small, size=(height, width), mode="area")
             scene = colour.decode(np.ascontiguousarray(small[0].permute(1, 2, 0).numpy()), ws)
-            return np.ascontiguousarray(np.clip(np.nan_to_num(ocio.display_view(scene, ws.ocio_name)), 0.0, 1.0),
+            return np.ascontiguousarray(np.clip(np.nan_to_num(ocio.display_view(scene, shown_from)), 0.0, 1.0),
                                         dtype=np.float32)
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
