@@ -153,11 +153,13 @@ def _preview(x: torch.Tensor, width: int, space: object = None) -> np.ndarray:
 def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: Sequence[torch.Tensor],
                         panel_width: int = PANEL_WIDTH, title: str = "") -> np.ndarray:
     """source | result | target | difference, one row per validation frame, each row under a strip
-    naming its frame and columns (and ``title``, e.g. the step, on the first), as an 8-bit PNG.
+    naming its frame (and ``title``, e.g. the step, on the first) on one line and its columns on the
+    next, so that narrow panels do not run the names together, as an 8-bit PNG.
     Returns the picture (H, W, 3) uint8, for TensorBoard."""
     import OpenImageIO as oiio
 
-    gap, strip, text = 4, 16, 11
+    gap, line, text = 4, 14, 11
+    strip = 2 * line
     labels = ("plate", "result", "target", f"difference x{DIFFERENCE_GAIN:g}")
     rows = []
     for index, (item, result) in enumerate(zip(frames, results)):
@@ -168,12 +170,13 @@ def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: 
         row = oiio.ImageBuf(oiio.ImageSpec(sum(p.shape[1] for p in panels) + gap * (len(panels) - 1), height, 3,
                                            oiio.FLOAT))
         oiio.ImageBufAlgo.fill(row, [0.18, 0.18, 0.18])
+        heading = f"frame {item.frame}{', ' + title if title and index == 0 else ''}"
+        oiio.ImageBufAlgo.render_text(row, 2, line - 3, heading, text, "", [0.9, 0.9, 0.9])
         x = 0
-        for k, (panel, label) in enumerate(zip(panels, labels)):
+        for panel, label in zip(panels, labels):
             if not row.set_pixels(oiio.ROI(x, x + panel.shape[1], strip, strip + panel.shape[0]), panel):
                 raise DuplidogError(f"{path}: cannot place a panel on the contact sheet ({row.geterror()})")
-            name = f"{label}  (frame {item.frame}{', ' + title if title and index == 0 else ''})" if k == 0 else label
-            oiio.ImageBufAlgo.render_text(row, x + 2, strip - 4, name, text, "", [0.9, 0.9, 0.9])
+            oiio.ImageBufAlgo.render_text(row, x + 2, strip - 4, label, text, "", [0.9, 0.9, 0.9])
             x += panel.shape[1] + gap
         rows.append(row.get_pixels(oiio.FLOAT)[:, :, :3])
     width = max(r.shape[1] for r in rows)
