@@ -163,7 +163,8 @@ def temporal_figure(frames: Sequence[int], read_result, read_plate) -> dict[str,
     """
     from duplidog.quality.scores import _psnr_of_mse
 
-    pairs = [(f, f + 1) for f in frames if f + 1 in set(frames)]
+    present = set(frames)
+    pairs = [(f, f + 1) for f in frames if f + 1 in present]
     if not pairs:
         return None
     total, count, worst = 0.0, 0, (math.inf, None)
