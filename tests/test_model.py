@@ -122,6 +122,18 @@ def test_curves_start_as_the_identity_learn_a_tone_curve_and_extend_their_end_se
         assert abs(float(curves(outside)[1, 0]) - (1.0 + (1 - (15 / 16) ** 2) * 16 * 1.0)) < 0.05
 
 
+def test_the_colour_path_keeps_the_inputs_memory_format():
+    # Training feeds channels_last batches: an NCHW base from the colour path would turn every later
+    # convolution NCHW (a step took half as long again on the CPU).
+    network = build_model(**TINY)
+    x = torch.rand(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert network.colour(x).is_contiguous(memory_format=torch.channels_last)
+        assert all(level.is_contiguous(memory_format=torch.channels_last) for level in network(x, all_levels=True))
+        plain = torch.rand(2, 3, 32, 32)
+        assert torch.allclose(network(plain), network(plain.contiguous(memory_format=torch.channels_last)), atol=1e-6)
+
+
 def test_the_colour_path_carries_a_residual_network_input_and_adds_no_reach():
     torch.manual_seed(0)
     plain = build_model(**{**TINY, "colour_width": 0, "curve_knots": 0})

@@ -167,10 +167,12 @@ class ChannelCurves(nn.Module):
         u = (x - self.low) / self.step
         index = torch.clamp(torch.floor(u), 0.0, float(self.knots - 2))
         fraction = u - index  # below 0 or above 1 outside the range: the end segments extend
-        flat = (index.long() + self.offsets).flatten()
+        # Indexing with a tensor shaped like x keeps x's memory format (channels_last in training); a
+        # flattened lookup would hand the encoder-decoder NCHW bases and slow every convolution after it.
+        flat = index.long() + self.offsets
         table = self.values.flatten()
-        left = table[flat].view(x.shape)
-        right = table[flat + 1].view(x.shape)
+        left = table[flat]
+        right = table[flat + 1]
         return left + fraction * (right - left)
 
 
