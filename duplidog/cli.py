@@ -96,12 +96,17 @@ def cmd_pool(args) -> None:
 
 def cmd_train(args) -> None:
     from duplidog.train import train
+    from duplidog.train.distributed import process_group
 
     config = _shot_config(args)
     root = _results(args, config)
-    metrics = train(pool_path=root / "pool/pool.zarr", plan_path=root / "ingest/plan.json",
-                    manifest_path=root / "ingest/manifest.csv", model_dir=root / "model",
-                    work_dir=root / "train", config=config)
+    # Under torchrun (or srun with a task per GPU) each process joins the run and takes its share of every batch.
+    with process_group() as launch:
+        metrics = train(pool_path=root / "pool/pool.zarr", plan_path=root / "ingest/plan.json",
+                        manifest_path=root / "ingest/manifest.csv", model_dir=root / "model",
+                        work_dir=root / "train", config=config)
+    if launch is not None and launch.rank != 0:
+        return
     from duplidog.train.loop import summary_line
 
     print(f"{summary_line(metrics)} (details: {root / 'train/result.json'})")

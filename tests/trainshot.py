@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from shotdata import make_shot  # noqa: E402
+from shotdata import make_shot, write_frame  # noqa: E402
 
 TINY_MODEL = {"arch": "msrn", "preset": "small",
               "overrides": {"levels": 2, "stages": 1, "width": 8, "depth": 1, "block": "res"}}
@@ -24,14 +24,25 @@ TINY_TRAIN = {"batch_size": 4, "steps": 20, "log_every": 1, "validate_every": 10
               "device": "cpu", "warmup_fraction": 0.1, "lr": 0.003}
 
 
-def build_tiny_shot(root: Path, pool_overrides: dict | None = None, seed: int = 0) -> dict:
-    """Write, ingest and pool the tiny shot under ``root``; returns paths and the resolved config."""
+def build_tiny_shot(root: Path, pool_overrides: dict | None = None, seed: int = 0, local_edit: bool = False) -> dict:
+    """Write, ingest and pool the tiny shot under ``root``; returns paths and the resolved config.
+
+    ``local_edit``: the keyframes are graded on their left half only (a fix that leaves some pixels alone,
+    so the change-weighted loss terms weight pixels unevenly).
+    """
+    from duplidog.imageio import read_pixels
     from duplidog.ingest import ingest
     from duplidog.pool import build_pool
     from duplidog.settings import resolve
 
     root = Path(root)
     shot_file = make_shot(root / "shot", frames=range(1001, 1004), keyframes=(1001, 1002, 1003), size=(48, 40))
+    if local_edit:
+        for frame in (1001, 1002, 1003):
+            plate = read_pixels(root / "shot/plate" / f"plate.{frame:04d}.exr")
+            fixed = plate.copy()
+            fixed[:, :24] = plate[:, :24] * 0.8 + 0.05
+            write_frame(root / "shot/fixed" / f"fixed.{frame:04d}.exr", fixed)
     import yaml
 
     user = yaml.safe_load(shot_file.read_text())

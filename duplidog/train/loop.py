@@ -47,10 +47,11 @@ from duplidog.train.colour_fit import (BUDGET_SHARE, KEEP_SHARE, STEPS_PER_NETWO
                                       explained_share, fit_colour_path, hold_colour_path, sample_pixels)
 from duplidog.train.data import EpochPlan, make_batches, value_range
 from duplidog.train.device import choose_device, choose_precision
+from duplidog.train.distributed import QuietMonitor, Ranks, StepForward
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
 from duplidog.train.monitor import ActivationStats, TrainingMonitor, read_metrics
-from duplidog.train.schedule import TrainingClock, TrainingSchedule
+from duplidog.train.schedule import TrainingSchedule
 from duplidog.train.validate import load_validation_frames, validate, write_contact_sheet
 
 log = logging.getLogger(__name__)
@@ -76,20 +77,26 @@ class StopRequest:
     SIGHUP (the terminal that started the run closed) is a request to stop like the others, not a
     reason to lose the steps since the last checkpoint.
 
-    A second signal while the first is being handled interrupts at once (KeyboardInterrupt). Handlers
+    A second signal while the first is being handled interrupts at once (KeyboardInterrupt), unless it
+    comes within ``REPEAT_SECONDS`` of the first: a launcher (torchrun, srun) passes on the signal that
+    its process group or job step has already delivered, and that copy is the same request. Handlers
     are installed only from the main thread (Python allows nothing else) and restored afterwards.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+    REPEAT_SECONDS = 2.0
 
     def __init__(self):
         self.signum: Optional[int] = None
+        self._received = 0.0
         self._previous: Dict[int, Any] = {}
 
     def _handle(self, signum, _frame) -> None:
         if self.signum is not None:
+            if time.monotonic() - self._received < self.REPEAT_SECONDS:
+                return
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self._received = signum, time.monotonic()
         log.warning("%s received: finishing this step, writing a checkpoint, then stopping",
                     signal.Signals(signum).name)
 
@@ -221,12 +228,15 @@ class StepRunner:
     and weight average. Shared by ``train`` and ``bench_train`` so the benchmark times the real step."""
 
     def __init__(self, model, forward, loss_mix, optimizer, scheduler, scaler, ema, precision, accumulate: int,
-                 grad_clip: float, tile_size: int):
-        self.model, self.forward, self.loss_mix = model, forward, loss_mix
+                 grad_clip: float, tile_size: int, ranks: Optional[Ranks] = None):
+        self.model, self.loss_mix = model, loss_mix
         self.optimizer, self.scheduler, self.scaler, self.ema = optimizer, scheduler, scaler, ema
         self.precision, self.accumulate, self.grad_clip, self.tile_size = precision, accumulate, grad_clip, tile_size
         # The colour path trained on a loss of its own (train.colour_split), where the network has one.
         self.split_colour = loss_mix.colour_split and getattr(model, "colour", None) is not None
+        # Several processes: DistributedDataParallel around the whole forward pass (``distributed``).
+        self.ranks = ranks or Ranks()
+        self.forward = self.ranks.data_parallel(StepForward(model, forward, self.split_colour))
 
     def __call__(self, stream, stats: Optional[ActivationStats] = None):
         """Returns (loss, {term: value}, finite) averaged over the micro-batches."""
@@ -235,16 +245,15 @@ class StepRunner:
         loss_sum, parts_sum = 0.0, {}
         for micro in range(self.accumulate):
             source, target = (t.contiguous(memory_format=torch.channels_last) for t in next(stream))
-            with self.precision.autocast(), (stats if stats is not None and micro == 0 else contextlib.nullcontext()):
-                if self.split_colour:
-                    outputs, colour_output = self.model.training_outputs(source)
-                else:
-                    outputs, colour_output = self.forward(source, all_levels=True, logits=True), None
-            loss, parts = self.loss_mix(outputs, target, self.tile_size, source, colour_output)
-            self.scaler.scale(loss / self.accumulate).backward()
+            with self.ranks.micro_batch(self.forward, last=micro == self.accumulate - 1):
+                with self.precision.autocast(), (stats if stats is not None and micro == 0 else contextlib.nullcontext()):
+                    outputs, colour_output = self.forward(source)
+                loss, parts = self.loss_mix(outputs, target, self.tile_size, source, colour_output)
+                self.scaler.scale(loss / self.accumulate).backward()
             loss_sum += loss.item() / self.accumulate
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / self.accumulate
+        loss_sum, parts_sum = self.ranks.mean(loss_sum, parts_sum)
         self.scaler.unscale_(self.optimizer)
         limit = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
@@ -278,19 +287,22 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     from duplidog.pool import open_pool, pool_fingerprint
 
     called = time.monotonic()
-    clock = TrainingClock()  # the budget's clock: a resumed run continues the earlier runs' time
+    ranks = Ranks.current()  # one process, or one of several sharing each batch (``distributed``)
+    clock = ranks.clock()  # the budget's clock: a resumed run continues the earlier runs' time
     settings = config["train"]
     model_settings = config.get("model", {})
     seed = int(config.get("seed", 0))
     work_dir, model_dir = Path(work_dir), Path(model_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = work_dir / "checkpoints"
-    (work_dir / "result.json").unlink(missing_ok=True)  # written again when this run ends
+    if ranks.first:
+        (work_dir / "result.json").unlink(missing_ok=True)  # written again when this run ends
     max_minutes = settings.get("max_minutes")
     budget_seconds = 60.0 * float(max_minutes) if max_minutes else None
     # Without a step count the budget alone ends the run (and the schedule); without either, DEFAULT_STEPS.
     total_steps = int(settings["steps"]) if settings.get("steps") else (None if budget_seconds else DEFAULT_STEPS)
     accumulate = max(1, int(settings["accumulate"]))
+    ranks.check_batch(int(settings["batch_size"]))
 
     # -- data ------------------------------------------------------------------------------------------
     plan = read_plan(plan_path)
@@ -304,13 +316,14 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             f"{pool_path}: pool has {in_channels} -> {out_channels} channels but the plan {plan_path} says "
             f"{len(plan['input_channels'])} -> {len(plan['output_channels'])} (rebuild the pool)"
         )
-    device = choose_device(settings["device"])
+    device = ranks.place(choose_device(settings["device"]))
     precision = choose_precision(device, settings["precision"])
 
     # -- how the run begins: resumed, trained further, fine-tuned or from scratch -----------------------
     init_from = settings.get("init_from") or ""
     own_model = bool(init_from) and Path(init_from).resolve() == model_dir.resolve()
-    start = ckpt.find_start(checkpoints, config, pool_hash, bool(settings["start_over"]), own_model)
+    start = ranks.first_decides(
+        lambda: ckpt.find_start(checkpoints, config, pool_hash, bool(settings["start_over"]), own_model))
     log.info("train: %s", start.why)
     if own_model and start.kind == "fresh":
         # The shot's own model is what its checkpoints hold (Snakemake removes the model files before
@@ -391,7 +404,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     del state
     start.state = None  # the weights are in the model now; do not hold a second copy
     if resumed_from is None:
-        clear_run_outputs(work_dir)
+        if ranks.first:
+            clear_run_outputs(work_dir)
         if getattr(model, "colour", None) is not None and int(settings["colour_fit_steps"]) > 0:
             fit_steps = int(settings["colour_fit_steps"])
             if total_steps:
@@ -422,6 +436,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         }
 
     def write_checkpoint(step: int) -> Path:
+        if not ranks.first:  # rank 0 writes it
+            return ckpt.checkpoint_path(checkpoints, step)
         path = ckpt.save_checkpoint(checkpoints, checkpoint_state(step))
         ckpt.prune_checkpoints(checkpoints, int(settings["keep_checkpoints"]), best_step)
         return path
@@ -432,13 +448,16 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     # -- the run ------------------------------------------------------------------------------------------
     batches, data_choice = make_batches(str(pool_path), group, epochs, device, settings)
     forward = torch.compile(model) if settings["compile"] else model
-    frames = load_validation_frames(plan, manifest_path, int(settings["validation_frames_max"]))
+    frames = load_validation_frames(plan, manifest_path, int(settings["validation_frames_max"])) if ranks.first else []
     monitor = TrainingMonitor(work_dir, total_steps, start_step, loss_mix.names, settings,
-                              read_metrics(work_dir / "metrics.csv") if resumed_from is not None else None)
+                              read_metrics(work_dir / "metrics.csv") if resumed_from is not None else None
+                              ) if ranks.first else QuietMonitor()
     monitor.write(f"train: {n_tiles} tiles of {tile_size} px (border {border}), {data_choice.mode}; "
                   f"{device} {precision.name}; {model.config.get('arch')} {model.config.get('preset')} "
                   f"({sum(p.numel() for p in model.parameters())} parameters); steps {start_step} -> "
-                  f"{total_steps or f'the end of {max_minutes} minutes'}")
+                  f"{total_steps or f'the end of {max_minutes} minutes'}"
+                  + (f"; {ranks.world_size} processes, {int(settings['batch_size']) // ranks.world_size} tiles "
+                     "of each batch apiece" if ranks.many else ""))
 
     latest_results = []
 
@@ -458,27 +477,31 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             best_psnr, best_step = float(metrics["psnr"]), step
         return metrics
 
+    ranks.start_together(model, ema, optimizer, scheduler)
     run_step = StepRunner(model, forward, loss_mix, optimizer, scheduler, scaler, ema, precision, accumulate,
-                          float(settings["grad_clip"]), tile_size)
+                          float(settings["grad_clip"]), tile_size, ranks)
     stats_every = int(settings["activation_stats_every"])
     validate_every, checkpoint_every = int(settings["validate_every"]), int(settings["checkpoint_every"])
     stopped_by, step, last_loss, nonfinite = "steps", start_step, float("nan"), 0
     validated_at = checkpointed_at = None
     try:
         with StopRequest() as stop:
-            stream = batches.batches(start_step * accumulate)
+            stream = ranks.share(batches.batches(start_step * accumulate))
             while total_steps is None or step < total_steps:
-                if stop.signum is not None:  # checked here so a signal during validation counts too
+                # Every rank stops at the same step: a signal to any, the budget on rank 0's clock.
+                signum, seconds = ranks.agree(stop.signum, clock)
+                if signum is not None:  # checked here so a signal during validation counts too
                     path = write_checkpoint(step)
-                    name = signal.Signals(stop.signum).name
+                    ranks.barrier()  # no rank exits (and has its launcher stop the rest) before it is written
+                    name = signal.Signals(signum).name
                     raise TrainingInterrupted(
                         f"{work_dir}: training stopped by {name} at step {step}; checkpoint {path.name} written, "
-                        f"rerun to resume", stop.signum)
-                if budget_seconds is not None and clock() >= budget_seconds:
+                        f"rerun to resume", signum)
+                if budget_seconds is not None and seconds >= budget_seconds:
                     stopped_by = "max_minutes"
                     monitor.write(f"train: train.max_minutes ({max_minutes}) reached at step {step}; stopping")
                     break
-                watch = stats_every > 0 and (step + 1) % stats_every == 0 and not settings["compile"]
+                watch = stats_every > 0 and (step + 1) % stats_every == 0 and not settings["compile"] and ranks.first
                 stats = ActivationStats(model) if watch else None
                 loss_sum, parts_sum, finite = run_step(stream, stats)
                 if stats is not None:
@@ -507,9 +530,11 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             # -- finish: validate the final weights, checkpoint, save the model ---------------------------
             if validated_at != step or not latest_results:
                 run_validation(step)
-            if not frames:
+            if not frames and ranks.first:
                 log.warning("train: the plan names no keyframes to validate on; the model is saved unvalidated")
             final_checkpoint = write_checkpoint(step)
+            if not ranks.first:
+                return {"steps": step, "stopped_by": stopped_by, "loss": last_loss, "rank": ranks.rank}
             card = {
                 "model": model.config,
                 "input_channels": list(plan["input_channels"]),

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from duplidog.errors import DuplidogError
+from duplidog.train.distributed import whole_batch_sum
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's IMAGENET1K_V1 weights, as torch.hub caches them
 VGG19_LAYERS = 36  # features[:36]: through relu5_4
@@ -56,7 +57,8 @@ def _mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     if weights is None:
         return values.mean()
     weights = weights.expand_as(values)
-    return (values * weights).sum() / weights.sum().clamp_min(1e-12)
+    # Over the whole batch's weights where several processes share it (``distributed``), else the slice's.
+    return (values * weights).sum() / whole_batch_sum(weights.sum()).clamp_min(1e-12)
 
 
 def l1_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
