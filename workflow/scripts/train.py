@@ -2,14 +2,16 @@ from pathlib import Path
 
 import torch
 
+from duplidog.gpus import claim_gpus
 from duplidog.logs import log_to
 from duplidog.train import train
+from duplidog.train.launch import train_in_processes
 
 log_to(snakemake.log[0])
-# As many threads as the job was given (SLURM --cpus-per-task, or Snakemake's share of --cores), not
-# the whole node's; and the same count gives the same floating-point sums on every run.
-torch.set_num_threads(snakemake.threads)
-train(
+# This job's own GPUs (before CUDA starts): on a workstation a free one of the machine's for each GPU
+# job; under SLURM the ones SLURM gave the job.
+gpus = claim_gpus(snakemake.resources.get("gpu", 0))
+arguments = dict(
     pool_path=snakemake.input.pool,
     plan_path=snakemake.input.plan,
     manifest_path=snakemake.input.manifest,
@@ -21,3 +23,11 @@ train(
         "seed": snakemake.params.seed,
     },
 )
+if len(gpus.devices) > 1 and snakemake.params.train.get("device") != "cpu":
+    # Several GPUs (resources: gpu above 1): one process per GPU, each on its share of every batch.
+    train_in_processes(len(gpus.devices), snakemake.threads, **arguments)
+else:
+    # As many threads as the job was given (SLURM --cpus-per-task, or Snakemake's share of --cores), not
+    # the whole node's; and the same count gives the same floating-point sums on every run.
+    torch.set_num_threads(snakemake.threads)
+    train(**arguments)
