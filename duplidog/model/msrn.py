@@ -315,17 +315,19 @@ class MSRN(nn.Module):
                                                             for k, v in self._settings.items()}}
 
     @torch.jit.unused
-    def reach_bound(self) -> float:
+    def reach_bound(self, levels: Optional[int] = None) -> float:
         """Upper bound, in full-resolution pixels, of how far an input pixel can change an output pixel.
 
         Follows ``forward`` operation by operation, adding each one's radius (in its own grid's pixels
         times that grid's spacing) along the longest path; where paths join, the larger reach wins.
+        ``levels``: only the finest that many levels, what the coarser ones hand them taken as given
+        (``levels=1``: the reach of ``finest_pass`` over a window of ``coarse_pass``'s tensors).
         """
         k = self._settings["kernel_size"] // 2
         down = strided_conv_radius(self._settings["kernel_size"])
         out_reach: Optional[float] = None
         hidden_reach: Optional[float] = None
-        for level in reversed(range(self.levels)):
+        for level in reversed(range(self.levels if levels is None else min(int(levels), self.levels))):
             spacing = 2**level
             image = (spacing - 1) / 2  # a 2x2 average per level: the pooled block's half width
             previous = image if out_reach is None else out_reach + UPSAMPLE_RADIUS * spacing
@@ -356,7 +358,12 @@ class MSRN(nn.Module):
     def _level(self, image: torch.Tensor, previous: torch.Tensor,
                hidden: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """One pass of the shared encoder-decoder at one pyramid level: its correction, and the state."""
-        x = F.relu(self.stem(torch.cat([image, previous], 1)))
+        stacked = torch.cat([image, previous], 1)
+        if image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous():
+            # cat of a channels_last image and a one-channel guide (a matte's) comes out NCHW, and the
+            # whole level would run in the slow layout
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        x = F.relu(self.stem(stacked))
         skips: List[torch.Tensor] = []
         for stage in self.encoder:
             skip, x = stage(x)
@@ -442,6 +449,76 @@ class MSRN(nn.Module):
                 prediction = correction
             outputs.append(prediction)
         return outputs, colour_output
+
+    # -- split inference: the coarse levels over the whole frame, the finest level in tiles ----------
+    @torch.jit.unused
+    def coarse_pass(self, x: torch.Tensor) -> Dict[str, Optional[torch.Tensor]]:
+        """What the finest level reads, worked out from the coarser levels: ``finest_pass`` of it is ``forward(x)``.
+
+        Returns the finest level's ``image`` (``x``), its ``guide`` (the coarser prediction, at full
+        resolution), the recurrent ``hidden`` state (at the bottleneck's resolution, 1 /
+        ``finest_size_multiple``; None without a cell) and the ``offset`` its correction is added to (None
+        when it predicts the output directly). Every tensor is aligned with ``x``: a window of ``x``
+        whose origin and size are multiples of ``finest_size_multiple``, with the same window of each
+        (the hidden state's scaled down), gives the finest level's output over that window, exact
+        where the window's edge is further than the finest level's reach. The coarse levels cost a
+        third of the finest one, so tiled inference runs them once over the frame and tiles only this
+        level, whose reach is far shorter than the whole network's.
+        """
+        pyramid: List[torch.Tensor] = [x]
+        for _ in range(self.levels - 1):
+            pyramid.append(downsample2x(pyramid[-1]))
+        bases: List[torch.Tensor] = []
+        if self.colour is not None:
+            bases.append(self.colour(x))
+            for _ in range(self.levels - 1):
+                bases.append(downsample2x(bases[-1]))
+        elif self.residual:
+            bases = pyramid
+        if len(bases) > 0:
+            prediction = bases[-1]
+        else:
+            prediction = torch.zeros_like(pyramid[-1][:, :1]).repeat(1, self.out_channels, 1, 1)
+        hidden: Optional[torch.Tensor] = None
+        for level in range(self.levels - 1, -1, -1):  # the same steps as _predict, stopping before level 0 runs
+            if level < self.levels - 1:
+                if self.guide_on_base and len(bases) > 0:
+                    prediction = upsample2x(prediction - bases[level + 1]) + bases[level]
+                else:
+                    prediction = upsample2x(prediction)
+                if hidden is not None:
+                    hidden = upsample2x(hidden)
+            guide = torch.sigmoid(prediction) if self.sigmoid_output else prediction
+            if level == 0:
+                if len(bases) > 0:
+                    offset: Optional[torch.Tensor] = bases[0]
+                else:
+                    offset = prediction if self.refine_levels else None
+                return {"image": x, "guide": guide, "hidden": hidden, "offset": offset}
+            correction, hidden = self._level(pyramid[level], guide, hidden)
+            if len(bases) > 0:
+                prediction = correction + bases[level]
+            elif self.refine_levels:
+                prediction = correction + prediction
+            else:
+                prediction = correction
+        raise AssertionError("unreachable: the loop ends at level 0")
+
+    @torch.jit.unused
+    def finest_pass(self, parts: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
+        """The network's output (what ``forward`` returns) from ``coarse_pass``'s tensors, or a window of them."""
+        image, guide = parts["image"], parts["guide"]
+        assert image is not None and guide is not None
+        correction, _ = self._level(image, guide, parts["hidden"])
+        offset = parts["offset"]
+        prediction = correction if offset is None else correction + offset
+        return torch.sigmoid(prediction) if self.sigmoid_output else prediction
+
+    @torch.jit.unused
+    @property
+    def finest_size_multiple(self) -> int:
+        """The grid the finest level's windows must sit on: its own encoder's downsamplings."""
+        return 2 ** int(self._settings["stages"])
 
     def forward(self, x: torch.Tensor, all_levels: bool = False,
                 logits: bool = False) -> Union[torch.Tensor, List[torch.Tensor]]:
