@@ -191,11 +191,14 @@ class Ranks:
             if device.index is not None:
                 raise DuplidogError(f"train.device: {device} names one GPU, but this run has {self.world_size} "
                                     "processes, one per GPU (use auto or cuda)")
-            if self.local_rank >= torch.cuda.device_count():
+            visible = torch.cuda.device_count()
+            # One visible GPU: the launcher gave each process its own (srun --gpus-per-task=1).
+            index = 0 if visible == 1 else self.local_rank
+            if index >= visible:
                 raise DuplidogError(f"data-parallel rank {self.rank} has local rank {self.local_rank} but only "
-                                    f"{torch.cuda.device_count()} GPU(s) are visible to it")
-            torch.cuda.set_device(self.local_rank)
-            return torch.device("cuda", self.local_rank)
+                                    f"{visible} GPU(s) are visible to it")
+            torch.cuda.set_device(index)
+            return torch.device("cuda", index)
         if device.type != "cpu":
             raise DuplidogError(f"train.device: data-parallel training runs on CUDA GPUs or the CPU, not {device}")
         return device
