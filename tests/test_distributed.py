@@ -8,6 +8,10 @@ slice that divided by its own weights instead of the whole batch's would differ 
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import torch
 
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
-from duplidog.train.distributed import Launch, Ranks, launch_from_environment
+from duplidog.train.distributed import Launch, Ranks, launch_from_environment, process_group, whole_batch_sum
 
 sys.path.insert(0, str(Path(__file__).parent))
 from trainshot import build_tiny_shot, with_train  # noqa: E402
@@ -84,3 +88,32 @@ def test_a_batch_must_split_evenly_over_the_processes():
         Ranks(0, 4).check_batch(6)
     shares = list(Ranks(1, 2).share(iter([(torch.arange(4), torch.arange(4) + 10)])))
     assert [s.tolist() for s in shares[0]] == [[2, 3], [12, 13]]
+
+
+def _agree(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    with process_group():
+        ranks = Ranks.current()
+        clock = ranks.clock()
+        clock.resume(100.0 if rank == 0 else 0.0)  # rank 0's clock is far ahead of rank 1's
+        signum, seconds = ranks.agree(signal.SIGTERM if rank == 1 else None, clock)
+        own = float(whole_batch_sum(torch.tensor(rank + 1.0)))
+        with ranks.micro_batch(None, last=True):
+            whole = float(whole_batch_sum(torch.tensor(rank + 1.0)))
+        Path(out, f"{rank}.json").write_text(json.dumps(
+            {"signum": signum, "seconds": seconds, "clock": clock(), "own": own, "whole": whole}))
+
+
+def test_the_processes_agree_on_stopping_and_on_rank_0s_clock(tmp_path):
+    """A signal to one rank stops both; the budget's seconds are rank 0's on both (the learning rate
+    follows them); weighted means divide by the whole batch's weights only inside a step."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torch.multiprocessing.spawn(_agree, args=(port, str(tmp_path)), nprocs=2)
+    zero, one = (json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1))
+    assert zero["signum"] == one["signum"] == signal.SIGTERM
+    assert zero["seconds"] == one["seconds"] == zero["clock"] == one["clock"] >= 100.0
+    assert (zero["own"], one["own"]) == (1.0, 2.0)
+    assert zero["whole"] == one["whole"] == 1.5
