@@ -17,7 +17,10 @@ size and is what mixed-precision training consumes; the working space keeps valu
 float16 has ample precision (unlike raw scene-linear highlights).
 
 ``TileWriter`` keeps at most one shard of tiles in memory and writes whole shards, so a pool many times
-larger than RAM builds in bounded memory. ``pool_fingerprint`` hashes the attributes (which include a
+larger than RAM builds in bounded memory. ``tile_reader`` reads tiles by index: for the layout above,
+straight from the shard files (the shard's index gives each tile's byte range, numcodecs decodes it
+without holding the GIL), because zarr's general read path spends far more time in Python per chunk
+than the decoding itself takes; any other layout is read through zarr. ``pool_fingerprint`` hashes the attributes (which include a
 digest of every tile written) so training can refuse to resume a checkpoint made from another pool.
 """
 
@@ -27,12 +30,15 @@ import hashlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numcodecs
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.storage import LocalStore
 
 from duplidog.errors import DuplidogError
 
@@ -173,3 +179,131 @@ def pool_fingerprint(pool_path: str | os.PathLike) -> str:
         attributes.pop(key, None)
     text = json.dumps(attributes, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: Shard index entry of a chunk that was never written (it reads as the fill value).
+_MISSING = np.uint64(2**64 - 1)
+
+
+class ShardTileReader:
+    """Tiles of a pool array read straight from its shard files (the layout ``TileWriter`` writes).
+
+    Thread-safe: every read opens the shard files it needs, reads with ``os.pread`` and decodes into
+    the caller's array; the only shared state is a cache of shard indexes (16 bytes a tile).
+    """
+
+    kind = "shard files"
+
+    def __init__(self, root: Path, array: zarr.Array, shard_tiles: int, codec: Any):
+        self.array = array
+        self.root = root
+        self.shard_tiles = shard_tiles
+        self.codec = codec
+        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
+        self.fill_value = array.fill_value
+        self._indexes: dict[int, np.ndarray] = {}
+
+    def shard_path(self, shard: int) -> Path:
+        return self.root / self.array.metadata.encode_chunk_key((shard,) + (0,) * (len(self.shape) - 1))
+
+    def _index(self, shard: int, fd: int, path: Path) -> np.ndarray:
+        """(offset, nbytes) of every tile in ``shard``, read from the shard's end and checked (CRC-32C)."""
+        index = self._indexes.get(shard)
+        if index is None:
+            import google_crc32c  # zarr's own dependency for this codec
+
+            size = 16 * self.shard_tiles + 4
+            end = os.fstat(fd).st_size
+            raw = os.pread(fd, size, end - size) if end >= size else b""
+            if len(raw) != size or google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
+                raise DuplidogError(f"{path}: damaged pool shard (its index does not match its checksum)")
+            index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.shard_tiles, 2)
+            self._indexes[shard] = index
+        return index
+
+    def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Tiles ``indices`` (any order, repeats allowed) as one (len, C, T, T) array (into ``out``)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.shape[0]):
+            raise IndexError(f"tile index out of range 0..{self.shape[0] - 1}")
+        shards = indices // self.shard_tiles
+        for shard in np.unique(shards):
+            path = self.shard_path(int(shard))
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # zarr leaves out a shard whose tiles all equal the fill value
+                out[shards == shard] = self.fill_value
+                continue
+            try:
+                index = self._index(int(shard), fd, path)
+                for row in np.flatnonzero(shards == shard):
+                    offset, nbytes = index[indices[row] % self.shard_tiles]
+                    if offset == _MISSING and nbytes == _MISSING:
+                        out[row] = self.fill_value
+                        continue
+                    data = os.pread(fd, int(nbytes), int(offset))
+                    try:
+                        if len(data) != nbytes:
+                            raise ValueError("shorter than its index says")
+                        self.codec.decode(data, out=out[row])
+                    except Exception as exc:  # numcodecs raises several types for damaged bytes
+                        raise DuplidogError(f"{path}: damaged pool tile {int(indices[row])} ({exc})") from None
+            finally:
+                os.close(fd)
+        return out
+
+
+class ZarrTileReader:
+    """Tiles of any Zarr array, through zarr's own read path (one orthogonal read a call)."""
+
+    kind = "zarr"
+
+    def __init__(self, array: zarr.Array):
+        self.array = array
+        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
+
+    def read(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        unique, inverse = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+        tiles = np.asarray(self.array.oindex[unique])[inverse]
+        if out is None:
+            return tiles
+        out[...] = tiles
+        return out
+
+
+def _shard_codec(array: zarr.Array) -> tuple[int, Any] | None:
+    """(tiles per shard, chunk decoder) when ``array`` has ``TileWriter``'s layout, else None."""
+    meta = array.metadata.to_dict()
+    if meta.get("zarr_format") != 3 or meta.get("storage_transformers") or len(array.shape) < 2:
+        return None
+    codecs = meta.get("codecs") or []
+    if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+        return None
+    config = codecs[0]["configuration"]
+    shard_shape = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    if (list(config["chunk_shape"]) != [1, *array.shape[1:]] or shard_shape[1:] != list(array.shape[1:])
+            or config.get("index_location", "end") != "end"):
+        return None
+    little = {"name": "bytes", "configuration": {"endian": "little"}}
+    if [dict(c) for c in config.get("index_codecs", [])] != [little, {"name": "crc32c"}]:
+        return None
+    inner = [dict(c) for c in config.get("codecs", [])]
+    if sys.byteorder != "little" or len(inner) != 2 or inner[0] != little:
+        return None
+    if inner[1]["name"] == "blosc":
+        return int(shard_shape[0]), numcodecs.Blosc()  # blosc's header names its own settings
+    if inner[1]["name"] == "zstd":
+        return int(shard_shape[0]), numcodecs.Zstd()
+    return None
+
+
+def tile_reader(array: zarr.Array) -> ShardTileReader | ZarrTileReader:
+    """The fastest reader for ``array``: its shard files when it has the pool's layout on a local disk."""
+    store = array.store_path.store
+    layout = _shard_codec(array)
+    if layout is None or not isinstance(store, LocalStore):
+        return ZarrTileReader(array)
+    shard_tiles, codec = layout
+    return ShardTileReader(Path(store.root) / array.store_path.path, array, shard_tiles, codec)
