@@ -148,6 +148,13 @@ def cmd_bench(args) -> None:
     if args.what == "quality":
         _bench_quality(args)
         return
+    if args.what == "shot":
+        from duplidog.shot_bench import bench_shot
+
+        bench_shot(width=args.width, height=args.height, frames=args.frames or 100, keyframes=args.keyframes,
+                   minutes=args.minutes, preset=args.preset, device=args.device, out=args.out or "results/bench_shot",
+                   settings=_apply_sets({}, args.set))
+        return
     if args.what == "infer":
         from duplidog.infer.bench import bench_infer as bench
     elif args.what == "train":
@@ -167,9 +174,9 @@ def _bench_quality(args) -> None:
         raise DuplidogError(f"--size {args.size}: give WIDTHxHEIGHT, e.g. 480x270") from None
     settings = _apply_sets({}, args.set)
     resolve(settings, origin="--set")  # a bad --set fails here, not after the first shot
-    out = Path(args.out)
+    out = Path(args.out or "results/bench_quality")
     rows = bench_quality(shots=args.shots, minutes=args.minutes, steps=args.steps, out_dir=out, settings=settings,
-                         size=(width, height), frames=args.frames, peer=args.peer == "tunet",
+                         size=(width, height), frames=args.frames or 12, peer=args.peer == "tunet",
                          reuse_peer=not args.retrain_peer, tag=args.tag)
     name = "quality.json" if args.tag == "default" else f"quality_{args.tag}.json"
     out.mkdir(parents=True, exist_ok=True)
@@ -245,21 +252,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("bench", help="measure speed (ratios against a reference) or quality (against TuNet)")
-    p.add_argument("what", choices=["pool", "train", "infer", "quality"],
-                   help="quality: duplidog against TuNet, doing nothing and a fitted curve, on unseen frames")
+    p.add_argument("what", choices=["pool", "train", "infer", "quality", "shot"],
+                   help="quality: duplidog against TuNet, doing nothing and a fitted curve, on unseen frames; "
+                        "shot: a whole shot (--width --height --frames (100) --keyframes --preset --device) through "
+                        "the Snakemake workflow, seconds per stage")
     p.add_argument("--minutes", type=float, default=3.0,
-                   help="quality: training minutes per shot, duplidog (train.max_minutes) and TuNet alike (3)")
+                   help="quality: training minutes per shot, duplidog (train.max_minutes) and TuNet alike (3); "
+                        "shot: the training budget (3)")
     p.add_argument("--steps", type=int, help="quality: duplidog's training steps (default: train.steps)")
     p.add_argument("--shots", help="quality: paintout,look,... | aside | all (default: the photo shots)")
     p.add_argument("--size", default="480x270", help="quality: frame size WIDTHxHEIGHT (480x270)")
-    p.add_argument("--frames", type=int, default=12, help="quality: frames per shot (12)")
-    p.add_argument("--out", default="results/bench_quality",
-                   help="quality: where shots, runs and quality.json are kept (results/bench_quality)")
+    p.add_argument("--frames", type=int,
+                   help="quality: frames per shot (12); infer: frames run (2); shot: frames (100)")
+    p.add_argument("--width", type=int, default=1920, help="infer, shot: frame width (1920)")
+    p.add_argument("--height", type=int, default=1080, help="infer, shot: frame height (1080)")
+    p.add_argument("--preset", default="small",
+                   help="infer: the network's preset without --model; shot: model.preset (small)")
+    p.add_argument("--device", help="infer, shot: where the network runs (default: auto)")
+    p.add_argument("--keyframes", type=int, default=4, help="shot: keyframes, spread over the shot (4)")
+    p.add_argument("--out", help="quality: where shots, runs and quality.json are kept (results/bench_quality); "
+                                 "shot: where the shot, the run and bench_shot.json are kept (results/bench_shot)")
     p.add_argument("--peer", default="tunet", choices=["tunet", "none"],
                    help="quality: train TuNet beside duplidog (needs TUNET_DIR, TUNET_VENV; see README)")
     p.add_argument("--retrain-peer", action="store_true", help="quality: retrain TuNet even if a kept result fits")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="quality: override a duplidog setting, e.g. --set model.preset=medium (repeatable)")
+                   help="quality, shot: override a duplidog setting, e.g. --set model.preset=medium (repeatable)")
     p.add_argument("--tag", default="default",
                    help="quality: name of this duplidog run, to compare settings on the same kept shots")
     p.set_defaults(func=cmd_bench)
