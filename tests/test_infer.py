@@ -123,18 +123,23 @@ def test_auto_runs_whole_frame_within_the_cpu_budget_and_tiles_beyond_it(net):
     assert (whole - auto).abs().max().item() <= 1e-3
 
 
-def test_a_tile_or_overlap_the_network_cannot_use_is_refused_naming_the_setting(net):
+def test_every_tile_and_overlap_the_schema_accepts_plans_and_runs(net):
+    # Issue 12.3: tiles too small for the overlap are enlarged, overlaps below the reach raised.
     from duplidog.infer.runner import check_tiling_settings
 
-    smallest = plan_run(net, (1, 3, 200, 300), 10_000).grid  # a tile as large as the frame: whole frame
-    assert smallest is None
-    with pytest.raises(DuplidogError, match=r"^infer.tile: tile size 8 is too small for overlap"):
-        check_tiling_settings(net, 200, 300, {"tile": 8, "overlap": None, "edge_context": 0})
-    with pytest.raises(DuplidogError, match=r"^infer.overlap: tile overlap 1 is too small"):
-        check_tiling_settings(net, 200, 300, {"tile": "auto", "overlap": 1, "edge_context": 0})
-    for fine in ({"tile": 64}, {"tile": 400}, {"tile": "none"}, {"tile": "auto", "overlap": 2 * net.reach + 1}):
-        check_tiling_settings(net, 200, 300, {"overlap": None, "edge_context": 0, **fine})
-        plan_run(net, (1, 3, 200, 300), fine["tile"], fine.get("overlap"), edge_context=0, device="cpu")
+    assert plan_run(net, (1, 3, 200, 300), 10_000).grid is None  # a tile as large as the frame: whole frame
+    image = frame(200, 300)
+    whole = apply_model(net, image, tile="none", edge_context=0)
+    for setting in ({"tile": 16}, {"tile": 17, "overlap": 1}, {"tile": 64}, {"tile": 400}, {"tile": "none"},
+                    {"tile": "auto", "overlap": 1}, {"tile": 48, "overlap": 500}):
+        settings = {"overlap": None, "edge_context": 0, **setting}
+        check_tiling_settings(net, 200, 300, settings)
+        plan = plan_run(net, (1, 3, 200, 300), settings["tile"], settings["overlap"], edge_context=0, device="cpu")
+        if plan.grid is not None:
+            assert plan.grid.overlap >= 2 * net.reach + 1
+        tiled = apply_model(net, image, tile=settings["tile"], overlap=settings["overlap"], edge_context=0,
+                            cpu_pixel_budget=20_000)
+        assert (whole - tiled).abs().max().item() <= 1e-3, setting
 
 
 def test_training_mode_is_restored_and_gradients_are_not_recorded(net):

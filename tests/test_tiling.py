@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from duplidog.errors import DuplidogError
 from duplidog.infer.tiling import (
     axis_plan,
     default_overlap,
@@ -83,10 +82,25 @@ def test_frame_padding_reaches_the_grid_with_optional_context():
     assert h % 8 == 0 and w % 8 == 0 and p.bottom >= 14 and p.right >= 14
 
 
-def test_overlap_below_twice_the_reach_is_refused():
-    with pytest.raises(DuplidogError, match="overlap 20 is too small"):
-        plan_tiles(500, 500, 128, reach=14, multiple=4, overlap=20)
-    with pytest.raises(DuplidogError, match="tile size 40 is too small"):
-        plan_tiles(500, 500, 40, reach=14, multiple=4, overlap=40)
+def test_every_tile_and_overlap_plans_a_tile_too_small_enlarged_an_overlap_too_small_raised():
+    # Issue 12.3: every tile size the schema accepts runs (it used to fail at run time).
+    raised = plan_tiles(500, 500, 128, reach=14, multiple=4, overlap=20)
+    assert raised.overlap == 29 and raised.reach == 14  # twice the reach plus one: no inexact pixel blended
+    enlarged = plan_tiles(500, 500, 16, reach=14, multiple=4, overlap=40)
+    assert enlarged.overlap == 40 and enlarged.tile_height == enlarged.tile_width == 44  # the overlap + a step
     grid = plan_tiles(500, 300, 128, reach=14, multiple=4, overlap=29)
     assert grid.tile_height == grid.tile_width == 128 and len(grid) == len(grid.rows) * len(grid.columns)
+    for plan in (raised, enlarged, grid):  # each covers the frame once over
+        for axis, length in ((plan.rows, 500), (plan.columns, 500 if plan is not grid else 300)):
+            total = np.zeros(length)
+            for tile in axis:
+                total[tile.keep_start: tile.keep_stop] += tile.weight
+            assert np.allclose(total, 1.0)
+
+
+def test_tiles_on_a_finer_grid_than_the_padding():
+    """Split tiling: the frame is padded to the whole network's grid, the tiles step on the finest level's."""
+    grid = plan_tiles(100, 130, 40, reach=6, multiple=4, padding_multiple=16)
+    assert grid.padding.padded_size(100, 130) == (112, 144)
+    assert all(t.origin % 4 == 0 and t.size % 4 == 0 for t in grid.rows + grid.columns)
+    assert any(t.origin % 16 for t in grid.rows + grid.columns)

@@ -39,7 +39,7 @@ from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, remove_stale_temporaries
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import model_copies
-from duplidog.infer.runner import apply_model, plan_run
+from duplidog.infer.runner import apply_model, measure_tile_reach, plan_run
 from duplidog.sequence import FramePattern, format_frame_list
 
 log = logging.getLogger(__name__)
@@ -216,19 +216,38 @@ def _get(q: queue.Queue, stop: threading.Event, producer: _Stage | None = None):
             raise _Stop
 
 
-def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.device) -> str:
+def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.device,
+                  tile_reach: int | None = None) -> str:
     """One line on how frames of this size will run (whole or tiled), for the log."""
     plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"], settings["batch_size"],
                     device, settings["precision"], settings["cpu_pixel_budget"], settings["memory_fraction"],
-                    settings["edge_context"])
+                    settings["edge_context"], tile_reach)
     height, width = image.shape[-2:]
     precision = str(plan.dtype).replace("torch.", "")
     copies = model_copies(settings["ensemble"], model, image.shape[1])
     averaged = f", the mean of {copies} flipped and turned copies" if copies > 1 else ""
     if plan.grid is None:
         return f"{width}x{height} frames whole on {device} in {precision}{averaged}"
+    what = "the finest level's" if plan.split else "the network's"
     return (f"{width}x{height} frames in {len(plan.grid)} tiles of {plan.grid.tile_width}x{plan.grid.tile_height} "
-            f"(batches of {plan.batch_size}) on {device} in {precision}{averaged}")
+            f"(batches of {plan.batch_size}, overlap {plan.grid.overlap} for {what} reach of {plan.grid.reach}) "
+            f"on {device} in {precision}{averaged}")
+
+
+def _tiling_summary(model, image: torch.Tensor, settings: dict, device: torch.device,
+                    tile_reach: int | None) -> dict | None:
+    """How frames of this size are tiled (None: whole), for the run's summary."""
+    plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"], settings["batch_size"],
+                    device, settings["precision"], settings["cpu_pixel_budget"], settings["memory_fraction"],
+                    settings["edge_context"], tile_reach)
+    grid = plan.grid
+    if grid is None:
+        return None
+    height, width = image.shape[-2:]
+    return {"tiles": len(grid), "tile_width": grid.tile_width, "tile_height": grid.tile_height,
+            "batch_size": plan.batch_size, "overlap": grid.overlap, "reach": grid.reach, "split": plan.split,
+            "reach_source": ("measured" if tile_reach is not None else "analytic bound"),
+            "pixel_overhead": round(len(grid) * grid.tile_width * grid.tile_height / (width * height), 3)}
 
 
 def check_like_plate(info: imageio.ImageInfo, plate: dict) -> None:
@@ -308,6 +327,33 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                                  attributes={**attributes, "duplidog:source": Path(info.path).name})
             written.append(frame)
 
+    def working_image(info: imageio.ImageInfo, network_input: np.ndarray) -> tuple[str | None, torch.Tensor]:
+        """The frame's OCIO space and its network channels as a (1, C, H, W) working-space tensor."""
+        # The frame's OCIO space (its tag, else the plate's at ingest, else the shot's) against the
+        # model's: the same, or converted when ingest.convert_colorspace allows it, else refused.
+        in_space = frame_space(info, plate or {}, colorspace) if space.ocio_name else None
+        network_input = colour.to_working(network_input, route.input, in_space, space,
+                                          bool((plate or {}).get("convert_colorspace")), info.path)
+        image = torch.from_numpy(np.ascontiguousarray(colour.encode(network_input, space, route.input).transpose(2, 0, 1)))
+        return in_space, image[None]
+
+    def shot_tile_reach(image: torch.Tensor) -> int | None:
+        """The finest level's reach measured on the shot's first frame (the plan's; this chunk's first
+        without a plan), so that every chunk of a shot tiles alike."""
+        reference = (plate or {}).get("frames") or frames
+        if reference[0] != frames[0] and Path(source.path(reference[0])).is_file():
+            info = imageio.read_info(source.path(reference[0]))
+            pixels = imageio.read_pixels(info.path, route.input)
+            image = working_image(info, imageio.check_finite(pixels, info.path, nonfinite))[1]
+        t0 = time.perf_counter()
+        reach = measure_tile_reach(model, image, settings["edge_context"], device)
+        log.info("tiles: the finest level's reach measured on frame %s: %s (%.2fs)", reference[0],
+                 "not settled, the analytic bound is used" if reach is None else f"{reach} pixels",
+                 time.perf_counter() - t0)
+        return reach
+
+    tile_reach: int | None = None
+    tiling: dict | None = None
     # A frame that cannot be read (truncated, replaced) does not abandon the frames read before it:
     # they are run and written, then its error is raised: the delivery keeps every good frame.
     reader = _Stage("duplidog-read", read_frames, stop, stops_others=False)
@@ -334,20 +380,20 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                 wait_read += waited
             frame, info, network_input, passthrough = item
             t0 = time.perf_counter()
-            # The frame's OCIO space (its tag, else the plate's at ingest, else the shot's) against the
-            # model's: the same, or converted when ingest.convert_colorspace allows it, else refused.
-            in_space = frame_space(info, plate or {}, colorspace) if space.ocio_name else None
-            network_input = colour.to_working(network_input, route.input, in_space, space,
-                                              bool((plate or {}).get("convert_colorspace")), info.path)
-            image = torch.from_numpy(np.ascontiguousarray(colour.encode(network_input, space, route.input).transpose(2, 0, 1)))
-            image = image[None]
+            in_space, image = working_image(info, network_input)
             if index == 0:
-                log.info("%s", _describe_run(model, image, settings, device))
+                run_plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"],
+                                    settings["batch_size"], device, settings["precision"], settings["cpu_pixel_budget"],
+                                    settings["memory_fraction"], settings["edge_context"])
+                if run_plan.split:
+                    tile_reach = shot_tile_reach(image)
+                tiling = _tiling_summary(model, image, settings, device, tile_reach)
+                log.info("%s", _describe_run(model, image, settings, device, tile_reach))
             result = apply_model(
                 model, image, tile=settings["tile"], overlap=settings["overlap"],
                 batch_size=settings["batch_size"], device=device, precision=settings["precision"],
                 cpu_pixel_budget=settings["cpu_pixel_budget"], memory_fraction=settings["memory_fraction"],
-                edge_context=settings["edge_context"], ensemble=settings["ensemble"],
+                edge_context=settings["edge_context"], ensemble=settings["ensemble"], tile_reach=tile_reach,
             )
             result = colour.decode(result[0].permute(1, 2, 0).numpy(), space, route.output)
             result = colour.from_working(result, route.output, in_space, space)
@@ -390,6 +436,7 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
         "wait_write_seconds": round(wait_write, 4),
         "device": str(device),
         "model_id": model_id(card),
+        "tiling": tiling,
     }
 
 

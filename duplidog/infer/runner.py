@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from duplidog.errors import DuplidogError
-from duplidog.infer.ensemble import model_copies, run_ensemble
+from duplidog.infer.ensemble import TRANSFORMS, model_copies, run_ensemble, transform, untransform
 from duplidog.infer.tiling import (
-    TileGrid, default_overlap, frame_padding, minimum_overlap, mirror_indices, plan_tiles, round_down, round_up,
+    TileGrid, default_overlap, frame_padding, mirror_indices, plan_tiles, round_down, round_up, smallest_tile,
 )
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,25 @@ FALLBACK_CPU_PIXEL_BUDGET = 4_194_304
 # The share of free device memory a batch of tiles (or a whole frame) may plan to use.
 DEFAULT_MEMORY_FRACTION = 0.7
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# How much a tile's missing context may still change the pixels it delivers: an eighth of half float's
+# rounding step at 1.0 (2**-11), so tiled and whole-frame outputs round to the same half values, or to
+# neighbours where a value sits on a rounding boundary.
+REACH_THRESHOLD = 2.0**-14
+# The side of the pieces of a frame the finest level's reach is measured on (each with a window of half
+# that in its middle, so reaches up to a quarter of it can be seen), and how many.
+REACH_PROBE_SIDE = 256
+REACH_PROBES = 4
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """How one frame will run: ``grid`` is None for whole-frame."""
+    """How one frame will run: ``grid`` is None for whole-frame; ``split``: the coarse levels over the
+    whole frame and only the finest level in the grid's tiles (see ``splits_levels``)."""
 
     grid: TileGrid | None
     batch_size: int
     dtype: torch.dtype
+    split: bool = False
 
 
 def resolve_edge_context(model: torch.nn.Module, setting: str | int) -> int:
@@ -65,6 +75,70 @@ def model_geometry(model: torch.nn.Module) -> tuple[int, int, int]:
     except AttributeError:
         raise TypeError("apply_model needs a network with size_multiple and reach attributes") from None
     return max(1, multiple), max(0, reach), int(getattr(model, "scale", 1))
+
+
+def splits_levels(model: torch.nn.Module) -> bool:
+    """Whether the network can run its coarse levels over the whole frame and its finest level in tiles
+    (``coarse_pass``/``finest_pass``, as duplidog's MSRN has).
+
+    That is how duplidog tiles such a network. The finest level's reach, given the coarse levels'
+    results, is a small part of the whole network's (MSRN small: 78 pixels against 552 analytically,
+    about 24 against 96 where the influence drops below half-float rounding), so the tiles' overlap --
+    the work done twice -- shrinks by as much; the coarse levels cost a third of the finest one and
+    run once, over the frame at a quarter and a sixteenth of its pixels.
+    """
+    return callable(getattr(model, "coarse_pass", None)) and callable(getattr(model, "finest_pass", None))
+
+
+def tile_geometry(model: torch.nn.Module, split: bool, tile_reach: int | None = None) -> tuple[int, int]:
+    """(grid, reach) tiles are laid out with: the finest level's when ``split`` (``tile_reach``, measured,
+    or else its analytic bound), otherwise the whole network's ``size_multiple`` and ``reach``."""
+    if split:
+        reach = tile_reach if tile_reach is not None else int(math.ceil(model.reach_bound(1)))
+        return int(model.finest_size_multiple), int(reach)
+    multiple, reach, _ = model_geometry(model)
+    return multiple, reach
+
+
+def measure_tile_reach(model: torch.nn.Module, image: torch.Tensor, edge_context: str | int = "auto",
+                       device: torch.device | None = None) -> int | None:
+    """The finest level's effective reach on this frame (a (1, C, H, W) working-space CPU tensor), with
+    a grid step of margin: what split tiling can use for ``tile_reach``. None when the network does not
+    split, or the influence did not die away within the probes (tiling then keeps the analytic bound).
+
+    Measured by ``duplidog.model.analysis.measure_tile_reach`` on up to ``REACH_PROBES`` pieces of the
+    mirror-padded frame, in float32 whatever the inference precision (reduced-precision noise would
+    hide the decay). Cheap next to a frame: a quarter of a megapixel through the network.
+    """
+    from duplidog.model.analysis import measure_tile_reach as measure
+
+    if not splits_levels(model):
+        return None
+    _check_image(image)
+    device = torch.device(device) if device is not None else model_device(model)
+    multiple, _, _ = model_geometry(model)
+    grid = int(model.finest_size_multiple)
+    _, _, height, width = image.shape
+    padding = frame_padding(height, width, multiple, resolve_edge_context(model, edge_context))
+    padded = mirror_pad(image.detach().to("cpu", torch.float32), padding.top, padding.bottom, padding.left,
+                        padding.right)
+    padded_h, padded_w = padding.padded_size(height, width)
+    side = round_down(min(REACH_PROBE_SIDE, padded_h, padded_w), multiple)
+    if side < 4 * grid:
+        return None
+    # Probes spread over the frame: the middles of its quarters (or of the frame, where it is small).
+    places = sorted({(round_down(max(0, min(padded_h - side, cy - side // 2)), multiple),
+                      round_down(max(0, min(padded_w - side, cx - side // 2)), multiple))
+                     for cy in (padded_h // 4, 3 * padded_h // 4) for cx in (padded_w // 4, 3 * padded_w // 4)})
+    probes = [padded[..., top: top + side, left: left + side].to(device) for top, left in places[:REACH_PROBES]]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            reach = measure(model, probes, REACH_THRESHOLD, window=side // 2)
+    finally:
+        model.train(was_training)
+    return None if reach is None else round_up(reach, grid) + grid
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -192,24 +266,37 @@ def plan_run(
     cpu_pixel_budget: int | None = None,
     memory_fraction: float = DEFAULT_MEMORY_FRACTION,
     edge_context: str | int = "auto",
+    tile_reach: int | None = None,
 ) -> RunPlan:
     """Decide whole-frame or tiles (and the tile size and batch) for a frame of ``image_shape``.
 
-    ``tile="none"``: whole frame. An integer: tiles of that size (rounded down to the grid).
-    ``"auto"``: whole frame if the padded frame's estimated activations fit ``memory_fraction`` of the
-    device's free memory (on the CPU: ``cpu_pixel_budget`` padded pixels, or when that is None,
-    ``memory_fraction`` of the available RAM), else the largest tiles whose batch fits, with the batch
-    shrunk before the tile gets smaller than twice the overlap.
+    ``tile="none"``: whole frame. An integer: tiles of that size (rounded down to the grid, and
+    enlarged to the smallest the overlap allows). ``"auto"``: whole frame if the padded frame's
+    estimated activations fit ``memory_fraction`` of the device's free memory (on the CPU:
+    ``cpu_pixel_budget`` padded pixels, or when that is None, ``memory_fraction`` of the available
+    RAM), else the largest tiles whose batch fits, with the batch shrunk before the tile gets smaller
+    than twice the overlap.
+
+    A network that ``splits_levels`` is tiled split (its coarse levels over the whole frame, the finest
+    level in tiles, with ``tile_reach`` -- see ``measure_tile_reach`` -- or else the finest level's
+    analytic reach), unless under "auto" even its coarse levels would not fit: then the whole network
+    runs in tiles with its analytic reach.
     """
     device = torch.device(device) if device is not None else model_device(model)
     dtype = autocast_dtype(device, precision)
-    multiple, reach, scale = model_geometry(model)
+    multiple, _, scale = model_geometry(model)
     _, channels, height, width = image_shape
     edge_context = resolve_edge_context(model, edge_context)
     padding = frame_padding(height, width, multiple, edge_context)
     padded_h, padded_w = padding.padded_size(height, width)
     if batch_size < 1:
         raise DuplidogError(f"infer.batch_size: must be at least 1, got {batch_size}")
+    split = splits_levels(model)
+
+    def tiles(side: int, split: bool, batch: int) -> RunPlan:
+        grid_multiple, reach = tile_geometry(model, split, tile_reach)
+        grid = plan_tiles(height, width, side, reach, grid_multiple, overlap, scale, edge_context, multiple)
+        return RunPlan(grid if len(grid) > 1 else None, batch, dtype, split and len(grid) > 1)
 
     if tile == "none":
         return RunPlan(None, 1, dtype)
@@ -219,8 +306,7 @@ def plan_run(
         except ValueError:
             raise DuplidogError(f"infer.tile: {tile!r} is not 'auto', 'none' or a tile size in pixels") from None
     if isinstance(tile, int):
-        grid = plan_tiles(height, width, tile, reach, multiple, overlap, scale, edge_context)
-        return RunPlan(grid if len(grid) > 1 else None, batch_size, dtype)
+        return tiles(tile, split, batch_size)
 
     # "auto": compare the padded frame's cost with what the device has.
     if device.type == "cpu" and cpu_pixel_budget is not None:
@@ -234,43 +320,43 @@ def plan_run(
             budget_pixels = int(free * memory_fraction / per_pixel)
     if padded_h * padded_w <= budget_pixels:
         return RunPlan(None, 1, dtype)
-    smallest = round_up((overlap if overlap is not None else default_overlap(reach, multiple)) + multiple, multiple)
+    # The coarse levels run at a quarter of the pixels and below; the finest level's inputs stay beside them.
+    split = split and padded_h * padded_w // 2 <= budget_pixels
+    grid_multiple, reach = tile_geometry(model, split, tile_reach)
+    smallest = smallest_tile(overlap if overlap is not None else default_overlap(reach, grid_multiple), grid_multiple)
     preferred = 2 * smallest  # below this, overlap dominates the work; shrink the batch first
     batch = batch_size
-    side = round_down(int(math.sqrt(budget_pixels / batch)), multiple)
+    side = round_down(int(math.sqrt(budget_pixels / batch)), grid_multiple)
     while side < preferred and batch > 1:
         batch = max(1, batch // 2)
-        side = round_down(int(math.sqrt(budget_pixels / batch)), multiple)
-    side = max(side, smallest)
-    grid = plan_tiles(height, width, side, reach, multiple, overlap, scale, edge_context)
-    log.debug("auto tiling: %d tiles of %dx%d, batch %d", len(grid), grid.tile_height, grid.tile_width, batch)
-    return RunPlan(grid if len(grid) > 1 else None, batch, dtype)
+        side = round_down(int(math.sqrt(budget_pixels / batch)), grid_multiple)
+    plan = tiles(max(side, smallest), split, batch)
+    if plan.grid is not None:
+        log.debug("auto tiling: %d tiles of %dx%d, batch %d", len(plan.grid), plan.grid.tile_height,
+                  plan.grid.tile_width, batch)
+    return plan
 
 
 def check_tiling_settings(model: torch.nn.Module, height: int, width: int, settings: dict) -> None:
-    """Refuse an integer ``infer.tile`` or ``infer.overlap`` that ``plan_run`` would refuse for this network
-    on ``height`` x ``width`` frames, naming the setting -- without running anything.
+    """Plan ``settings``' tiles for this network on ``height`` x ``width`` frames, as inference will,
+    without running anything; a setting that cannot plan is refused naming it.
 
     The pipeline calls this when it builds the DAG: a changed inference setting makes Snakemake delete
-    the delivered frames before the chunk jobs start, so a setting that can only fail is refused first.
-    It asks ``plan_tiles``, the function inference plans with, so the two cannot disagree. "auto" and
-    "none" tiles always run (auto never picks a tile below the overlap's smallest).
+    the delivered frames before the chunk jobs start, so a setting that could only fail must be refused
+    first. Every tile and overlap the schema accepts plans (a tile too small for the overlap is
+    enlarged, an overlap below the reach raised, see ``tiling.plan_tiles``), with the finest level's
+    analytic reach here (the measured one is known only once a frame is read), which is the larger.
     """
-    tile, overlap = settings.get("tile", "auto"), settings.get("overlap")
-    multiple, reach, scale = model_geometry(model)
-    edge_context = resolve_edge_context(model, settings.get("edge_context", "auto"))
-    if overlap is not None and overlap < minimum_overlap(reach):
-        key = "overlap"
-    elif isinstance(tile, int) and not isinstance(tile, bool):
-        key = "tile"
-    else:
-        return
-    # With a string tile only the overlap can be wrong: plan a tile as large as the frame to ask for it.
-    side = tile if key == "tile" else max(height, width) + 2 * edge_context
+    tile = settings.get("tile", "auto")
     try:
-        plan_tiles(height, width, side, reach, multiple, overlap, scale, edge_context)
+        edge_context = resolve_edge_context(model, settings.get("edge_context", "auto"))
+        plan_run(model, (1, int(getattr(model, "in_channels", 3)), height, width),
+                 tile if isinstance(tile, int) and not isinstance(tile, bool) else "none",
+                 settings.get("overlap"), int(settings.get("batch_size", 1)), torch.device("cpu"), "fp32",
+                 edge_context=edge_context)
     except DuplidogError as error:
-        raise DuplidogError(f"infer.{key}: {error}") from None
+        message = str(error)
+        raise DuplidogError(message if message.startswith("infer.") else f"infer.tile: {message}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,6 +404,63 @@ def _run_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width, scale
     return output
 
 
+def _run_split_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width, scale, batch_size, device,
+                     dtype, copies) -> torch.Tensor:
+    """The coarse levels over the whole padded frame, then the finest level tile by tile on windows of
+    their results (``coarse_pass``/``finest_pass``), blended like whole-network tiles.
+
+    With an ensemble each copy's coarse pass runs on the transformed frame and is mapped back, so the
+    same windows serve every copy: a window is transformed, run and mapped back (the padded frame's
+    sides are multiples of the grid, so transformed windows stay on it).
+    """
+    frame = padded.to(device)
+    copy_parts = []
+    with _autocast(device, dtype):
+        for k in TRANSFORMS[copies]:
+            parts = model.coarse_pass(transform(frame, k))
+            copy_parts.append((k, {name: None if t is None else untransform(t, k) for name, t in parts.items()}))
+    del frame
+    padded_h = padded.shape[-2]
+
+    def window(parts, row, col):
+        out = {}
+        for name, tensor in parts.items():
+            if tensor is None:
+                out[name] = None
+                continue
+            f = padded_h // tensor.shape[-2]  # the hidden state runs at 1/grid of the frame's resolution
+            out[name] = tensor[..., row.origin // f: (row.origin + row.size) // f,
+                               col.origin // f: (col.origin + col.size) // f]
+        return out
+
+    def finest(batch):
+        total = None
+        for k, parts in copy_parts:
+            windows = [window(parts, row, col) for row, col in batch]
+            stacked = {name: None if windows[0][name] is None else
+                       transform(torch.cat([w[name] for w in windows]), k) for name in windows[0]}
+            out = untransform(model.finest_pass(stacked), k).float()
+            total = out if total is None else total + out
+        return total if copies == 1 else total / copies
+
+    output: torch.Tensor | None = None
+    tiles = list(grid.tiles())
+    for start in range(0, len(tiles), batch_size):
+        batch = tiles[start: start + batch_size]
+        with _autocast(device, dtype):
+            outputs = finest(batch)
+        for k, (row, col) in enumerate(batch):
+            y0 = row.keep_start + scale * (grid.padding.top - row.origin)
+            x0 = col.keep_start + scale * (grid.padding.left - col.origin)
+            part = outputs[k, :, y0: y0 + row.keep_stop - row.keep_start, x0: x0 + col.keep_stop - col.keep_start]
+            part = part.to("cpu", torch.float32)
+            if output is None:
+                output = torch.zeros(1, part.shape[0], scale * height, scale * width, dtype=torch.float32)
+            weight = torch.from_numpy(np.outer(row.weight, col.weight))
+            output[0, :, row.keep_start: row.keep_stop, col.keep_start: col.keep_stop] += part * weight
+    return output
+
+
 def apply_model(
     model: torch.nn.Module,
     image: torch.Tensor,
@@ -330,14 +473,16 @@ def apply_model(
     memory_fraction: float = DEFAULT_MEMORY_FRACTION,
     edge_context: str | int = "auto",
     ensemble: str | int = "auto",
+    tile_reach: int | None = None,
 ) -> torch.Tensor:
     """Run ``model`` over a (1, C, H, W) float32 working-space CPU tensor; returns (1, C', sH, sW) CPU float32.
 
     Args:
         tile: "auto" (whole frame when it fits the device, else tiles), "none" (whole frame), or a
-            tile size in pixels (rounded down to the network's ``size_multiple``); tiles must be
-            larger than the overlap by one ``size_multiple``.
-        overlap: pixels neighbouring tiles share; default twice the network's reach plus a ramp.
+            tile size in pixels (rounded down to the grid; enlarged to the overlap plus one grid step
+            where smaller).
+        overlap: pixels neighbouring tiles share; default twice the reach plus a ramp, and never less
+            than twice the reach plus one.
         batch_size: tiles per forward pass (auto tiling may use fewer to keep tiles large).
         device: where the network runs; default the device of the model's parameters. The model is
             moved there if it is elsewhere.
@@ -353,6 +498,9 @@ def apply_model(
         ensemble: copies of the input, flipped and turned, whose results are averaged (1, 2, 4, 8;
             ``duplidog.infer.ensemble``); "auto": 8 for a network whose outputs its input lacks (a
             matte), 1 otherwise.
+        tile_reach: for a network that ``splits_levels``, the finest level's reach its tiles overlap
+            by (``measure_tile_reach``); None: measured on this frame when it is tiled. A caller
+            running many frames measures once and passes it, so every frame tiles alike.
     """
     _check_image(image)
     edge_context = resolve_edge_context(model, edge_context)
@@ -362,9 +510,13 @@ def apply_model(
         model.to(device)
     image = image.detach().to("cpu", torch.float32)
     _, _, height, width = image.shape
-    multiple, reach, scale = model_geometry(model)
+    multiple, _, scale = model_geometry(model)
     plan = plan_run(model, tuple(image.shape), tile, overlap, batch_size, device, precision,
-                    cpu_pixel_budget, memory_fraction, edge_context)
+                    cpu_pixel_budget, memory_fraction, edge_context, tile_reach)
+    if plan.split and tile_reach is None:
+        tile_reach = measure_tile_reach(model, image, edge_context, device)
+        plan = plan_run(model, tuple(image.shape), tile, overlap, batch_size, device, precision,
+                        cpu_pixel_budget, memory_fraction, edge_context, tile_reach)
     padding = plan.grid.padding if plan.grid is not None else frame_padding(height, width, multiple, edge_context)
     padded = mirror_pad(image, padding.top, padding.bottom, padding.left, padding.right)
 
@@ -374,6 +526,9 @@ def apply_model(
         with torch.inference_mode():
             if plan.grid is None:
                 return _run_whole(model, padded, padding, height, width, scale, device, plan.dtype, copies)
+            if plan.split:
+                return _run_split_tiles(model, padded, plan.grid, height, width, scale, plan.batch_size, device,
+                                        plan.dtype, copies)
             return _run_tiles(model, padded, plan.grid, height, width, scale, plan.batch_size, device, plan.dtype,
                               copies)
     finally:

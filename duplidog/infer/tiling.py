@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from duplidog.errors import DuplidogError
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -171,13 +170,16 @@ def axis_plan(
 
 @dataclass(frozen=True)
 class TileGrid:
-    """The 2-D tiling of one frame: the padding and the tiles along each axis (tiles = their product)."""
+    """The 2-D tiling of one frame: the padding and the tiles along each axis (tiles = their product),
+    and the ``overlap`` and ``reach`` they were laid out with."""
 
     padding: FramePadding
     rows: list[AxisTile]
     columns: list[AxisTile]
     tile_height: int
     tile_width: int
+    overlap: int = 0
+    reach: int = 0
 
     def __len__(self) -> int:
         return len(self.rows) * len(self.columns)
@@ -199,32 +201,29 @@ def default_overlap(reach: int, multiple: int) -> int:
     return 2 * reach + max(8, multiple, reach // 4)
 
 
+def smallest_tile(overlap: int, multiple: int) -> int:
+    """The smallest tile that leaves a stride of one grid step beyond the overlap."""
+    return round_up(overlap + multiple, multiple)
+
+
 def plan_tiles(
     height: int, width: int, tile: int, reach: int, multiple: int, overlap: int | None = None, scale: int = 1,
-    context: int = 0,
+    context: int = 0, padding_multiple: int | None = None,
 ) -> TileGrid:
     """The tile grid for a ``height`` x ``width`` frame with square tiles of (about) ``tile`` pixels.
 
-    ``tile`` is rounded down to the grid; it must leave room for a tile stride of one grid step beyond
-    the overlap. Raises DuplidogError for an overlap below the model's reach or a tile too small for it.
+    Every setting plans: ``tile`` is rounded down to the grid (``multiple``: the steps tile origins
+    and sizes take) and, where it is smaller than the overlap plus one grid step, enlarged to that; an
+    ``overlap`` below ``minimum_overlap(reach)`` is raised to it, since a smaller one would blend
+    inexact pixels. The grid's ``overlap`` and tile sizes say what was used. ``padding_multiple``:
+    what the frame is padded to (default ``multiple``), the whole network's grid when tiles run on a
+    finer one (split inference: see ``duplidog.infer.runner``).
     """
-    if overlap is None:
-        overlap = default_overlap(reach, multiple)
-    if overlap < minimum_overlap(reach):
-        raise DuplidogError(
-            f"tile overlap {overlap} is too small for this model: neighbouring tiles must share at least "
-            f"{minimum_overlap(reach)} pixels (twice the network's reach of {reach}, plus one)"
-        )
-    tile = round_down(int(tile), multiple)
-    smallest = round_up(overlap + multiple, multiple)
-    padding = frame_padding(height, width, multiple, context)
+    overlap = default_overlap(reach, multiple) if overlap is None else max(int(overlap), minimum_overlap(reach))
+    tile = max(round_down(int(tile), multiple), smallest_tile(overlap, multiple))
+    padding = frame_padding(height, width, padding_multiple or multiple, context)
     padded_h, padded_w = padding.padded_size(height, width)
-    if tile < smallest and tile < max(padded_h, padded_w):
-        raise DuplidogError(
-            f"tile size {tile} is too small for overlap {overlap}: use at least {smallest} "
-            f"(the overlap plus one step of {multiple} pixels)"
-        )
     tile_h, tile_w = min(tile, padded_h), min(tile, padded_w)
     rows = axis_plan(height, padding.top, padded_h, tile_h, overlap, reach, multiple, scale)
     columns = axis_plan(width, padding.left, padded_w, tile_w, overlap, reach, multiple, scale)
-    return TileGrid(padding, rows, columns, tile_h, tile_w)
+    return TileGrid(padding, rows, columns, tile_h, tile_w, overlap, reach)

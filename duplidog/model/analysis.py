@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -85,6 +85,67 @@ def measure_reach(model: nn.Module, side: Optional[int] = None, seed: int = 0, t
     if rows.numel() == 0:
         return 0
     return int(torch.maximum((rows - centre).abs(), (cols - centre).abs()).max())
+
+
+def window_error_by_distance(run: Callable[[Dict[str, Optional[torch.Tensor]]], torch.Tensor],
+                             parts: Dict[str, Optional[torch.Tensor]], whole: torch.Tensor, top: int, left: int,
+                             side: int) -> torch.Tensor:
+    """How far a window's output strays from the whole's, by distance from the window's edge.
+
+    ``parts``: full-frame tensors aligned with the output (each at its own resolution, the output's
+    divided by a whole number); ``run`` maps a window of them to that window's output; ``whole`` is
+    ``run(parts)``. The window is ``side`` pixels square at (``top``, ``left``) in output pixels, on
+    every tensor's grid. Returns e[d] = the largest |window - whole| over the window's pixels ``d``
+    pixels in from its nearest edge (d = 0 .. side // 2 - 1).
+    """
+    height = whole.shape[-2]
+    cropped: Dict[str, Optional[torch.Tensor]] = {}
+    for name, tensor in parts.items():
+        if tensor is None:
+            cropped[name] = None
+            continue
+        factor = height // tensor.shape[-2]
+        cropped[name] = tensor[..., top // factor: (top + side) // factor, left // factor: (left + side) // factor]
+    difference = (run(cropped) - whole[..., top: top + side, left: left + side]).abs().amax(dim=(0, 1))
+    steps = torch.arange(side)
+    inward = torch.minimum(steps, side - 1 - steps)
+    distance = torch.minimum(inward[:, None], inward[None, :])
+    errors = torch.zeros(side // 2, dtype=difference.dtype)
+    return errors.scatter_reduce(0, distance.flatten(), difference.flatten(), reduce="amax")
+
+
+def measure_tile_reach(model: nn.Module, images: Sequence[torch.Tensor], threshold: float,
+                       window: int = 192) -> Optional[int]:
+    """The finest level's *effective* reach on real pictures: how far in from a window's edge its output
+    can still differ from the whole picture's by more than ``threshold``. None if not settled within
+    ``window // 2`` pixels (the caller falls back to the analytic bound).
+
+    ``images``: (1, C, H, W) working-space pictures (crops of a shot's frames) with H and W multiples
+    of ``model.size_multiple`` and at least ``window`` plus twice ``window // 2`` pixels: each gets
+    one ``window``-pixel window in its middle, every edge of it inside the picture, run through
+    ``model.finest_pass`` on crops of ``model.coarse_pass``'s tensors and compared with the whole.
+    The analytic bound (``model.reach_bound(1)``) counts every path however weak; a trained network's
+    influence dies away far sooner, and what matters for exact tiles is only where it falls below the
+    output's rounding.
+    """
+    grid = int(model.finest_size_multiple)
+    scale = int(getattr(model, "scale", 1))  # an upscaler's output pixels are 1/scale of an input pixel
+    side = window // grid * grid
+    worst = torch.zeros(scale * side // 2, dtype=torch.float64)
+    with torch.no_grad():
+        for image in images:
+            height, width = int(image.shape[-2]), int(image.shape[-1])
+            top, left = (height - side) // 2 // grid * grid, (width - side) // 2 // grid * grid
+            parts = model.coarse_pass(image)
+            whole = model.finest_pass(parts)
+            errors = window_error_by_distance(model.finest_pass, parts, whole, scale * top, scale * left,
+                                              scale * side)
+            worst = torch.maximum(worst, errors.double())
+    above = torch.nonzero(worst > threshold).flatten()
+    if above.numel() == 0:
+        return 0
+    reach = -(-(int(above.max()) + 1) // scale)  # in input pixels: every pixel further in is within threshold
+    return reach if reach < side // 2 else None
 
 
 def summary(model: nn.Module) -> Dict[str, Any]:
