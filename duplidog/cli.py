@@ -156,8 +156,12 @@ def cmd_bench(args) -> None:
                    settings=_apply_sets({}, args.set))
         return
     if args.what == "infer":
-        from duplidog.infer.bench import bench_infer as bench
-    elif args.what == "train":
+        from duplidog.infer.bench import bench_infer
+
+        bench_infer(preset=args.preset, frames=args.frames or 2, device=args.device, tile=args.tile,
+                    width=args.width, height=args.height, threads=args.threads, model=args.model)
+        return
+    if args.what == "train":
         from duplidog.train.bench import bench_train as bench
     else:
         from duplidog.pool.bench import bench_pool as bench
@@ -268,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=1080, help="infer, shot: frame height (1080)")
     p.add_argument("--preset", default="small",
                    help="infer: the network's preset without --model; shot: model.preset (small)")
+    p.add_argument("--model", help="infer: a trained model folder (default: an untrained --preset network)")
     p.add_argument("--device", help="infer, shot: where the network runs (default: auto)")
+    p.add_argument("--tile", type=int, help="infer: tile size of the tiled run (default: two tiles across)")
+    p.add_argument("--threads", type=int, help="infer: torch CPU threads (default: torch's choice)")
     p.add_argument("--keyframes", type=int, default=4, help="shot: keyframes, spread over the shot (4)")
     p.add_argument("--out", help="quality: where shots, runs and quality.json are kept (results/bench_quality); "
                                  "shot: where the shot, the run and bench_shot.json are kept (results/bench_shot)")
