@@ -583,7 +583,7 @@ def test_init_from_the_shots_own_model_fine_tunes_it_whatever_changed(shot, tmp_
 
 def test_sigterm_checkpoints_and_a_rerun_resumes_within_max_minutes(shot, tmp_path):
     script = tmp_path / "job.py"
-    # Streamed through a spawned worker, from a script without a __main__ guard (as Snakemake runs it).
+    # Streamed through a reading thread, from a script without a __main__ guard (as Snakemake runs it).
     config = with_train(shot["config"], steps=100000, checkpoint_every=0, validate_every=0,
                         data_on_device="never", num_workers=1)
     (tmp_path / "config.json").write_text(json.dumps(config))

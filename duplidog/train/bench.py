@@ -2,15 +2,17 @@
 
 Two measurements, both printed as ratios or rates rather than asserted (speed depends on the machine):
 
-* **data-path overhead** = seconds per step when every batch is read from the Zarr pool by the
-  streaming workers, divided by seconds per step for the very same batches already in memory. Near
-  1.0 means the workers keep up and streaming costs nothing; well above 1.0 means training waits for
-  the disk or the decompression (more ``train.num_workers``, or let the pool load onto the device);
+* **data-path overhead** = seconds per step when every batch is read from the pool by the streaming
+  threads (the path for a pool too big for memory), divided by seconds per step for the very same
+  batches already in memory; one step of each in turn, the median of each. Near 1.0 means reading
+  keeps up and streaming costs nothing; well above 1.0 means training waits for the disk or the
+  decoding, or the readers take the training's cores. Beside it, the seconds to decode the whole pool up front, which
+  is what ``train.data_on_device: auto`` pays instead when the pool fits;
 * **steps/s per preset**, with batches in memory: the real training step (forward over every pyramid
   level, the loss mix, backward, clipping, AdamW, schedule, weight average) from ``loop.StepRunner``.
 
 Without a ``pool_path`` a synthetic pool with the default tile size is written to a temporary folder
-with the pool's own writer, so the reads are real Zarr reads of sharded, compressed chunks.
+with the pool's own writer, so the reads are real reads of sharded, compressed chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import torch
 
-from duplidog.train.data import EpochPlan, StreamedBatches
+from duplidog.train.data import DeviceBatches, EpochPlan, StreamedBatches, load_pool, pool_bytes
 from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
@@ -33,6 +35,9 @@ from duplidog.train.loop import StepRunner, parameter_groups
 from duplidog.train.schedule import TrainingSchedule
 
 log = logging.getLogger(__name__)
+
+#: Fewest timed steps of each kind for the data-path ratio (a handful of CPU steps is mostly noise).
+DATA_PATH_STEPS = 20
 
 
 def synthetic_pool(path: Path, tiles: int, tile_size: int, border: int, channels: int = 3) -> Path:
@@ -82,7 +87,20 @@ def _seconds_per_step(runner: StepRunner, batches: Iterable, steps: int, warmup:
     started = time.perf_counter()
     for _ in range(steps):
         runner(stream)  # loss.item() inside synchronises the device every step
-    return (time.perf_counter() - started) / steps
+    return (time.perf_counter() - started) / max(steps, 1)
+
+
+def _load_seconds(group, device: torch.device) -> float:
+    """Seconds to decode the whole pool onto ``device`` (the files already in the page cache)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    tensors = load_pool(group, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    del tensors
+    return seconds
 
 
 def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, presets=None,
@@ -93,8 +111,9 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
     Args:
         pool_path: a pool to read; default a synthetic one in a temporary folder.
         config: a resolved shot config (train, model and pool sections); default the defaults.
-        presets: preset names to time; default every preset of the configured architecture.
-        steps: timed steps per measurement; default 20 on a GPU, 3 on the CPU.
+        presets: preset names to time; default every preset of the configured architecture, ``[]`` none.
+        steps: timed steps per measurement; default 20 on a GPU, 3 on the CPU, and at least
+            ``DATA_PATH_STEPS`` of each kind for the data path.
         warmup: untimed steps first (allocation, cuDNN autotuning); default 3 on a GPU, 1 on the CPU.
         tiles: size of the synthetic pool.
         device: override ``train.device``.
@@ -108,10 +127,11 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
     model_settings = dict(config.get("model", {}))
     device = choose_device(device or settings["device"])
     precision = choose_precision(device, settings["precision"])
+    data_steps = steps or max(20 if device.type != "cpu" else 3, DATA_PATH_STEPS)
     steps = steps or (20 if device.type != "cpu" else 3)
     warmup = warmup if warmup is not None else (3 if device.type != "cpu" else 1)
     arch = model_settings.get("arch", "msrn")
-    presets = list(presets or PRESETS.get(arch, {}).keys())
+    presets = list(PRESETS.get(arch, {}).keys() if presets is None else presets)
     results: Dict[str, object] = {"device": str(device), "precision": precision.name}
 
     with tempfile.TemporaryDirectory(prefix="duplidog-bench-train-") as tmp:
@@ -128,24 +148,40 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         print_fn(f"train bench on {device} ({precision.name}): pool of {n} tiles of {tile_size} px, "
                  f"batch {batch}, {steps} timed steps after {warmup}")
 
-        # Data path: streamed from Zarr by workers vs the same batches held in memory.
-        workers = int(settings["num_workers"])
-        total = (warmup + steps) * int(settings["accumulate"])
-        streamed = StreamedBatches(str(pool_path), plan, device, workers, int(settings["prefetch_batches"]))
+        # Data path: streamed from the pool by reading threads vs the same batches held in memory, one
+        # step of each in turn (which goes first alternating), so a change in the machine's load falls
+        # on both alike; the median step of each, so a burst of someone else's work counts for neither.
+        workers, ahead = int(settings["num_workers"]), int(settings["prefetch_batches"])
+        total = (warmup + data_steps) * int(settings["accumulate"])
+        loaded = DeviceBatches(group, plan, device)
+        in_memory = list(itertools.islice(loaded.batches(0), total))
+        del loaded
+        streamed = StreamedBatches(str(pool_path), plan, device, workers, ahead)
         try:
-            runner = _runner(model_settings, settings, channels, border, tile_size, device, precision)
-            read_seconds = _seconds_per_step(runner, streamed.batches(0), steps, warmup)
+            runners = {name: _runner(model_settings, settings, channels, border, tile_size, device, precision)
+                       for name in ("streamed", "in memory")}
+            streams = {"streamed": iter(streamed.batches(0)), "in memory": iter(in_memory)}
+            times = {name: [] for name in runners}
+            for step in range(-warmup, data_steps):
+                for name in sorted(runners, reverse=step % 2 == 1):
+                    seconds = _seconds_per_step(runners[name], streams[name], 1, 0)
+                    if step >= 0:
+                        times[name].append(seconds)
         finally:
             streamed.close()
-        in_memory = list(itertools.islice(StreamedBatches(str(pool_path), plan, device, 0, 1).batches(0), total))
-        runner = _runner(model_settings, settings, channels, border, tile_size, device, precision)
-        memory_seconds = _seconds_per_step(runner, in_memory, steps, warmup)
+        read_seconds, memory_seconds = float(np.median(times["streamed"])), float(np.median(times["in memory"]))
+        load_seconds = _load_seconds(group, device)
         overhead = read_seconds / memory_seconds
         results["data_path"] = {"streamed_s_per_step": read_seconds, "in_memory_s_per_step": memory_seconds,
-                                "overhead": overhead, "num_workers": workers}
-        print_fn(f"data path ({model_settings.get('preset', 'small')}): streamed from Zarr with {workers} worker(s) "
-                 f"{read_seconds * 1e3:.1f} ms/step, same batches in memory {memory_seconds * 1e3:.1f} ms/step "
-                 f"-> overhead x{overhead:.2f}")
+                                "overhead": overhead, "num_workers": workers, "prefetch_batches": ahead,
+                                "reader": streamed.reader_kind, "load_s": load_seconds}
+        print_fn(f"data path ({model_settings.get('preset', 'small')}): streamed from the pool by {workers} "
+                 f"thread(s) reading {streamed.reader_kind}, {ahead} batch(es) ahead each, "
+                 f"{read_seconds * 1e3:.1f} ms/step; same batches in memory {memory_seconds * 1e3:.1f} ms/step "
+                 f"-> overhead x{overhead:.2f} (median of {data_steps} steps each)")
+        print_fn(f"whole pool ({pool_bytes(group) / 2**20:.1f} MiB) decoded onto {device} up front in "
+                 f"{load_seconds:.2f} s = {load_seconds / memory_seconds:.1f} steps (the path train.data_on_device: "
+                 f"auto takes when it fits)")
 
         # Steps per second of each preset, batches in memory.
         per_preset = {}

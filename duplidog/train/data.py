@@ -9,13 +9,13 @@ in-memory run see exactly the same batches.
 How they arrive, chosen per run:
 
 * **on device** -- when the pool fits the memory budget (a share of free GPU memory, or of free RAM
-  when training on the CPU) it is read once into two float16 tensors on the device and batches are
-  gathered there: no per-step I/O at all;
-* **streamed** -- otherwise a ``DataLoader`` whose workers (``spawn`` start method: zarr's event-loop
-  thread and ``fork`` have deadlocked together) each open the Zarr arrays lazily, on first use in the
-  worker, and read whole batches (one chunk per tile) ahead of the training loop. Workers only read:
-  the indices come from the main process and augmentation runs on the device, so the worker count
-  cannot change the result. ``num_workers: 0`` reads in the main process.
+  when training on the CPU) it is decoded once, before the first step, into two float16 tensors on
+  the device, and batches are gathered there: no reading or decoding while training;
+* **streamed** -- otherwise background threads read each batch's tiles straight from the pool's
+  shard files (``duplidog.pool.tile_reader``) ahead of the training loop, into page-locked memory
+  when training on a GPU so the copy overlaps the step. The reading threads only read: the indices
+  are the plan's and augmentation runs on the device, so the thread count cannot change the result.
+  ``num_workers: 0`` reads in the training thread.
 
 The dihedral augmentation (flips and 90-degree turns, applied identically to source and target) is
 cheap extra variety on top of the pool's own augmentation; it suits every duplidog task since none of
@@ -24,11 +24,12 @@ them has a preferred direction in the frame. Turn it off with ``augment_dihedral
 
 from __future__ import annotations
 
-import contextlib
+import collections
+import itertools
 import logging
 import os
-import signal
-import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
@@ -109,9 +110,10 @@ def augment_batch(source: torch.Tensor, target: torch.Tensor, codes: np.ndarray)
 
 
 def read_tiles(array, indices: np.ndarray) -> np.ndarray:
-    """Tiles ``indices`` (any order, repeats allowed) of a Zarr array, in one orthogonal read."""
-    unique, inverse = np.unique(indices, return_inverse=True)
-    return np.asarray(array.oindex[unique])[inverse]
+    """Tiles ``indices`` (any order, repeats allowed) of a pool array, by the pool's fastest reader."""
+    from duplidog.pool import tile_reader
+
+    return tile_reader(array).read(indices)
 
 
 def evenly_spaced(n_tiles: int, count: int) -> np.ndarray:
@@ -157,10 +159,42 @@ def memory_budget(device: torch.device, fraction: float) -> int:
 
 
 def _to_device(source: torch.Tensor, target: torch.Tensor, device: torch.device) -> Batch:
-    pin = device.type == "cuda"
-    if pin:
-        source, target = source.pin_memory(), target.pin_memory()
-    return (source.to(device, non_blocking=pin).float(), target.to(device, non_blocking=pin).float())
+    pinned = source.device.type == "cpu" and device.type == "cuda" and source.is_pinned()
+    return (source.to(device, non_blocking=pinned).float(), target.to(device, non_blocking=pinned).float())
+
+
+def _empty(shape: tuple, dtype: np.dtype, device: torch.device, pin: bool = False) -> torch.Tensor:
+    """A tensor to decode into; page-locked when it is bound for a GPU (the copy then runs asynchronously)."""
+    dtype = torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+    return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin)
+
+
+def load_pool(group, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The whole pool as two float16 tensors on ``device``, decoded a shard at a time on a thread per core.
+
+    On the CPU each shard decodes straight into place; for a GPU through one shard of host memory per
+    thread, so a pool that fits the device but not the host's RAM still loads.
+    """
+    from duplidog.pool import tile_reader
+
+    tensors = []
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="duplidog-pool-load") as threads:
+        for name in ("source", "target"):
+            reader = tile_reader(group[name])
+            tensor = _empty(reader.shape, reader.dtype, device)
+
+            def fill(first: int, stop: int) -> None:
+                rows = np.arange(first, stop)
+                if tensor.device.type == "cpu":
+                    reader.read(rows, out=tensor.numpy()[first:stop])
+                else:
+                    tensor[first:stop].copy_(torch.from_numpy(reader.read(rows)))
+
+            step = int(getattr(reader, "shard_tiles", 128))
+            starts = range(0, reader.shape[0], step)
+            list(threads.map(fill, starts, [min(a + step, reader.shape[0]) for a in starts]))
+            tensors.append(tensor)
+    return tensors[0], tensors[1]
 
 
 class DeviceBatches:
@@ -171,8 +205,9 @@ class DeviceBatches:
     def __init__(self, group, plan: EpochPlan, device: torch.device):
         self.plan = plan
         self.device = device
-        self.source = torch.from_numpy(np.asarray(group["source"][...])).to(device)
-        self.target = torch.from_numpy(np.asarray(group["target"][...])).to(device)
+        started = time.perf_counter()
+        self.source, self.target = load_pool(group, device)
+        self.load_seconds = time.perf_counter() - started
 
     def batches(self, start: int) -> Iterator[Batch]:
         batch = start
@@ -187,120 +222,67 @@ class DeviceBatches:
         pass
 
 
-class PoolBatchReader(torch.utils.data.Dataset):
-    """Item ``b`` = the tiles of batch ``b`` read from the pool (float16 CPU tensors).
-
-    Picklable (it holds only a path and the plan's numbers), so spawned workers rebuild it and open
-    the Zarr arrays lazily, once per worker, on the first read.
-    """
-
-    def __init__(self, pool_path: str, plan: EpochPlan):
-        self.pool_path = str(pool_path)
-        self.plan = plan
-        self._arrays = None
-
-    def __len__(self) -> int:  # the sampler decides; this is only an upper bound
-        return 2**62
-
-    def _open(self):
-        if self._arrays is None:
-            from duplidog.pool import open_pool
-
-            group = open_pool(self.pool_path)
-            self._arrays = (group["source"], group["target"])
-        return self._arrays
-
-    def __getitem__(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        source, target = self._open()
-        indices = self.plan.indices(batch)
-        return torch.from_numpy(read_tiles(source, indices)), torch.from_numpy(read_tiles(target, indices))
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_arrays"] = None
-        return state
-
-
-def _quiet_worker(_worker_id: int) -> None:
-    """Workers leave SIGINT/SIGTERM/SIGHUP to the main process, which checkpoints and then stops them."""
-    from duplidog.train.loop import StopRequest
-
-    for signum in StopRequest.SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    torch.set_num_threads(1)
-
-
-class _BatchNumbers(torch.utils.data.Sampler):
-    def __init__(self, start: int):
-        self.start = start
-
-    def __iter__(self):
-        batch = self.start
-        while True:
-            yield batch
-            batch += 1
-
-
-@contextlib.contextmanager
-def _main_module_hidden():
-    """Keep spawned workers from re-running the main script.
-
-    ``spawn`` children normally re-import ``__main__`` (a Snakemake ``script:`` file, a user's
-    script) so its functions can be unpickled; a script without an ``if __name__ == "__main__"``
-    guard would then start training again inside every worker. The workers need nothing from
-    ``__main__`` (the reader and the init function live in this module), so the main module's file
-    and spec are hidden while the workers start.
-    """
-    main = sys.modules.get("__main__")
-    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if main is not None and name in main.__dict__}
-    try:
-        if main is not None:
-            main.__dict__.pop("__file__", None)
-            main.__spec__ = None
-        yield
-    finally:
-        if main is not None:
-            main.__dict__.pop("__spec__", None)
-            main.__dict__.update(saved)
-
-
 class StreamedBatches:
-    """Batches read from the Zarr pool by background workers, ``prefetch`` batches ahead per worker."""
+    """Batches read from the pool's shard files by ``num_workers`` threads, ``prefetch`` batches ahead each.
+
+    Threads rather than processes: reading a batch is a few file reads and decodes that hold no GIL,
+    so a thread keeps up without a process's start-up (a Python interpreter importing torch) and
+    without copying every tile between processes. ``num_workers: 0`` reads in the training thread.
+    """
 
     mode = "streamed"
 
     def __init__(self, pool_path: str, plan: EpochPlan, device: torch.device, num_workers: int, prefetch: int):
+        from duplidog.pool import open_pool, tile_reader
+
+        group = open_pool(pool_path)
         self.plan = plan
         self.device = device
         self.num_workers = int(num_workers)
-        self.prefetch = int(prefetch)
-        self.reader = PoolBatchReader(pool_path, plan)
-        self._loader_iter = None
+        self.prefetch = max(1, int(prefetch))
+        self.readers = (tile_reader(group["source"]), tile_reader(group["target"]))
+        self.reader_kind = self.readers[0].kind
+        self._threads: list[ThreadPoolExecutor] = []
+
+    def read(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The tiles of ``batch`` as float16 CPU tensors (page-locked when training on a GPU)."""
+        indices = self.plan.indices(batch)
+        tiles = []
+        for reader in self.readers:
+            tensor = _empty((len(indices), *reader.shape[1:]), reader.dtype, torch.device("cpu"),
+                            pin=self.device.type == "cuda")
+            reader.read(indices, out=tensor.numpy())
+            tiles.append(tensor)
+        return tiles[0], tiles[1]
+
+    def _read_ahead(self, start: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        threads = ThreadPoolExecutor(self.num_workers, thread_name_prefix="duplidog-pool-read")
+        self._threads.append(threads)
+        pending: collections.deque = collections.deque()
+        batch = start
+        try:
+            while True:
+                while len(pending) < self.num_workers * self.prefetch:
+                    pending.append(threads.submit(self.read, batch))
+                    batch += 1
+                yield pending.popleft().result()
+        finally:
+            threads.shutdown(wait=True, cancel_futures=True)
 
     def batches(self, start: int) -> Iterator[Batch]:
         if self.num_workers > 0:
-            loader = torch.utils.data.DataLoader(
-                self.reader, batch_size=None, sampler=_BatchNumbers(start), num_workers=self.num_workers,
-                multiprocessing_context="spawn", prefetch_factor=max(1, self.prefetch),
-                worker_init_fn=_quiet_worker, persistent_workers=False, pin_memory=False,
-                generator=torch.Generator(),  # worker seeds must not draw from the global generator
-            )
-            with _main_module_hidden():
-                self._loader_iter = iter(loader)
-            source_iter = self._loader_iter
+            reads = self._read_ahead(start)
         else:
-            source_iter = (self.reader[b] for b in _BatchNumbers(start))
-        batch = start
-        for source, target in source_iter:
+            reads = (self.read(batch) for batch in itertools.count(start))
+        for batch, (source, target) in enumerate(reads, start):
             source, target = _to_device(source, target, self.device)
             yield augment_batch(source, target, self.plan.augment_codes(batch))
-            batch += 1
 
     def close(self) -> None:
-        """Stop the workers now rather than at garbage collection."""
-        iterator, self._loader_iter = self._loader_iter, None
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
+        """Stop the reading threads now (a read under way finishes first)."""
+        threads, self._threads = self._threads, []
+        for executor in threads:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -327,7 +309,10 @@ def make_batches(pool_path: str, group, plan: EpochPlan, device: torch.device, s
     choice = choose_data_path(group, device, settings["data_on_device"], float(settings["device_memory_fraction"]))
     if choice.mode == "on device":
         source = DeviceBatches(group, plan, device)
+        how = f"decoded in {source.load_seconds:.2f} s"
     else:
         source = StreamedBatches(pool_path, plan, device, settings["num_workers"], settings["prefetch_batches"])
-    log.info("training data %s: %s", choice.mode, choice.reason)
+        how = (f"{source.num_workers} reading thread(s), {source.prefetch} batch(es) ahead each, "
+               f"read through {source.reader_kind}")
+    log.info("training data %s: %s; %s", choice.mode, choice.reason, how)
     return source, choice
