@@ -11,6 +11,7 @@ rerun then fixes them in one go. Then:
   farthest from any keyframe, the frames named in ``assemble.frames``), each titled with what it is;
   columns plate | result and, on keyframes, target | difference, then two zoomed crops (whole
   pixels, no resampling) where the keyframe's error is worst or where the fix changes the plate most.
+  An upscaling model's plate is shown with each pixel repeated ``scale`` times, under its result.
   Pictures of a shot whose working space is an OpenColorIO one, or scene-linear with no tag (shown as
   linear Rec.709), go through an OCIO display/view (``assemble.display``/``assemble.view``; default
   the config's default display and its default view, sRGB - Display and the ACES SDR view in OCIO's
@@ -20,7 +21,8 @@ rerun then fixes them in one go. Then:
 * ``summary.json``: frames, inference seconds and frames per second (summed over the chunks' own
   summaries), how far each keyframe's result is from its target (whole frame and worst 32x32
   block), a warning for each keyframe whose worst block is poor however good the whole frame is, and
-  a flicker figure (``temporal``: the PSNR of the result's frame-to-frame change against the plate's).
+  a flicker figure (``temporal``: the PSNR of the result's frame-to-frame change against the plate's;
+  an upscaled result averaged down to the plate's size first).
 
 All three files are written atomically.
 """
@@ -193,6 +195,19 @@ def worst_block(result: np.ndarray, reference: np.ndarray, block: int) -> tuple[
     psnrs = block_psnrs(result, reference, block)
     row, col = np.unravel_index(int(np.argmin(psnrs)), psnrs.shape)
     return float(psnrs[row, col]), int(row) * block, int(col) * block
+
+
+def enlarge(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W, C) shown at ``factor`` times its size by repeating pixels (an upscaled result's plate)."""
+    return pixels if factor == 1 else pixels.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """(sH, sW, C) averaged over ``factor`` x ``factor`` blocks: an upscaled result at the plate's size."""
+    if factor == 1:
+        return pixels
+    height, width = pixels.shape[0] // factor, pixels.shape[1] // factor
+    return pixels.reshape(height, factor, width, factor, -1).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _zoom(pixels: np.ndarray, top: int, left: int, size: int, width: int) -> np.ndarray:
@@ -368,6 +383,7 @@ def assemble(
         if frame not in chosen:
             continue
         plate = in_plate(imageio.read_pixels(source.path(frame), plate_channels), plate_channels, source.path(frame))
+        plate = enlarge(plate, scale)  # an upscaled result's plate, pixel for pixel under it
         pictures = [("plate", picture(plate)), ("result", picture(result[:, :, index]))]
         if target is not None and target.shape == result.shape:
             pictures.append(("target", picture(target[:, :, index])))
@@ -403,8 +419,8 @@ def assemble(
     if all(c in plate_channels for c in shown):
         temporal = temporal_figure(
             frames,
-            lambda f: colour.encode(in_plate(imageio.read_pixels(output.path(f), shown), shown, output.path(f)),
-                                    space, shown),
+            lambda f: colour.encode(shrink(in_plate(imageio.read_pixels(output.path(f), shown), shown, output.path(f)),
+                                           scale), space, shown),
             lambda f: colour.encode(in_plate(imageio.read_pixels(source.path(f), shown), shown, source.path(f)),
                                     space, shown))
 

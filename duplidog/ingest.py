@@ -124,6 +124,17 @@ def check_output_writable(output: str, frames: list[int]) -> None:
 INGEST_KEYS = ("shot", "source", "target", "frames", "colorspace", "seed", "channels", "ingest")
 
 
+def ingest_settings(config: dict) -> dict:
+    """What ingest reads of a resolved config: ``INGEST_KEYS`` and the upscaling ``scale`` (model.scale),
+    which decides the keyframes' size."""
+    return {**{key: config[key] for key in INGEST_KEYS}, "scale": shot_scale(config)}
+
+
+def shot_scale(config: dict) -> int:
+    """Output size / plate size: ``scale`` (ingest's settings) or ``model.scale`` (a full config), else 1."""
+    return int(config.get("scale", (config.get("model") or {}).get("scale", 1)))
+
+
 def ingest(config: dict, out_dir: str | Path) -> dict:
     """Check a resolved shot config against the files and write ``manifest.csv`` and ``plan.json``.
 
@@ -164,11 +175,19 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
 
     target_infos = {frame: imageio.read_info(target.path(frame)) for frame in shot.keyframes}
     first_target = target_infos[shot.keyframes[0]]
+    scale = shot_scale(config)
     for frame, info in target_infos.items():
-        if (info.width, info.height) != (first.width, first.height):
+        if (info.width, info.height) != (scale * first.width, scale * first.height):
+            upscaled = (f" times {scale} (model.scale: {scale}), {scale * first.width}x{scale * first.height}"
+                        if scale > 1 else "")
             raise DuplidogError(
                 f"{info.path}: keyframe size {info.width}x{info.height} differs from the plate's "
-                f"{first.width}x{first.height}"
+                f"{first.width}x{first.height}{upscaled}"
+            )
+        if scale > 1 and (info.full_width, info.full_height) != (scale * first.full_width, scale * first.full_height):
+            raise DuplidogError(
+                f"{info.path}: keyframe display window {info.full_width}x{info.full_height} is not {scale} times the "
+                f"plate's {first.full_width}x{first.full_height} (model.scale: {scale})"
             )
         if info.channel_names != first_target.channel_names:
             raise DuplidogError(
@@ -226,6 +245,7 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
         "passthrough_channels": list(passthrough),
         "width": first.width,
         "height": first.height,
+        "scale": scale,  # the keyframes' and the output's size over the plate's
         "pixel_type": first.pixel_type,
         "format_name": first.format_name,
         "channel_names": list(first.channel_names),

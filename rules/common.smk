@@ -9,7 +9,7 @@ from pathlib import Path
 
 from duplidog import demo
 from duplidog.errors import DuplidogError
-from duplidog.ingest import INGEST_KEYS, check_output_pattern, check_output_writable, discover_frames, ShotFrames
+from duplidog.ingest import ingest_settings, check_output_pattern, check_output_writable, discover_frames, ShotFrames
 from duplidog.sequence import FramePattern
 from duplidog.status import ReportFigures
 from duplidog.settings import default_output_pattern, merge_settings, read_shot_yaml, resolve
@@ -185,7 +185,7 @@ def output_pattern(wildcards):
 def ingest_config(wildcards):
     """The settings ingest reads, and only those: a change to any other setting does not rerun it."""
     config = shot_of(wildcards).config
-    return {key: config[key] for key in INGEST_KEYS}
+    return ingest_settings(config)
 
 
 def section(name):

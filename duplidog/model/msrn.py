@@ -40,6 +40,14 @@ end segments and the MLP (ReLUs) is linear, so highlights brighter than any keyf
 never flattened. In a residual network the colour path starts as the identity and replaces the skip
 from the input; otherwise it starts near zero. It runs once, at full resolution, and each level adds its
 correction to the colour path's output averaged down to that level.
+
+An upscaling network (``scale`` s of 2, 3 or 4: output frames s times the input's size) runs every level
+at the input's resolution as above and ends in a pixel-shuffle head (Shi et al., "Real-Time Single
+Image and Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", CVPR
+2016): the head's convolution gives out_channels * s * s features, ``pixel_shuffle`` lays them out as
+an s x s block per input pixel. The finest level adds that to its base upsampled bicubically, so the
+network still learns a correction (over bicubic upscaling of the colour path's output); the coarser
+levels, which guide it, give each pixel the mean of its s x s block, their targets averaged down alike.
 """
 
 from __future__ import annotations
@@ -96,6 +104,13 @@ OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 # layers of residual branches of Goyal et al. 2017 and Fixup). Measured on the quality bench's colour
 # look: 58.5 dB in the working space after 300 steps with a head at zero, 54.0 with one scaled by 0.1.
 HEAD_INIT_SCALE = 0.01
+# Bicubic upsampling (PyTorch's, a = -0.75) reads the 4 x 4 input pixels nearest an output pixel's
+# centre, which lie within 2 input pixels of it.
+BICUBIC_RADIUS = 2.0
+# A pixel-shuffled output pixel comes from the input pixel whose area it lies in: under half a pixel away.
+SHUFFLE_RADIUS = 0.5
+SCALES = (1, 2, 3, 4)
+
 # A colour matrix that is not the identity (RGB -> matte) starts small but not zero, so the curves
 # before it learn from the first step.
 MATRIX_INIT_SCALE = 0.1
@@ -181,9 +196,9 @@ class MSRN(nn.Module):
     """Multi-scale recurrent network (Tao et al. 2018 scale recurrence, Li et al. 2018 MSRB blocks).
 
     ``forward(x, all_levels=False)`` takes (N, in_channels, H, W) with H and W multiples of
-    ``size_multiple`` and returns the finest prediction (N, out_channels, H, W), or with
+    ``size_multiple`` and returns the finest prediction (N, out_channels, scale * H, scale * W), or with
     ``all_levels=True`` the prediction of every level, coarse to fine, each at its level's resolution
-    (H / 2**level), for multi-level supervision.
+    (H / 2**level; the finest scale * H), for multi-level supervision.
 
     Args:
         in_channels: channels of the input image (3 for RGB, 4 for RGBA). Default 3.
@@ -218,6 +233,8 @@ class MSRN(nn.Module):
             is guided by their sigmoid), ``forward`` returns the sigmoid, and training scores the logits
             with a binary cross-entropy. Default "none": in a short budget the plain output learns a
             matte faster (docs/quality.md).
+        scale: output resolution / input resolution, 1 to 4. Above 1 the head ends in a pixel shuffle and
+            the finest level's base is upsampled bicubically (see the module docstring). Default 1.
     """
 
     arch = "msrn"
@@ -243,6 +260,7 @@ class MSRN(nn.Module):
         guide_on_base: bool = False,
         output_activation: str = "none",
         refine_levels: bool = False,
+        scale: int = 1,
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("levels", levels),
@@ -261,6 +279,8 @@ class MSRN(nn.Module):
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"MSRN output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
                              f"got {output_activation!r}")
+        if isinstance(scale, bool) or int(scale) != scale or int(scale) not in SCALES:
+            raise ValueError(f"MSRN scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
         if residual is None:
             residual = in_channels == out_channels and output_activation == "none"
         if residual and output_activation != "none":
@@ -272,7 +292,7 @@ class MSRN(nn.Module):
         self.out_channels = int(out_channels)
         self.levels = int(levels)
         self.residual = bool(residual)
-        self.scale = 1  # output resolution / input resolution (the card and the tiler read it)
+        self.scale = int(scale)  # output resolution / input resolution (the card and the tiler read it)
         self.size_multiple = 2 ** (self.levels - 1 + int(stages))
         self._settings: Dict[str, Any] = dict(
             in_channels=self.in_channels, out_channels=self.out_channels, levels=self.levels, width=int(width),
@@ -281,7 +301,7 @@ class MSRN(nn.Module):
             recurrent_kernel=int(recurrent_kernel), colour_width=int(colour_width), colour_depth=int(colour_depth),
             curve_knots=int(curve_knots), curve_range=[float(v) for v in curve_range], residual=self.residual,
             guide_on_base=bool(guide_on_base), output_activation=str(output_activation),
-            refine_levels=bool(refine_levels),
+            refine_levels=bool(refine_levels), scale=self.scale,
         )
         self.sigmoid_output = output_activation == "sigmoid"
         self.guide_on_base = bool(guide_on_base)
@@ -298,12 +318,15 @@ class MSRN(nn.Module):
         self.decoder = nn.ModuleList(
             [DecoderStage(channels[i + 1], channels[i], **blocks) for i in reversed(range(stages))]
         )
-        self.head = conv(width, out_channels, kernel_size)
+        self.head = conv(width, out_channels * self.scale * self.scale, kernel_size)
         self.colour = ColourPath(in_channels, out_channels, colour_width, colour_depth, curve_knots, curve_range,
                                  identity=self.residual) if colour_width or curve_knots else None
         with torch.no_grad():
             self.head.weight.mul_(HEAD_INIT_SCALE)
             self.head.bias.zero_()
+            if self.scale > 1:  # ICNR (Aitken et al. 2017): every sub-pixel starts alike, no checkerboard
+                blocks = self.head.weight.view(out_channels, self.scale * self.scale, *self.head.weight.shape[1:])
+                blocks.copy_(blocks[:, :1].expand_as(blocks))
         self.reach = int(math.ceil(self.reach_bound()))
 
     # -- description --------------------------------------------------------------------------------
@@ -316,7 +339,8 @@ class MSRN(nn.Module):
 
     @torch.jit.unused
     def reach_bound(self, levels: Optional[int] = None) -> float:
-        """Upper bound, in full-resolution pixels, of how far an input pixel can change an output pixel.
+        """Upper bound, in full-resolution input pixels, of how far an input pixel can change an output pixel
+        (an upscaled output pixel's distance measured from its centre in input pixels).
 
         Follows ``forward`` operation by operation, adding each one's radius (in its own grid's pixels
         times that grid's spacing) along the longest path; where paths join, the larger reach wins.
@@ -350,7 +374,13 @@ class MSRN(nn.Module):
                 reach = max(reach + (UPSAMPLE_RADIUS + k) * f, skips.pop())
                 reach += sequence_radius(stage.blocks) * f
             reach += k * spacing  # head
-            out_reach = max(reach, image) if self.residual or self.colour is not None else reach
+            based = self.residual or self.colour is not None
+            if level == 0 and self.scale > 1:  # pixel shuffle; the base (or coarser guess) upsampled bicubically
+                reach += SHUFFLE_RADIUS
+                base = image if based else (previous if self.refine_levels else None)
+                out_reach = reach if base is None else max(reach, base + BICUBIC_RADIUS)
+                continue
+            out_reach = max(reach, image) if based else reach
         assert out_reach is not None
         return out_reach
 
@@ -441,14 +471,29 @@ class MSRN(nn.Module):
                     hidden = upsample2x(hidden)
             guide = torch.sigmoid(prediction) if self.sigmoid_output else prediction
             correction, hidden = self._level(pyramid[level], guide, hidden)
+            correction = self._lay_out(correction, level == 0)
             if len(bases) > 0:
-                prediction = correction + bases[level]
+                prediction = correction + self._upscale(bases[level], level == 0)
             elif self.refine_levels:  # without a base, the first guess above is zeros
-                prediction = correction + prediction
+                prediction = correction + self._upscale(prediction, level == 0)
             else:
                 prediction = correction
             outputs.append(prediction)
         return outputs, colour_output
+
+    def _lay_out(self, head: torch.Tensor, finest: bool) -> torch.Tensor:
+        """The head's output as a correction: at 1x itself; upscaling, each pixel's s x s block at the
+        finest level, and the block's mean at the coarser ones (which guide it at the input's resolution)."""
+        if self.scale == 1:
+            return head
+        blocks = F.pixel_shuffle(head, self.scale)
+        return blocks if finest else F.avg_pool2d(blocks, self.scale)
+
+    def _upscale(self, x: torch.Tensor, finest: bool) -> torch.Tensor:
+        """What the finest level's correction is added to, at the output's resolution (bicubic)."""
+        if self.scale == 1 or not finest:
+            return x
+        return F.interpolate(x, scale_factor=float(self.scale), mode="bicubic", align_corners=False)
 
     # -- split inference: the coarse levels over the whole frame, the finest level in tiles ----------
     @torch.jit.unused
@@ -496,6 +541,7 @@ class MSRN(nn.Module):
                     offset = prediction if self.refine_levels else None
                 return {"image": x, "guide": guide, "hidden": hidden, "offset": offset}
             correction, hidden = self._level(pyramid[level], guide, hidden)
+            correction = self._lay_out(correction, False)
             if len(bases) > 0:
                 prediction = correction + bases[level]
             elif self.refine_levels:
@@ -510,8 +556,9 @@ class MSRN(nn.Module):
         image, guide = parts["image"], parts["guide"]
         assert image is not None and guide is not None
         correction, _ = self._level(image, guide, parts["hidden"])
+        correction = self._lay_out(correction, True)
         offset = parts["offset"]
-        prediction = correction if offset is None else correction + offset
+        prediction = correction if offset is None else correction + self._upscale(offset, True)
         return torch.sigmoid(prediction) if self.sigmoid_output else prediction
 
     @torch.jit.unused

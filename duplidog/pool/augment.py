@@ -142,6 +142,9 @@ def add_grain(
     grain = rng.normal(0.0, augmentation.grain_sigma, source.shape).astype(np.float32)
     source += grain
     if colour_to == "both":
+        factor = target.shape[0] // source.shape[0]  # an upscaling shot's target: each grain s x s pixels
+        if factor > 1:
+            grain = grain.repeat(factor, axis=0).repeat(factor, axis=1)
         for s, t in pairs:
             target[:, :, t] += grain[:, :, s]
 
@@ -169,13 +172,17 @@ def augmented_tile(
     colour_to: str,
     encoders: tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]],
     rng: np.random.Generator,
+    scale: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, TileAugmentation]:
     """One augmented (source, target) pair of (T, T, C) working-space tiles from scene-value frames.
 
     The window is centred on the tile at (top, left) and moved inward if it would leave the frame (or
     the ``edge_margin`` strip); a frame too small for the window drops rotation and scale. Returns the
-    augmentation actually applied.
+    augmentation actually applied. ``scale``: an upscaling shot's target frame and tile are this many
+    times the source's size; the target is warped by itself over the same area (``scale`` times its
+    window and tile), so both show the same picture.
     """
+    s = scale
     height, width = source_frame.shape[:2]
     cin = source_frame.shape[2]
     if augmentation.warps:
@@ -187,18 +194,24 @@ def augmented_tile(
         corner_x = left + (tile_size - size) // 2
         corner_y = int(np.clip(corner_y, edge_margin, height - edge_margin - size))
         corner_x = int(np.clip(corner_x, edge_margin, width - edge_margin - size))
-        stacked = np.concatenate(
-            [
-                source_frame[corner_y : corner_y + size, corner_x : corner_x + size],
-                target_frame[corner_y : corner_y + size, corner_x : corner_x + size],
-            ],
-            axis=2,
-        )
-        warped = warp(stacked, tile_size, augmentation.angle_degrees, augmentation.scale)
-        source, target = warped[:, :, :cin], warped[:, :, cin:]
+        if s == 1:  # one warp over the stacked channels
+            stacked = np.concatenate(
+                [
+                    source_frame[corner_y : corner_y + size, corner_x : corner_x + size],
+                    target_frame[corner_y : corner_y + size, corner_x : corner_x + size],
+                ],
+                axis=2,
+            )
+            warped = warp(stacked, tile_size, augmentation.angle_degrees, augmentation.scale)
+            source, target = warped[:, :, :cin], warped[:, :, cin:]
+        else:  # the same rotation and zoom about the same centre, at each image's own size
+            source = warp(source_frame[corner_y : corner_y + size, corner_x : corner_x + size], tile_size,
+                          augmentation.angle_degrees, augmentation.scale)
+            target = warp(target_frame[s * corner_y : s * (corner_y + size), s * corner_x : s * (corner_x + size)],
+                          s * tile_size, augmentation.angle_degrees, augmentation.scale)
     else:
         source = source_frame[top : top + tile_size, left : left + tile_size].copy()
-        target = target_frame[top : top + tile_size, left : left + tile_size].copy()
+        target = target_frame[s * top : s * (top + tile_size), s * left : s * (left + tile_size)].copy()
     apply_colour(source, target, augmentation, pairs, colour_to)
     source, target = encoders[0](source), encoders[1](target)
     source = np.array(source, dtype=np.float32)

@@ -101,10 +101,12 @@ def _read_keyframe(row: dict, plan: dict, settings: dict) -> tuple[np.ndarray, n
     # In the plan's colour space (ingest refused or allowed a plate or keyframe in another one).
     source = colour.plan_to_working(source, plan["input_channels"], plan, "plate", row["source"])
     target = colour.plan_to_working(target, plan["output_channels"], plan, "target", row["target"])
-    if source.shape[:2] != target.shape[:2]:
+    scale = plan_scale(plan)
+    if target.shape[:2] != (scale * source.shape[0], scale * source.shape[1]):
         raise DuplidogError(
             f"{row['target']}: keyframe {row['frame']} is {target.shape[1]}x{target.shape[0]}, its source "
             f"{row['source']} is {source.shape[1]}x{source.shape[0]}"
+            + (f" (model.scale {scale} wants {scale * source.shape[1]}x{scale * source.shape[0]})" if scale > 1 else "")
         )
     tile, margin = int(settings["tile_size"]), edge_margin(settings)
     need = tile + 2 * margin
@@ -115,6 +117,19 @@ def _read_keyframe(row: dict, plan: dict, settings: dict) -> tuple[np.ndarray, n
             f"(lower pool.tile_size)"
         )
     return source, target
+
+
+def plan_scale(plan: dict) -> int:
+    """The keyframes' size over the plate's (ingest's ``scale``; plans written before upscaling: 1)."""
+    return int(plan.get("scale", 1))
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """An (sH, sW, C) image averaged over ``factor`` x ``factor`` blocks: (H, W, C)."""
+    if factor == 1:
+        return image
+    height, width = image.shape[0] // factor, image.shape[1] // factor
+    return image.reshape(height, factor, width, factor, -1).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _tiles_of_keyframe(
@@ -140,7 +155,9 @@ def _tiles_of_keyframe(
 
     source_ws = np.asarray(encode_source(source), dtype=np.float32)
     target_ws = np.asarray(encode_target(target), dtype=np.float32)
-    change = sampling.change_map(source_ws, target_ws, source_names, target_names)
+    s = plan_scale(plan)  # upscaling: target tiles are s times the source tiles' size and position
+    # Where the fix changes most, judged at the source's size (an upscaled target averaged down to it).
+    change = sampling.change_map(source_ws, block_mean(target_ws, s), source_names, target_names)
     if settings["change_measure"] == "area":
         change = sampling.changed_area(change)
     detail = sampling.gradient_magnitude(source_ws)
@@ -164,11 +181,12 @@ def _tiles_of_keyframe(
         if is_augmented:
             choice = augment.draw_augmentation(rng, settings, len(source_names))
             source_tile, target_tile, _ = augment.augmented_tile(
-                source, target, y, x, tile, margin, choice, pairs, settings["colour_to"], (encode_source, encode_target), rng
+                source, target, y, x, tile, margin, choice, pairs, settings["colour_to"], (encode_source, encode_target), rng,
+                s,
             )
         else:
             source_tile = source_ws[y : y + tile, x : x + tile]
-            target_tile = target_ws[y : y + tile, x : x + tile]
+            target_tile = target_ws[s * y : s * (y + tile), s * x : s * (x + tile)]
         writer.add(source_tile.transpose(2, 0, 1), target_tile.transpose(2, 0, 1), frame, y, x, is_augmented)
     return {"tiles": count, "augmented": int(augmented.sum()), "redraws": redraws, "flat_skipped": given_up}
 
@@ -197,6 +215,7 @@ def build_pool(
         "seed": int(seed),
         "tile_size": tile,
         "border": int(settings["border"]),
+        "scale": plan_scale(plan),  # target tiles are this many times tile_size (and border)
         "source_channels": source_names,
         "target_channels": target_names,
         "colorspace": plan["colorspace"],
@@ -211,7 +230,7 @@ def build_pool(
     with atomic_path(pool_path) as tmp:
         writer = store.TileWriter(
             tmp, capacity, len(source_names), len(target_names), tile, int(settings["shard_tiles"]),
-            store.compressor(settings), attributes,
+            store.compressor(settings), attributes, target_scale=plan_scale(plan),
         )
         for row in rows:
             frame = int(row["frame"])
@@ -238,7 +257,7 @@ def build_pool(
             "redraws": sum(c["redraws"] for c in per_keyframe.values()),
             "tiles_per_keyframe": {f: c["tiles"] for f, c in per_keyframe.items()},
             "bytes": store.bytes_on_disk(tmp),
-            "uncompressed_bytes": tiles * (len(source_names) + len(target_names)) * tile * tile * 2,
+            "uncompressed_bytes": tiles * (len(source_names) + len(target_names) * plan_scale(plan) ** 2) * tile * tile * 2,
             "seconds": round(time.perf_counter() - started, 3),
         }
         writer.group.attrs.update({"content_digest": writer.digest.hexdigest(), "statistics": statistics})

@@ -4,7 +4,7 @@ Layout (N tiles of T x T pixels, working-space values)::
 
     pool.zarr/
       source     (N, Cin,  T, T) float16   chunk = one tile, shard = ``shard_tiles`` tiles, zstd
-      target     (N, Cout, T, T) float16   same
+      target     (N, Cout, sT, sT) float16 same; s = the shot's upscaling scale (1: same size)
       frame      (N,)   int32   keyframe each tile came from
       position   (N, 2) int32   (y, x) of the tile's top-left corner in that keyframe's data window
       augmented  (N,)   bool
@@ -68,12 +68,12 @@ class TileWriter:
         shard_tiles: int,
         codec: Any,
         attributes: dict,
+        target_scale: int = 1,
     ):
         self.group = zarr.create_group(str(path), zarr_format=3, attributes=attributes)
         self.shard_tiles = shard_tiles = max(1, min(shard_tiles, capacity))
-        t = tile_size
 
-        def tiles(name: str, channels: int) -> zarr.Array:
+        def tiles(name: str, channels: int, t: int) -> zarr.Array:
             return self.group.create_array(
                 name,
                 shape=(capacity, channels, t, t),
@@ -96,8 +96,9 @@ class TileWriter:
             )
 
         self.arrays = {
-            "source": tiles("source", source_channels),
-            "target": tiles("target", target_channels),
+            "source": tiles("source", source_channels, tile_size),
+            # an upscaling shot's targets are target_scale times the source tiles' size
+            "target": tiles("target", target_channels, tile_size * target_scale),
             "frame": small("frame", (), "int32"),
             "position": small("position", (2,), "int32"),
             "augmented": small("augmented", (), "bool"),

@@ -7,6 +7,10 @@ same keyframes for the same minutes (``peer.run_tunet``), doing nothing (the pla
 curve fitted on the keyframes. A shot is written once per kind/size/frames/seed and kept, so TuNet's
 result (minutes per shot) is reused and several duplidog settings (``tag``) can be compared on it:
 ``<out_dir>/<kind>/`` holds the shot, ``tunet/`` and one ``duplidog_<tag>/`` per setting.
+
+The upscaling shots (``upscale2``, ``upscale3``: ``duplidog.quality.upscaling``) are named explicitly
+or as "upscale". There "nothing" is the plate enlarged bicubically (OpenImageIO's resize), the bar is
+duplidog at least 2 dB PSNR over it, and TuNet and the curve have no row: neither can upscale.
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ STAMP = "bench_shot.json"
 KIND_BARS = {"paintout": ("region_psnr", 3.0), "beauty": ("region_psnr", 3.0),
              "degrain": ("psnr", 1.0), "look": ("psnr", 1.0)}
 TASK_BARS = {"cleanup": ("region_psnr", 3.0), "grade": ("psnr", 1.0), "roto": ("iou", 0.02)}
+# Tasks whose bar is a margin over doing nothing (for an upscale: bicubic), since no peer can do them.
+NOTHING_BARS = {"upscale": ("psnr", 2.0)}
+NO_PEER = {"upscale": "TuNet cannot upscale (its output is its input's size)"}
 
 
 # -- shots -----------------------------------------------------------------------------------------
 def shot_kinds(shots: Iterable[str] | str | None) -> tuple[str, ...]:
-    """``None`` -> the photo shots; "aside" -> the aside shots; "all" -> both; "a,b" -> those."""
+    """``None`` -> the photo shots; "aside" -> the aside shots; "all" -> both; "upscale" -> the upscaling
+    shots; "a,b" -> those."""
     from duplidog.quality import photos
+    from duplidog.quality.upscaling import UPSCALE_SHOTS
 
     if shots is None:
         return tuple(photos.PHOTO_SHOTS)
@@ -44,14 +53,17 @@ def shot_kinds(shots: Iterable[str] | str | None) -> tuple[str, ...]:
             return tuple(photos.PHOTO_SHOTS) + tuple(photos.ASIDE_SHOTS)
         if shots == "aside":
             return tuple(photos.ASIDE_SHOTS)
+        if shots == "upscale":
+            return tuple(UPSCALE_SHOTS)
         shots = [s.strip() for s in shots.split(",") if s.strip()]
     return tuple(shots)
 
 
-def _photos_hash() -> str:
-    from duplidog.quality import photos
+def _photos_hash(kind: str = "") -> str:
+    from duplidog.quality import photos, upscaling
 
-    return hashlib.sha256(Path(photos.__file__).read_bytes()).hexdigest()[:16]
+    modules = [photos] + ([upscaling] if kind in upscaling.UPSCALE_SHOTS else [])
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()[:16]
 
 
 def _read_like(path: Path, names: Sequence[str] | None = None) -> np.ndarray:
@@ -80,10 +92,11 @@ def prepare_shot(kind: str, directory: str | Path, size: tuple[int, int] = (480,
     """Write shot ``kind`` into ``directory`` unless it already holds it (same kind, size, frames, seed and
     photos.py), then read it back (``load_shot``), so a kept shot and a new one are scored alike."""
     from duplidog.quality.photos import write_photo_shot
+    from duplidog.quality.upscaling import UPSCALE_SHOTS, write_upscale_shot
 
     directory = Path(directory)
     wanted = {"kind": kind, "size": [int(size[0]), int(size[1])], "frames": int(frames), "seed": int(seed),
-              "photos": _photos_hash()}
+              "photos": _photos_hash(kind)}
     stamp_path = directory / STAMP
     if stamp_path.is_file() and (directory / "shot.json").is_file():
         try:
@@ -98,7 +111,8 @@ def prepare_shot(kind: str, directory: str | Path, size: tuple[int, int] = (480,
     for name in ("shot.json", STAMP):
         (directory / name).unlink(missing_ok=True)
     directory.mkdir(parents=True, exist_ok=True)
-    written = write_photo_shot(kind, directory, size=tuple(size), frames=frames, seed=seed)
+    write = write_upscale_shot if kind in UPSCALE_SHOTS else write_photo_shot
+    written = write(kind, directory, size=tuple(size), frames=frames, seed=seed)
     stamp_path.write_text(json.dumps({**wanted, "config": written["config"]}, indent=2) + "\n")
     return load_shot(directory)
 
@@ -160,7 +174,7 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
     infer_seconds = time.perf_counter() - started
     names = _truth_channels(shot)
     outputs = {f: _read_like(work / f"out/out.{f:04d}.{meta['ext']}", names) for f in unseen}
-    scores = score_shot(outputs, shot["truth"], shot["plates"], meta["task"], meta["encoding"])
+    scores = score_shot(outputs, shot["truth"], scored_plates(shot), meta["task"], meta["encoding"])
     result = {"tag": tag, "scores": scores, "steps": trained["steps"], "train_seconds": round(train_seconds, 1),
               "steps_per_second": round(trained["steps"] / train_seconds, 2) if train_seconds else None,
               "stopped_by": trained.get("stopped_by"), "infer_seconds": round(infer_seconds, 1),
@@ -177,12 +191,26 @@ def _truth_channels(shot: dict) -> list[str]:
                 .channel_names)
 
 
+def scored_plates(shot: dict) -> dict:
+    """The plates the scores compare with (where the fix acts): an upscale shot's enlarged bicubically."""
+    scale = int(shot["meta"].get("scale", 1))
+    if scale == 1:
+        return shot["plates"]
+    from duplidog.quality.upscaling import bicubic
+
+    return {f: bicubic(p, scale) for f, p in shot["plates"].items()}
+
+
 def evaluate_baselines(shot: dict) -> dict:
     """Doing nothing (the plate; None for roto, where it means nothing) and the curve fitted on the
     keyframes, scored on the non-key frames."""
     meta = shot["meta"]
     unseen, keys = unseen_frames(meta), list(meta["keyframes"])
     task, encoding = meta["task"], meta["encoding"]
+    if int(meta.get("scale", 1)) > 1:  # doing nothing is a bicubic enlargement; a curve cannot upscale
+        plates = scored_plates(shot)
+        return {"nothing": score_shot({f: plates[f] for f in unseen}, shot["truth"], plates, task, encoding),
+                "curve": None}
     curve = dict(zip(unseen, curve_baseline([shot["plates"][f] for f in keys], [shot["truth"][f] for f in keys],
                                             [shot["plates"][f] for f in unseen])))
     nothing = None if task == "roto" else score_shot({f: shot["plates"][f] for f in unseen}, shot["truth"],
@@ -196,6 +224,8 @@ def evaluate_tunet(shot: dict, minutes: float, reuse: bool = True, driver: str |
     from duplidog.quality.peer import run_tunet
 
     meta = shot["meta"]
+    if meta["task"] in NO_PEER:
+        return {"scores": None, "error": NO_PEER[meta["task"]]}
     ran = run_tunet(shot["directory"], Path(shot["directory"]) / "tunet", minutes, driver=driver, reuse=reuse)
     if "error" in ran:
         return {"scores": None, "error": ran["error"]}
@@ -209,7 +239,8 @@ def evaluate_tunet(shot: dict, minutes: float, reuse: bool = True, driver: str |
 # -- the bench -------------------------------------------------------------------------------------
 def bar_for(kind: str, task: str) -> tuple[str, float]:
     """The bar's (metric, margin over TuNet) for shot ``kind`` (an ``*_aside`` shot as its task's shot)."""
-    return KIND_BARS.get(kind.removesuffix("_aside")) or TASK_BARS.get(task) or ("psnr", 1.0)
+    return (KIND_BARS.get(kind.removesuffix("_aside")) or TASK_BARS.get(task) or NOTHING_BARS.get(task)
+            or ("psnr", 1.0))
 
 
 def _diff(a, b):
@@ -232,6 +263,9 @@ def check_bar(row: dict) -> dict:
     beats_tunet = None if vs_tunet is None else bool(vs_tunet >= needed)
     above_nothing = None if vs_nothing is None else bool(vs_nothing >= 0)
     holds = None if beats_tunet is None else bool(beats_tunet and above_nothing is not False)
+    if row["task"] in NOTHING_BARS:  # no peer can do it: the margin is over doing nothing
+        above_nothing = None if vs_nothing is None else bool(vs_nothing >= needed)
+        holds = above_nothing
     return {"metric": metric, "needed": needed, "best_other": best,
             "vs_best": _diff(ours, others.get(best)) if best else None,
             "vs_tunet": vs_tunet, "beats_tunet": beats_tunet, "vs_nothing": vs_nothing,
@@ -328,6 +362,9 @@ def format_table(rows: Sequence[dict]) -> str:
         verdict = {True: "holds", False: "FAILS", None: "not checked (no TuNet)"}[bar["holds"]]
         check = (f"  bar: duplidog >= tunet {needed:+g}{unit} {name} ({_signed(bar['vs_tunet'], digits)}) "
                  f"and >= nothing ({_signed(bar['vs_nothing'], digits)}): {verdict}")
+        if row["task"] in NOTHING_BARS:
+            check = (f"  bar: duplidog >= nothing (bicubic) {needed:+g}{unit} {name} "
+                     f"({_signed(bar['vs_nothing'], digits)}): {verdict}")
         blocks.append("\n".join([title, "  " + steps] + table + [margin, check]))
     checked = [r for r in rows if (r.get("bar") or check_bar(r))["holds"] is not None]
     held = [r for r in checked if (r.get("bar") or check_bar(r))["holds"]]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from duplidog.train.data import evenly_spaced, read_tiles
-from duplidog.train.losses import changed_pixels, colour_weights, crop_border
+from duplidog.train.losses import changed_pixels, colour_weights, crop_border, downsample_to
 
 #: Tiles read from the pool for the pixel sample (evenly spaced, so a resumed or repeated run draws the same).
 SAMPLE_TILES = 96
@@ -68,6 +68,8 @@ def sample_pixels(group, border: int, threshold: float, radius: int, seed: int,
     picks = evenly_spaced(n_tiles, max_tiles)
     source = torch.from_numpy(read_tiles(group["source"], picks).astype(np.float32))
     target = torch.from_numpy(read_tiles(group["target"], picks).astype(np.float32))
+    # An upscaling pool's targets, averaged down to the source's size: the colour path works at that size.
+    target = downsample_to(target, source.shape[-2:])
     keep = colour_weights(source, target, threshold, radius) > 0.5
     changed = changed_pixels(source, target, threshold)
     source, target, keep, changed = (crop_border(t, border) for t in (source, target, keep, changed))

@@ -146,6 +146,12 @@ def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> dict:
     from duplidog.modelstore import load_model
 
     previous, card = load_model(model_dir, "cpu")
+    theirs_scale, mine_scale = int(card.get("scale", 1)), int(getattr(model, "scale", 1))
+    if theirs_scale != mine_scale:
+        raise DuplidogError(
+            f"{model_dir}: train.init_from model upscales x{theirs_scale}, this shot's network x{mine_scale} "
+            f"(model.scale): a model cannot warm-start a network of another scale"
+        )
     theirs, mine = previous.state_dict(), model.state_dict()
     differing = [k for k in mine if k not in theirs or tuple(theirs[k].shape) != tuple(mine[k].shape)]
     differing += [k for k in theirs if k not in mine]
@@ -310,7 +316,13 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     pool_hash = pool_fingerprint(pool_path)
     border = int(group.attrs.get("border", 0))
     n_tiles, in_channels, tile_size, _ = group["source"].shape
-    out_channels = group["target"].shape[1]
+    out_channels, target_size = group["target"].shape[1], group["target"].shape[-1]
+    scale = int(model_settings.get("scale", 1))
+    if target_size != scale * tile_size:
+        raise DuplidogError(
+            f"{pool_path}: pool target tiles are {target_size} px for {tile_size} px source tiles, but model.scale "
+            f"is {scale} (rebuild the pool from an ingest with this scale)"
+        )
     if in_channels != len(plan["input_channels"]) or out_channels != len(plan["output_channels"]):
         raise DuplidogError(
             f"{pool_path}: pool has {in_channels} -> {out_channels} channels but the plan {plan_path} says "
@@ -346,7 +358,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     if "output_activation" not in overrides and previous:
         overrides["output_activation"] = previous.get("output_activation", "none")
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
-                        in_channels=in_channels, out_channels=out_channels, **overrides)
+                        in_channels=in_channels, out_channels=out_channels, **{**overrides, "scale": scale})
     model.edge_context = border  # validation, like production, mirrors this much around each frame
     if tile_size % model.size_multiple:
         raise DuplidogError(

@@ -25,6 +25,9 @@ Every term is computed in float32 outside autocast (SSIM's variances and the FFT
 context; border pixels themselves lack it on their outer side, where at inference the frame goes on,
 so scoring them would teach the network to guess what it cannot see), and on each output of the pyramid
 against the target averaged down the same way the network averages its input (2x2 mean per level).
+An upscaling network's target is s times the input's size: its finest output is scored at that size,
+each coarser level against the target averaged down s x 2**level times, the colour path (which works at
+the input's size) against it averaged down s times.
 Coarser levels count ``coarse_level_weight`` times as much as the level above them.
 """
 
@@ -316,6 +319,13 @@ def downsample_to(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(target, size=(height, width), mode="area")
 
 
+def at_size_of(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``source`` enlarged bilinearly to ``target``'s size (an upscaling network's), or itself."""
+    if source.shape[-2:] == target.shape[-2:]:
+        return source
+    return F.interpolate(source, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+
+
 def crop_border(x: torch.Tensor, border: int) -> torch.Tensor:
     if border <= 0:
         return x
@@ -397,8 +407,10 @@ class LossMix(nn.Module):
         target = target.float()
         matte = source is not None and source.shape[1] != target.shape[1]  # channels the input lacks
         extra = self.matte_edge_weight if matte else self.change_weight
-        weights = None if source is None else change_weights(source, target, extra, self.change_threshold,
-                                                              self.change_radius)
+        # Upscaling: what the fix changes is judged against the source enlarged to the target's size.
+        enlarged = None if source is None else at_size_of(source.float(), target)
+        weights = None if enlarged is None else change_weights(enlarged, target, extra, self.change_threshold,
+                                                                self.change_radius)
         parts: Dict[str, torch.Tensor] = {name: 0.0 for name in self.weights}
         with torch.autocast(outputs[-1].device.type, enabled=False):
             for level, output in enumerate(outputs):
@@ -421,9 +433,10 @@ class LossMix(nn.Module):
                     parts[name] = parts[name] + level_weight * self.term(name, scored, wanted, level_weights)
             if self.colour_split and colour_output is not None:
                 border = self.border
-                mask = None if source is None else colour_weights(source, target, self.change_threshold,
+                wanted = downsample_to(target, colour_output.shape[-2:])  # upscaling: at the input's size
+                mask = None if source is None else colour_weights(source, wanted, self.change_threshold,
                                                                   2 * self.change_radius)
-                difference = crop_border(colour_output.float(), border) - crop_border(target, border)
+                difference = crop_border(colour_output.float(), border) - crop_border(wanted, border)
                 parts["colour"] = _mean(difference * difference, None if mask is None else crop_border(mask, border))
         total = sum(self.weights.get(name, 1.0) * value for name, value in parts.items())
         return total, parts
