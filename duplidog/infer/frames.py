@@ -384,8 +384,8 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
             if index == 0:
                 run_plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"],
                                     settings["batch_size"], device, settings["precision"], settings["cpu_pixel_budget"],
-                                    settings["memory_fraction"], settings["edge_context"])
-                if run_plan.split:
+                                    settings["memory_fraction"], settings["edge_context"], 0)
+                if run_plan.split:  # it tiles at least with the shortest reach: measure the true one
                     tile_reach = shot_tile_reach(image)
                 tiling = _tiling_summary(model, image, settings, device, tile_reach)
                 log.info("%s", _describe_run(model, image, settings, device, tile_reach))

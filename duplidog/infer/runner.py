@@ -511,12 +511,13 @@ def apply_model(
     image = image.detach().to("cpu", torch.float32)
     _, _, height, width = image.shape
     multiple, _, scale = model_geometry(model)
+    # Planned with the shortest reach first: a frame that would run whole even so needs no measurement.
     plan = plan_run(model, tuple(image.shape), tile, overlap, batch_size, device, precision,
-                    cpu_pixel_budget, memory_fraction, edge_context, tile_reach)
+                    cpu_pixel_budget, memory_fraction, edge_context, 0 if tile_reach is None else tile_reach)
     if plan.split and tile_reach is None:
         tile_reach = measure_tile_reach(model, image, edge_context, device)
-        plan = plan_run(model, tuple(image.shape), tile, overlap, batch_size, device, precision,
-                        cpu_pixel_budget, memory_fraction, edge_context, tile_reach)
+    plan = plan_run(model, tuple(image.shape), tile, overlap, batch_size, device, precision,
+                    cpu_pixel_budget, memory_fraction, edge_context, tile_reach)
     padding = plan.grid.padding if plan.grid is not None else frame_padding(height, width, multiple, edge_context)
     padded = mirror_pad(image, padding.top, padding.bottom, padding.left, padding.right)
 
