@@ -1,6 +1,5 @@
 # Helpers shared by every rule: the shots of this run, their frames and chunks, and rule inputs.
 # Frames are found from the patterns when the DAG is built, so a dry run shows every job.
-import csv
 import os
 import shlex
 import sys
@@ -96,28 +95,10 @@ def load_shots(config):
             frames = discover_frames(shot_config)
         output = default_output_pattern(shot_config)
         check_output_pattern(output, shot_config["source"], shot_config["target"], frames.frames, writable=False)
-        check_tiling(shot_config, frames)
         check_output_writable(output, frames.frames)
         shots[name] = Shot(name, shot_config, frames, output, is_demo)
     check_batch_outputs(shots)
     return shots
-
-
-def check_tiling(shot_config, frames):
-    """Refuse an infer.tile or infer.overlap the shot's network cannot tile with, now: once the DAG is
-    built, a changed inference setting has Snakemake delete the delivered frames before the chunk jobs
-    start, and each job would then fail on it."""
-    infer = shot_config["infer"]
-    if not isinstance(infer["tile"], int) and infer["overlap"] is None:
-        return  # auto/none tiles with the default overlap always run (and torch need not load here)
-    from duplidog.infer.frames import check_shot_tiling
-
-    name = shot_config["shot"]
-    first = FramePattern(shot_config["source"]).path(frames.frames[0])
-    try:
-        check_shot_tiling(shot_config, f"results/{name}/model", first)
-    except DuplidogError as error:
-        raise DuplidogError(f"shot {name}: {error}") from None
 
 
 def check_batch_outputs(shots):

@@ -153,26 +153,6 @@ def infer_over_source(tmp_path, monkeypatch):
                    r"output would overwrite the source or target frame", before)
 
 
-@case("infer.tile smaller than the network's overlap, on a finished shot")
-def tile_below_overlap(tmp_path, monkeypatch):
-    from duplidog.infer.frames import check_shot_tiling
-    from duplidog.settings import resolve
-
-    make_shot(tmp_path)
-    make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
-    config = resolve({"shot": "t", "source": "a.%04d.exr", "target": "b.%04d.exr", "infer": {"tile": 16}})
-    return said_by(lambda: check_shot_tiling(config, tmp_path / "model", tmp_path / "plate/plate.1001.exr"),
-                   r"^infer.tile: tile size 16 is too small for overlap \d+")
-
-
-@case("infer.tile smaller than the overlap, under Snakemake (before anything is deleted)")
-def tile_below_overlap_snakemake(tmp_path, monkeypatch):
-    shot_file = make_small_shot(tmp_path, extra={"infer": {"tile": 16}})
-    before = fingerprint(tmp_path / "plate", tmp_path / "fixed")
-    return said_by_process(snakemake_command("--configfile", str(shot_file), "-n"),
-                           r"^shot t1: infer.tile: tile size 16 is too small", tmp_path, before)
-
-
 # -- silently wrong ------------------------------------------------------------------------------------
 
 @case("a float frame among the plate's half frames")

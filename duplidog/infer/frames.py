@@ -53,35 +53,6 @@ def infer_settings(given: dict | None) -> dict[str, Any]:
     return {**defaults()["infer"], **(given or {})}
 
 
-def check_shot_tiling(config: dict, model_dir: str | Path, source_path: str | Path) -> None:
-    """Refuse, before any job runs, an ``infer.tile``/``infer.overlap`` of ``config`` that the shot's network
-    cannot tile with (see ``runner.check_tiling_settings``); the message names the setting.
-
-    The network is the trained one when ``model_dir`` holds a model (its card is exact, and a finished
-    shot is where a refused job would cost the delivered frames); before training, one built from the
-    ``model`` settings (the reach depends on the architecture, not on the weights or channel count).
-    ``source_path``: a plate frame, for the frame size (its header only); no check if it is not there yet.
-    """
-    from duplidog.infer.runner import check_tiling_settings
-    from duplidog.model import build_from_config, build_model
-    from duplidog.modelstore import CARD_NAME, read_card
-
-    settings = infer_settings(config.get("infer"))
-    if not Path(source_path).is_file():
-        return
-    info = imageio.read_info(source_path)
-    if (Path(model_dir) / CARD_NAME).is_file():
-        card = read_card(model_dir)
-        model = build_from_config(card["model"])
-        model.edge_context = int(card.get("edge_context", 0) or 0)
-    else:
-        model_settings = config.get("model", {})
-        model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
-                            **(model_settings.get("overrides") or {}))
-        model.edge_context = int(config.get("pool", {}).get("border", 0) or 0)  # what training will record
-    check_tiling_settings(model, info.height, info.width, settings)
-
-
 def resolve_device(setting: str | torch.device | None) -> torch.device:
     """``auto``/None: the first of cuda, mps, cpu that is available; otherwise the named device."""
     if setting is None or setting == "auto":

@@ -337,28 +337,6 @@ def plan_run(
     return plan
 
 
-def check_tiling_settings(model: torch.nn.Module, height: int, width: int, settings: dict) -> None:
-    """Plan ``settings``' tiles for this network on ``height`` x ``width`` frames, as inference will,
-    without running anything; a setting that cannot plan is refused naming it.
-
-    The pipeline calls this when it builds the DAG: a changed inference setting makes Snakemake delete
-    the delivered frames before the chunk jobs start, so a setting that could only fail must be refused
-    first. Every tile and overlap the schema accepts plans (a tile too small for the overlap is
-    enlarged, an overlap below the reach raised, see ``tiling.plan_tiles``), with the finest level's
-    analytic reach here (the measured one is known only once a frame is read), which is the larger.
-    """
-    tile = settings.get("tile", "auto")
-    try:
-        edge_context = resolve_edge_context(model, settings.get("edge_context", "auto"))
-        plan_run(model, (1, int(getattr(model, "in_channels", 3)), height, width),
-                 tile if isinstance(tile, int) and not isinstance(tile, bool) else "none",
-                 settings.get("overlap"), int(settings.get("batch_size", 1)), torch.device("cpu"), "fp32",
-                 edge_context=edge_context)
-    except DuplidogError as error:
-        message = str(error)
-        raise DuplidogError(message if message.startswith("infer.") else f"infer.tile: {message}") from None
-
-
 # ---------------------------------------------------------------------------------------------------
 
 
