@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quality: training minutes per shot, duplidog (train.max_minutes) and TuNet alike (3); "
                         "shot: the training budget (3)")
     p.add_argument("--steps", type=int, help="quality: duplidog's training steps (default: train.steps)")
-    p.add_argument("--shots", help="quality: paintout,look,... | aside | all (default: the photo shots)")
+    p.add_argument("--shots", help="quality: paintout,look,... | aside | all | upscale (default: the photo shots)")
     p.add_argument("--size", default="480x270", help="quality: frame size WIDTHxHEIGHT (480x270)")
     p.add_argument("--frames", type=int,
                    help="quality: frames per shot (12); infer: frames run (2); shot: frames (100)")
