@@ -204,6 +204,8 @@ def format_card(model_dir: Union[str, os.PathLike]) -> str:
         f"  settings:        {json.dumps(settings, sort_keys=True)}",
         f"  scale:           {card.get('scale', '?')}   size multiple: {card.get('size_multiple', '?')}   "
         f"reach: {card.get('reach', '?')} px",
+        f"  frames read:     {2 * int(card.get('temporal_frames', 0) or 0) + 1} (t-N..t+N, temporal_frames "
+        f"{int(card.get('temporal_frames', 0) or 0)})",
         f"  channels:        {_channel_text(card.get('input_channels'))} -> "
         f"{_channel_text(card.get('output_channels'))}"
         + (f"   passthrough: {_channel_text(card.get('passthrough_channels'))}"

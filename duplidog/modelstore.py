@@ -7,7 +7,8 @@
 - ``model.json``: the card, everything needed to rebuild and use the network elsewhere: the network's
   ``config`` (under ``"model"``) plus what the trainer passes in (shot, input/output channel names,
   colour transform, train settings, keyframe fingerprint, metrics, steps), and what this module adds:
-  ``format``, ``format_version``, ``id``, ``created``, ``versions``, ``scale`` and ``weights`` (file
+  ``format``, ``format_version``, ``id``, ``created``, ``versions``, ``scale``, ``temporal_frames``
+  (neighbour frames on each side the network reads: 2N + 1 frames in all) and ``weights`` (file
   name, SHA-256, tensor and parameter counts, so a damaged file is caught at load time, not as
   silently wrong pixels).
 
@@ -42,7 +43,8 @@ FORMAT_VERSION = 1
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
 # Keys save_model writes itself; a caller's values under these names are replaced.
-RESERVED_KEYS = ("format", "format_version", "id", "created", "versions", "model", "scale", "weights")
+RESERVED_KEYS = ("format", "format_version", "id", "created", "versions", "model", "scale", "temporal_frames",
+                 "weights")
 
 
 def _sha256(path: Path) -> str:
@@ -81,6 +83,8 @@ def save_model(model_dir: Union[str, os.PathLike], model: nn.Module, card: Mappi
                   "safetensors": safetensors.__version__, "python": platform.python_version()},
         model=config,
         scale=int(getattr(model, "scale", 1)),
+        # Neighbour frames on each side the network reads: its input stacks 2N + 1 frames, centre first.
+        temporal_frames=int(getattr(model, "temporal_frames", 0)),
     )
     full = standard_json(full)  # a perfect validation's infinite PSNR is written as null, never as Infinity
     text_check = json.dumps(full, allow_nan=False)  # fail before touching the disk if the card is not JSON-able

@@ -44,7 +44,9 @@ def resolve_ensemble(setting: str | int, in_channels: int, out_channels: int) ->
 
 def model_copies(setting: str | int, model, in_channels: int) -> int:
     """``resolve_ensemble`` for ``model`` on an input of ``in_channels`` (a network that does not say
-    its outputs is taken as colour to colour)."""
+    its outputs is taken as colour to colour; a temporal network's input stacks 2N + 1 frames, and what
+    counts is one frame's channels)."""
+    in_channels //= 2 * int(getattr(model, "temporal_frames", 0)) + 1
     return resolve_ensemble(setting, in_channels, int(getattr(model, "out_channels", in_channels)))
 
 

@@ -48,7 +48,8 @@ def macs_per_megapixel(model: nn.Module, side: Optional[int] = None) -> float:
             total += output.numel() * module.in_features
 
     parameter = next(model.parameters())
-    probe = torch.zeros(1, int(model.in_channels), side, side, device=parameter.device, dtype=parameter.dtype)
+    channels = int(getattr(model, "stacked_channels", model.in_channels))  # a temporal network's frames stacked
+    probe = torch.zeros(1, channels, side, side, device=parameter.device, dtype=parameter.dtype)
     handles = [m.register_forward_hook(count) for m in model.modules()]
     try:
         with torch.no_grad():
@@ -75,7 +76,8 @@ def measure_reach(model: nn.Module, side: Optional[int] = None, seed: int = 0, t
     probe_model = copy.deepcopy(model).to(device="cpu", dtype=torch.float64).eval()
     side = side or _probe_side(probe_model, 2 * int(getattr(model, "reach", 64)) + 4 * int(model.size_multiple))
     generator = torch.Generator().manual_seed(seed)
-    image = torch.rand(1, int(model.in_channels), side, side, generator=generator, dtype=torch.float64)
+    channels = int(getattr(model, "stacked_channels", model.in_channels))  # a temporal network's frames stacked
+    image = torch.rand(1, channels, side, side, generator=generator, dtype=torch.float64)
     changed = image.clone()
     centre = side // 2
     changed[:, :, centre, centre] += 1.0

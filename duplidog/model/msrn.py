@@ -48,6 +48,14 @@ Image and Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neur
 an s x s block per input pixel. The finest level adds that to its base upsampled bicubically, so the
 network still learns a correction (over bicubic upscaling of the colour path's output); the coarser
 levels, which guide it, give each pixel the mean of its s x s block, their targets averaged down alike.
+
+A temporal network (``temporal_frames`` N above 0) reads frames t-N..t+N stacked as channels,
+``in_channels`` per frame, the centre frame's first (``duplidog.temporal``), and predicts frame t. Only
+the encoder-decoder sees the neighbours: its stem takes every frame's channels at every level (the
+pyramid averages them all down alike), while the colour path, the residual base and the first guess
+read the centre frame alone, so the network still learns a correction of frame t and a pixel's colour
+is still a function of that pixel. The neighbours add no reach in space: they are read at the same
+places as the centre frame.
 """
 
 from __future__ import annotations
@@ -110,6 +118,8 @@ BICUBIC_RADIUS = 2.0
 # A pixel-shuffled output pixel comes from the input pixel whose area it lies in: under half a pixel away.
 SHUFFLE_RADIUS = 0.5
 SCALES = (1, 2, 3, 4)
+# The most neighbour frames on each side a network reads (duplidog.temporal.MAX_TEMPORAL_FRAMES).
+MAX_TEMPORAL_FRAMES = 3
 
 # A colour matrix that is not the identity (RGB -> matte) starts small but not zero, so the curves
 # before it learn from the first step.
@@ -235,6 +245,9 @@ class MSRN(nn.Module):
             matte faster (docs/quality.md).
         scale: output resolution / input resolution, 1 to 4. Above 1 the head ends in a pixel shuffle and
             the finest level's base is upsampled bicubically (see the module docstring). Default 1.
+        temporal_frames: neighbour frames on each side of the predicted one, 0 to 3: the input has
+            ``in_channels * (2 * temporal_frames + 1)`` channels, the centre frame's first (see the module
+            docstring). Default 0: one frame.
     """
 
     arch = "msrn"
@@ -261,6 +274,7 @@ class MSRN(nn.Module):
         output_activation: str = "none",
         refine_levels: bool = False,
         scale: int = 1,
+        temporal_frames: int = 0,
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("levels", levels),
@@ -281,6 +295,9 @@ class MSRN(nn.Module):
                              f"got {output_activation!r}")
         if isinstance(scale, bool) or int(scale) != scale or int(scale) not in SCALES:
             raise ValueError(f"MSRN scale must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+        if isinstance(temporal_frames, bool) or int(temporal_frames) != temporal_frames or \
+                not 0 <= int(temporal_frames) <= MAX_TEMPORAL_FRAMES:
+            raise ValueError(f"MSRN temporal_frames must be 0 to {MAX_TEMPORAL_FRAMES}, got {temporal_frames!r}")
         if residual is None:
             residual = in_channels == out_channels and output_activation == "none"
         if residual and output_activation != "none":
@@ -293,6 +310,9 @@ class MSRN(nn.Module):
         self.levels = int(levels)
         self.residual = bool(residual)
         self.scale = int(scale)  # output resolution / input resolution (the card and the tiler read it)
+        # Neighbour frames on each side; the input stacks 2N + 1 frames of in_channels each, centre first.
+        self.temporal_frames = int(temporal_frames)
+        self.stacked_channels = self.in_channels * (2 * self.temporal_frames + 1)
         self.size_multiple = 2 ** (self.levels - 1 + int(stages))
         self._settings: Dict[str, Any] = dict(
             in_channels=self.in_channels, out_channels=self.out_channels, levels=self.levels, width=int(width),
@@ -301,7 +321,7 @@ class MSRN(nn.Module):
             recurrent_kernel=int(recurrent_kernel), colour_width=int(colour_width), colour_depth=int(colour_depth),
             curve_knots=int(curve_knots), curve_range=[float(v) for v in curve_range], residual=self.residual,
             guide_on_base=bool(guide_on_base), output_activation=str(output_activation),
-            refine_levels=bool(refine_levels), scale=self.scale,
+            refine_levels=bool(refine_levels), scale=self.scale, temporal_frames=self.temporal_frames,
         )
         self.sigmoid_output = output_activation == "sigmoid"
         self.guide_on_base = bool(guide_on_base)
@@ -310,7 +330,7 @@ class MSRN(nn.Module):
 
         blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels)
         channels = [width * 2**i for i in range(stages + 1)]
-        self.stem = conv(in_channels + out_channels, width, kernel_size)
+        self.stem = conv(self.stacked_channels + out_channels, width, kernel_size)
         self.encoder = nn.ModuleList([EncoderStage(channels[i], channels[i + 1], **blocks) for i in range(stages)])
         self.bottleneck_in = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels)
         self.cell = ConvGRUCell(channels[-1], recurrent_kernel) if recurrent == "gru" else None
@@ -430,7 +450,7 @@ class MSRN(nn.Module):
             # The colour path carries the picture's values themselves, not a correction: under reduced-
             # precision autocast it runs in float32, as it does at inference.
             with torch.autocast(device_type=x.device.type, enabled=False):
-                colour_output = self.colour(x.float())
+                colour_output = self.colour(self._centre(x).float())
         return self._predict(x, True, colour_output)
 
     def _predict(self, x: torch.Tensor, detach_colour: bool,
@@ -439,6 +459,9 @@ class MSRN(nn.Module):
             height, width = int(x.shape[-2]), int(x.shape[-1])
             if height % self.size_multiple or width % self.size_multiple:
                 raise ValueError(f"MSRN input {height}x{width} is not a multiple of size_multiple={self.size_multiple}")
+            if int(x.shape[1]) != self.stacked_channels:
+                raise ValueError(f"MSRN input has {int(x.shape[1])} channels, the network reads {self.stacked_channels} "
+                                 f"({self.in_channels} per frame, {2 * self.temporal_frames + 1} frames)")
         pyramid: List[torch.Tensor] = [x]
         for _ in range(self.levels - 1):
             pyramid.append(downsample2x(pyramid[-1]))
@@ -449,12 +472,12 @@ class MSRN(nn.Module):
         colour = self.colour
         if colour is not None:
             if colour_output is None:
-                colour_output = colour(x)
+                colour_output = colour(self._centre(x))
             bases.append(colour_output.detach() if detach_colour else colour_output)
             for _ in range(self.levels - 1):
                 bases.append(downsample2x(bases[-1]))
         elif self.residual:
-            bases = pyramid
+            bases = [self._centre(level) for level in pyramid]
         if len(bases) > 0:
             prediction = bases[-1]  # Tao's choice: the input (here its colour-mapped version) is the first guess
         else:
@@ -480,6 +503,12 @@ class MSRN(nn.Module):
                 prediction = correction
             outputs.append(prediction)
         return outputs, colour_output
+
+    def _centre(self, x: torch.Tensor) -> torch.Tensor:
+        """The centre frame's channels of a stacked input (the input itself in a one-frame network)."""
+        if self.temporal_frames == 0:
+            return x
+        return x[:, : self.in_channels]
 
     def _lay_out(self, head: torch.Tensor, finest: bool) -> torch.Tensor:
         """The head's output as a correction: at 1x itself; upscaling, each pixel's s x s block at the
@@ -515,11 +544,11 @@ class MSRN(nn.Module):
             pyramid.append(downsample2x(pyramid[-1]))
         bases: List[torch.Tensor] = []
         if self.colour is not None:
-            bases.append(self.colour(x))
+            bases.append(self.colour(self._centre(x)))
             for _ in range(self.levels - 1):
                 bases.append(downsample2x(bases[-1]))
         elif self.residual:
-            bases = pyramid
+            bases = [self._centre(level) for level in pyramid]
         if len(bases) > 0:
             prediction = bases[-1]
         else:
