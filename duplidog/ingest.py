@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from duplidog import temporal
 from duplidog.atomic import atomic_path, atomic_write_json
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list, parse_frame_range
@@ -125,9 +126,17 @@ INGEST_KEYS = ("shot", "source", "target", "frames", "colorspace", "seed", "chan
 
 
 def ingest_settings(config: dict) -> dict:
-    """What ingest reads of a resolved config: ``INGEST_KEYS`` and the upscaling ``scale`` (model.scale),
-    which decides the keyframes' size."""
-    return {**{key: config[key] for key in INGEST_KEYS}, "scale": shot_scale(config)}
+    """What ingest reads of a resolved config: ``INGEST_KEYS``, the upscaling ``scale`` (model.scale),
+    which decides the keyframes' size, and ``temporal_frames`` (model.temporal_frames), which decides
+    the neighbour frames the pool reads."""
+    return {**{key: config[key] for key in INGEST_KEYS}, "scale": shot_scale(config),
+            "temporal_frames": shot_temporal_frames(config)}
+
+
+def shot_temporal_frames(config: dict) -> int:
+    """Neighbour frames on each side: ``temporal_frames`` (ingest's settings) or ``model.temporal_frames``
+    (a full config), else 0."""
+    return int(config.get("temporal_frames", (config.get("model") or {}).get("temporal_frames", 0)) or 0)
 
 
 def shot_scale(config: dict) -> int:
@@ -154,7 +163,19 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
 
     infos = {frame: imageio.read_info(source.path(frame)) for frame in sorted(set(shot.frames) | set(shot.keyframes))}
     first = infos[shot.frames[0]]
-    for frame, info in infos.items():
+    # A temporal network reads each frame's neighbours (mirrored at the shot's ends): every one must be a
+    # plate frame like the rest, also where the shot's frames leave a gap (checked here, not listed).
+    temporal_frames = shot_temporal_frames(config)
+    ends = (min(infos), max(infos))
+    neighbours = [f for f in temporal.needed_frames(infos, temporal_frames, *ends) if f not in infos]
+    absent = [f for f in neighbours if not os.path.isfile(source.path(f))]
+    if absent:
+        raise DuplidogError(
+            f"{source.path(absent[0])}: plate frame(s) {format_frame_list(absent)} missing, which model.temporal_frames "
+            f"{temporal_frames} reads as neighbours of the shot's frames"
+        )
+    checked = {**infos, **{frame: imageio.read_info(source.path(frame)) for frame in neighbours}}
+    for frame, info in checked.items():
         if (info.width, info.height) != (first.width, first.height):
             raise DuplidogError(
                 f"{info.path}: size {info.width}x{info.height} differs from the plate's "
@@ -246,6 +267,7 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
         "width": first.width,
         "height": first.height,
         "scale": scale,  # the keyframes' and the output's size over the plate's
+        "temporal_frames": temporal_frames,  # neighbour frames on each side the network reads (duplidog.temporal)
         "pixel_type": first.pixel_type,
         "format_name": first.format_name,
         "channel_names": list(first.channel_names),

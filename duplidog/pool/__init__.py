@@ -32,6 +32,6 @@ Memory is one keyframe plus one shard: peak RSS 896 MB for 500 tiles and 901 MB 
 """
 
 from duplidog.pool.build import build_pool, pool_settings
-from duplidog.pool.store import open_pool, pool_fingerprint, tile_reader
+from duplidog.pool.store import open_pool, pool_fingerprint, pool_temporal_frames, tile_reader
 
-__all__ = ["build_pool", "open_pool", "pool_fingerprint", "pool_settings", "tile_reader"]
+__all__ = ["build_pool", "open_pool", "pool_fingerprint", "pool_settings", "pool_temporal_frames", "tile_reader"]

@@ -18,6 +18,8 @@ What keeps it honest:
   channels that the source also has get the same factors (a paint fix follows the light), with
   ``colour_to: source`` only the source changes (the network learns to ignore such changes: right for
   the roto of an object). Target channels the source lacks (a matte) are never recoloured.
+* A temporal tile (the keyframe's channels, then its neighbour frames') is cut, warped, flipped and
+  turned as one stack, and every frame gets the same exposure and gain; grain is drawn for each frame.
 * Grain is added in the working space, where code values are roughly perceptual. It follows
   ``colour_to`` too: with ``both`` the same grain is added to matching target channels, so the network
   learns to keep grain rather than to remove it.
@@ -122,7 +124,10 @@ def apply_colour(
 ) -> None:
     """Exposure and per-channel gain on scene values (H, W, C), in place."""
     factors = np.asarray(augmentation.gains, dtype=np.float32) * np.float32(2.0**augmentation.exposure_stops)
-    source *= factors
+    if source.shape[2] != factors.shape[0]:  # a temporal tile: every frame of it in the same light
+        source *= np.tile(factors, source.shape[2] // factors.shape[0])
+    else:
+        source *= factors
     if colour_to == "both":
         for s, t in pairs:
             target[:, :, t] *= factors[s]

@@ -6,6 +6,12 @@ augmented (``augment``), and tiles stream into the store a shard at a time (``st
 keyframe plus one shard, whatever the pool's size. The store is built under a temporary name and
 renamed into place, so a killed job leaves no half pool behind.
 
+A temporal shot's (``temporal_frames`` N in the plan) keyframes are read with their neighbour plate frames
+t-N..t+N (``duplidog.temporal``: mirrored at the shot's ends), stacked as channels after the keyframe's
+own, and every tile is cut from that stack: the same window, the same flips, turns and warp, the same
+exposure and gain for every frame (grain is drawn for each frame, as a camera's is). Where tiles are
+drawn is decided on the keyframe alone. The source array then has the plate's channels times 2N + 1.
+
 Randomness comes from ``numpy.random.default_rng([seed, frame])``: each keyframe's tiles depend only on
 the seed, the frame and its pixels, not on which other keyframes are in the pool or in what order.
 """
@@ -20,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from duplidog import colour, imageio
+from duplidog import colour, imageio, temporal
 from duplidog.atomic import atomic_path
 from duplidog.errors import DuplidogError
 from duplidog.ingest import read_manifest, read_plan
 from duplidog.pool import augment, sampling, store
+from duplidog.sequence import FramePattern
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +126,29 @@ def _read_keyframe(row: dict, plan: dict, settings: dict) -> tuple[np.ndarray, n
     return source, target
 
 
+def read_neighbours(frame: int, plan: dict, source: np.ndarray) -> np.ndarray:
+    """The keyframe's source ``source`` (H, W, C scene values) with its neighbour plate frames stacked
+    after it (``duplidog.temporal``), each read and checked like it; itself when the plan reads one frame."""
+    n = temporal.plan_temporal_frames(plan)
+    if n == 0:
+        return source
+    pattern = FramePattern(plan["source"])
+    policy = plan.get("nonfinite", "error")
+
+    def read(number: int) -> np.ndarray:
+        if number == frame:
+            return source
+        path = pattern.path(number)
+        pixels = imageio.check_finite(imageio.read_pixels(path, plan["input_channels"]), path, policy)
+        pixels = colour.plan_to_working(pixels, plan["input_channels"], plan, "plate", path)
+        if pixels.shape != source.shape:
+            raise DuplidogError(f"{path}: neighbour frame {number} is {pixels.shape[1]}x{pixels.shape[0]}, its "
+                                f"keyframe {frame} {source.shape[1]}x{source.shape[0]}")
+        return pixels
+
+    return temporal.stacked_frame(frame, n, temporal.shot_ends(plan), read)
+
+
 def plan_scale(plan: dict) -> int:
     """The keyframes' size over the plate's (ingest's ``scale``; plans written before upscaling: 1)."""
     return int(plan.get("scale", 1))
@@ -144,11 +174,14 @@ def _tiles_of_keyframe(
     """Draw, cut, augment and queue one keyframe's tiles; returns its counts."""
     space = plan["colorspace"]
     source_names, target_names = list(plan["input_channels"]), list(plan["output_channels"])
+    # A temporal shot's source is the keyframe with its neighbours stacked: each frame's channels alike.
+    stacked_names = temporal.stacked_names(source_names, temporal.plan_temporal_frames(plan))
+    channels = len(source_names)
     tile, border, margin = int(settings["tile_size"]), int(settings["border"]), edge_margin(settings)
     rng = np.random.default_rng([seed, frame])
 
     def encode_source(x: np.ndarray) -> np.ndarray:
-        return colour.encode(x, space, source_names)
+        return colour.encode(x, space, stacked_names)
 
     def encode_target(x: np.ndarray) -> np.ndarray:
         return colour.encode(x, space, target_names)
@@ -157,10 +190,12 @@ def _tiles_of_keyframe(
     target_ws = np.asarray(encode_target(target), dtype=np.float32)
     s = plan_scale(plan)  # upscaling: target tiles are s times the source tiles' size and position
     # Where the fix changes most, judged at the source's size (an upscaled target averaged down to it).
-    change = sampling.change_map(source_ws, block_mean(target_ws, s), source_names, target_names)
+    # Where tiles go is decided on the keyframe itself (a temporal source's first channels).
+    keyframe_ws = source_ws[:, :, :channels]
+    change = sampling.change_map(keyframe_ws, block_mean(target_ws, s), source_names, target_names)
     if settings["change_measure"] == "area":
         change = sampling.changed_area(change)
-    detail = sampling.gradient_magnitude(source_ws)
+    detail = sampling.gradient_magnitude(keyframe_ws)
     weights = sampling.pixel_weights(
         change, detail, float(settings["change_weight"]), float(settings["detail_weight"]),
         float(settings["uniform_floor"]),
@@ -179,7 +214,7 @@ def _tiles_of_keyframe(
 
     for (y, x), is_augmented in zip(positions.tolist(), augmented.tolist()):
         if is_augmented:
-            choice = augment.draw_augmentation(rng, settings, len(source_names))
+            choice = augment.draw_augmentation(rng, settings, channels)
             source_tile, target_tile, _ = augment.augmented_tile(
                 source, target, y, x, tile, margin, choice, pairs, settings["colour_to"], (encode_source, encode_target), rng,
                 s,
@@ -209,6 +244,7 @@ def build_pool(
     rows = _training_rows(manifest_path)
     tile = int(settings["tile_size"])
     source_names, target_names = list(plan["input_channels"]), list(plan["output_channels"])
+    frames = temporal.frame_count(temporal.plan_temporal_frames(plan))  # stacked in each source tile
     capacity = len(rows) * int(settings["tiles_per_keyframe"])
     attributes = {
         "duplidog_pool": store.POOL_FORMAT,
@@ -216,6 +252,8 @@ def build_pool(
         "tile_size": tile,
         "border": int(settings["border"]),
         "scale": plan_scale(plan),  # target tiles are this many times tile_size (and border)
+        # source tiles carry 2N + 1 frames' channels, the keyframe's first (duplidog.temporal)
+        "temporal_frames": temporal.plan_temporal_frames(plan),
         "source_channels": source_names,
         "target_channels": target_names,
         "colorspace": plan["colorspace"],
@@ -229,12 +267,14 @@ def build_pool(
     per_keyframe: dict[str, dict[str, int]] = {}
     with atomic_path(pool_path) as tmp:
         writer = store.TileWriter(
-            tmp, capacity, len(source_names), len(target_names), tile, int(settings["shard_tiles"]),
+            tmp, capacity, len(source_names) * frames, len(target_names), tile, int(settings["shard_tiles"]),
             store.compressor(settings), attributes, target_scale=plan_scale(plan),
+            range_channels=len(source_names) if frames > 1 else None,
         )
         for row in rows:
             frame = int(row["frame"])
             source, target = _read_keyframe(row, plan, settings)
+            source = read_neighbours(frame, plan, source)
             counts = _tiles_of_keyframe(frame, source, target, plan, settings, seed, writer)
             per_keyframe[str(frame)] = counts
             log.info(
@@ -257,7 +297,7 @@ def build_pool(
             "redraws": sum(c["redraws"] for c in per_keyframe.values()),
             "tiles_per_keyframe": {f: c["tiles"] for f, c in per_keyframe.items()},
             "bytes": store.bytes_on_disk(tmp),
-            "uncompressed_bytes": tiles * (len(source_names) + len(target_names) * plan_scale(plan) ** 2) * tile * tile * 2,
+            "uncompressed_bytes": tiles * (len(source_names) * frames + len(target_names) * plan_scale(plan) ** 2) * tile * tile * 2,
             "seconds": round(time.perf_counter() - started, 3),
         }
         writer.group.attrs.update({"content_digest": writer.digest.hexdigest(), "statistics": statistics})

@@ -3,7 +3,11 @@
 Layout (N tiles of T x T pixels, working-space values)::
 
     pool.zarr/
-      source     (N, Cin,  T, T) float16   chunk = one tile, shard = ``shard_tiles`` tiles, zstd
+      source     (N, Cin,  T, T) float16   chunk = one tile, shard = ``shard_tiles`` tiles, zstd;
+                                           a temporal shot's (``temporal_frames`` N in the attributes)
+                                           Cin is the plate's channels times 2N + 1: the keyframe's
+                                           own, then its neighbours' (``duplidog.temporal``) at the
+                                           same place, augmented alike
       target     (N, Cout, sT, sT) float16 same; s = the shot's upscaling scale (1: same size)
       frame      (N,)   int32   keyframe each tile came from
       position   (N, 2) int32   (y, x) of the tile's top-left corner in that keyframe's data window
@@ -69,6 +73,7 @@ class TileWriter:
         codec: Any,
         attributes: dict,
         target_scale: int = 1,
+        range_channels: int | None = None,
     ):
         self.group = zarr.create_group(str(path), zarr_format=3, attributes=attributes)
         self.shard_tiles = shard_tiles = max(1, min(shard_tiles, capacity))
@@ -112,13 +117,16 @@ class TileWriter:
         # The source values' extremes, so training reads the range its colour curves span from the
         # attributes instead of decoding the pool a second time on the budget's clock.
         self.source_low, self.source_high = math.inf, -math.inf
+        # Of the keyframe's own channels only (a temporal pool's neighbours follow them): what the curves read.
+        self.range_channels = range_channels
 
     def add(self, source: np.ndarray, target: np.ndarray, frame: int, y: int, x: int, augmented: bool) -> None:
         """Queue one tile ((C, T, T) arrays); a full buffer is written as one shard."""
         i = self.filled
         self.buffers["source"][i] = source
-        self.source_low = min(self.source_low, float(np.min(self.buffers["source"][i])))
-        self.source_high = max(self.source_high, float(np.max(self.buffers["source"][i])))
+        own = self.buffers["source"][i][: self.range_channels]
+        self.source_low = min(self.source_low, float(np.min(own)))
+        self.source_high = max(self.source_high, float(np.max(own)))
         self.buffers["target"][i] = target
         self.buffers["frame"][i] = frame
         self.buffers["position"][i] = (y, x)
@@ -167,6 +175,11 @@ def open_pool(pool_path: str | os.PathLike) -> zarr.Group:
     if found != POOL_FORMAT:
         raise DuplidogError(f"{path}: not a duplidog tile pool of format {POOL_FORMAT} (found {found!r})")
     return group
+
+
+def pool_temporal_frames(group: zarr.Group) -> int:
+    """Neighbour frames on each side a pool's source tiles carry (pools written before them: 0)."""
+    return int(group.attrs.get("temporal_frames", 0) or 0)
 
 
 def pool_fingerprint(pool_path: str | os.PathLike) -> str:

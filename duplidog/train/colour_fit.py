@@ -24,6 +24,7 @@ from typing import Callable, Dict, NamedTuple, Optional
 import numpy as np
 import torch
 
+from duplidog import temporal
 from duplidog.train.data import evenly_spaced, read_tiles
 from duplidog.train.losses import changed_pixels, colour_weights, crop_border, downsample_to
 
@@ -64,9 +65,13 @@ def sample_pixels(group, border: int, threshold: float, radius: int, seed: int,
 
     The tiles' context borders are left out, as the loss leaves them out.
     """
+    from duplidog.pool import pool_temporal_frames
+
     n_tiles = int(group["source"].shape[0])
     picks = evenly_spaced(n_tiles, max_tiles)
     source = torch.from_numpy(read_tiles(group["source"], picks).astype(np.float32))
+    # A temporal pool's tiles: the colour path reads the keyframe's own channels, the first of each tile.
+    source = temporal.centre(source, source.shape[1] // temporal.frame_count(pool_temporal_frames(group)))
     target = torch.from_numpy(read_tiles(group["target"], picks).astype(np.float32))
     # An upscaling pool's targets, averaged down to the source's size: the colour path works at that size.
     target = downsample_to(target, source.shape[-2:])

@@ -40,6 +40,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from duplidog import temporal
 from duplidog.atomic import atomic_write_json
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
@@ -152,6 +153,13 @@ def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> dict:
             f"{model_dir}: train.init_from model upscales x{theirs_scale}, this shot's network x{mine_scale} "
             f"(model.scale): a model cannot warm-start a network of another scale"
         )
+    theirs_frames, mine_frames = int(card.get("temporal_frames", 0) or 0), int(getattr(model, "temporal_frames", 0))
+    if theirs_frames != mine_frames:
+        raise DuplidogError(
+            f"{model_dir}: train.init_from model reads {2 * theirs_frames + 1} frame(s) (temporal_frames "
+            f"{theirs_frames}), this shot's network {2 * mine_frames + 1} (model.temporal_frames {mine_frames}): a "
+            f"model cannot warm-start a network that reads another number of frames"
+        )
     theirs, mine = previous.state_dict(), model.state_dict()
     differing = [k for k in mine if k not in theirs or tuple(theirs[k].shape) != tuple(mine[k].shape)]
     differing += [k for k in theirs if k not in mine]
@@ -254,7 +262,9 @@ class StepRunner:
             with self.ranks.micro_batch(self.forward, last=micro == self.accumulate - 1):
                 with self.precision.autocast(), (stats if stats is not None and micro == 0 else contextlib.nullcontext()):
                     outputs, colour_output = self.forward(source)
-                loss, parts = self.loss_mix(outputs, target, self.tile_size, source, colour_output)
+                # A temporal network's losses judge the change against the tile's own frame (its first channels).
+                plate = temporal.centre(source, int(getattr(self.model, "in_channels", source.shape[1])))
+                loss, parts = self.loss_mix(outputs, target, self.tile_size, plate, colour_output)
                 self.scaler.scale(loss / self.accumulate).backward()
             loss_sum += loss.item() / self.accumulate
             for name, value in parts.items():
@@ -290,7 +300,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     from duplidog.ingest import read_plan
     from duplidog.model import build_model
     from duplidog.modelstore import read_card, save_model
-    from duplidog.pool import open_pool, pool_fingerprint
+    from duplidog.pool import open_pool, pool_fingerprint, pool_temporal_frames
 
     called = time.monotonic()
     ranks = Ranks.current()  # one process, or one of several sharing each batch (``distributed``)
@@ -315,7 +325,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     group = open_pool(pool_path)
     pool_hash = pool_fingerprint(pool_path)
     border = int(group.attrs.get("border", 0))
-    n_tiles, in_channels, tile_size, _ = group["source"].shape
+    n_tiles, stacked_channels, tile_size, _ = group["source"].shape
     out_channels, target_size = group["target"].shape[1], group["target"].shape[-1]
     scale = int(model_settings.get("scale", 1))
     if target_size != scale * tile_size:
@@ -323,7 +333,16 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             f"{pool_path}: pool target tiles are {target_size} px for {tile_size} px source tiles, but model.scale "
             f"is {scale} (rebuild the pool from an ingest with this scale)"
         )
-    if in_channels != len(plan["input_channels"]) or out_channels != len(plan["output_channels"]):
+    temporal_frames = int(model_settings.get("temporal_frames", 0) or 0)
+    pool_temporal = pool_temporal_frames(group)
+    if pool_temporal != temporal_frames:
+        raise DuplidogError(
+            f"{pool_path}: pool tiles carry {2 * pool_temporal + 1} frame(s) (temporal_frames {pool_temporal}), but "
+            f"model.temporal_frames is {temporal_frames} (rebuild the pool from an ingest with this setting)"
+        )
+    in_channels = stacked_channels // (2 * temporal_frames + 1)  # each frame's; the centre frame's first
+    if (in_channels * (2 * temporal_frames + 1) != stacked_channels or in_channels != len(plan["input_channels"])
+            or out_channels != len(plan["output_channels"])):
         raise DuplidogError(
             f"{pool_path}: pool has {in_channels} -> {out_channels} channels but the plan {plan_path} says "
             f"{len(plan['input_channels'])} -> {len(plan['output_channels'])} (rebuild the pool)"
@@ -358,7 +377,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     if "output_activation" not in overrides and previous:
         overrides["output_activation"] = previous.get("output_activation", "none")
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
-                        in_channels=in_channels, out_channels=out_channels, **{**overrides, "scale": scale})
+                        in_channels=in_channels, out_channels=out_channels,
+                        **{**overrides, "scale": scale, "temporal_frames": temporal_frames})
     model.edge_context = border  # validation, like production, mirrors this much around each frame
     if tile_size % model.size_multiple:
         raise DuplidogError(
@@ -554,6 +574,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
                 "passthrough_channels": list(plan.get("passthrough_channels") or []),
                 "colorspace": colour.describe(plan["colorspace"]),
                 "scale": int(getattr(model, "scale", 1)),
+                "temporal_frames": int(getattr(model, "temporal_frames", 0)),
                 "reach": int(model.reach),
                 "size_multiple": int(model.size_multiple),
                 "edge_context": border,

@@ -10,6 +10,9 @@ blending -- and compares with the artist's fixed frame. Metrics are computed in 
 * ``psnr_identity``: the PSNR of doing nothing (source against target) when they have the same
   channels: the model should beat it, and the gap is what the training bought.
 
+A temporal model's frames are read with their neighbours stacked (``duplidog.temporal``), as the pool
+and inference stack them; the scores, doing nothing and the pictures use the keyframe's own channels.
+
 A contact sheet PNG shows, per validation frame, source | result | target | difference (|result -
 target| x 4), as an 8-bit preview of the working-space values (clipped to 0..1 for display only).
 """
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from duplidog import temporal
 from duplidog.atomic import atomic_path
 from duplidog.errors import DuplidogError
 from duplidog.train.losses import ssim
@@ -39,10 +43,17 @@ PANEL_WIDTH = 384  # contact sheet panels are scaled down to at most this many p
 @dataclass
 class ValidationFrame:
     frame: int
-    source: torch.Tensor  # (1, Cin, H, W) float32 working space, CPU
+    source: torch.Tensor  # (1, Cin, H, W) float32 working space, CPU; a temporal model's: Cin x (2N + 1)
     target: torch.Tensor  # (1, Cout, H, W)
     #: The plan's working space; an OpenColorIO one makes the contact sheet go through its default view.
     space: object = None
+    #: The plate's channels (the first of ``source``, the keyframe's own); 0: all of them.
+    channels: int = 0
+
+    @property
+    def plate(self) -> torch.Tensor:
+        """The keyframe's own plate channels (without a temporal model's neighbour frames)."""
+        return self.source if not self.channels else temporal.centre(self.source, self.channels)
 
 
 def validation_frame_numbers(plan: dict, limit: int) -> List[int]:
@@ -59,23 +70,35 @@ def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4
     """Read and encode the validation keyframes named by the plan, using the manifest's paths."""
     from duplidog import colour, imageio
     from duplidog.ingest import read_manifest
+    from duplidog.sequence import FramePattern
 
     manifest = read_manifest(manifest_path)
     rows = {int(r["frame"]): r for _, r in manifest.iterrows()}
     space = plan["colorspace"]
+    n = temporal.plan_temporal_frames(plan)
+    pattern = FramePattern(plan["source"])
+    policy = plan.get("nonfinite", "error")
+
+    def plate(path: str) -> np.ndarray:
+        pixels = imageio.check_finite(imageio.read_pixels(path, plan["input_channels"]), path, policy)
+        return colour.plan_to_working(pixels, plan["input_channels"], plan, "plate", path)
+
     frames = []
     for number in validation_frame_numbers(plan, limit):
         row = rows.get(int(number))
         if row is None or not str(row.get("target", "")):
             raise DuplidogError(f"{manifest_path}: validation keyframe {number} has no source/target row")
         # The same policy (ingest.nonfinite) as the pool's keyframes: a NaN here would make every score NaN.
-        policy = plan.get("nonfinite", "error")
-        source = imageio.check_finite(imageio.read_pixels(row["source"], plan["input_channels"]), row["source"], policy)
+        source = plate(row["source"])
+        if n:  # the keyframe's neighbours, from the plate
+            source = temporal.stacked_frame(int(number), n, temporal.shot_ends(plan),
+                                            lambda f: source if f == int(number) else plate(pattern.path(f)))
         target = imageio.check_finite(imageio.read_pixels(row["target"], plan["output_channels"]), row["target"], policy)
-        source = colour.plan_to_working(source, plan["input_channels"], plan, "plate", row["source"])
         target = colour.plan_to_working(target, plan["output_channels"], plan, "target", row["target"])
-        frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space, plan["input_channels"])),
-                                      _to_tensor(colour.encode(target, space, plan["output_channels"])), space))
+        names = temporal.stacked_names(plan["input_channels"], n)
+        frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space, names)),
+                                      _to_tensor(colour.encode(target, space, plan["output_channels"])), space,
+                                      len(plan["input_channels"]) if n else 0))
     return frames
 
 
@@ -110,10 +133,11 @@ def validate(model: torch.nn.Module, frames: Sequence[ValidationFrame], infer_se
         results.append(output)
         psnrs.append(psnr(output, item.target))
         ssims.append(float(ssim(output.float(), item.target.float()).item()))
-        if item.source.shape == item.target.shape:
-            identity.append(psnr(item.source, item.target))
-        elif item.source.shape[:2] == item.target.shape[:2]:  # upscaling: doing nothing is a bicubic resize
-            plain = F.interpolate(item.source, size=tuple(item.target.shape[-2:]), mode="bicubic",
+        plate = item.plate
+        if plate.shape == item.target.shape:
+            identity.append(psnr(plate, item.target))
+        elif plate.shape[:2] == item.target.shape[:2]:  # upscaling: doing nothing is a bicubic resize
+            plain = F.interpolate(plate, size=tuple(item.target.shape[-2:]), mode="bicubic",
                                   align_corners=False)
             identity.append(psnr(plain, item.target))
     metrics: Dict[str, object] = {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
@@ -167,7 +191,7 @@ def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: 
     labels = ("plate", "result", "target", f"difference x{DIFFERENCE_GAIN:g}")
     rows = []
     for index, (item, result) in enumerate(zip(frames, results)):
-        panels = [_preview(item.source, panel_width, item.space), _preview(result, panel_width, item.space),
+        panels = [_preview(item.plate, panel_width, item.space), _preview(result, panel_width, item.space),
                   _preview(item.target, panel_width, item.space),
                   _preview((result - item.target).abs() * DIFFERENCE_GAIN, panel_width)]
         height = max(p.shape[0] for p in panels) + strip
