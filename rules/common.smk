@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from duplidog import demo
+from duplidog import demo, temporal
 from duplidog.errors import DuplidogError
 from duplidog.ingest import ingest_settings, check_output_pattern, check_output_writable, discover_frames, ShotFrames
 from duplidog.sequence import FramePattern
@@ -55,6 +55,13 @@ class Shot:
         size = self.config["infer"]["chunk_size"]
         frames = self.frames.frames
         return [Chunk(self.name, tuple(frames[i : i + size])) for i in range(0, len(frames), size)]
+
+    def reads(self, frames):
+        """The source frames that pooling or inferring `frames` reads: themselves and, with
+        model.temporal_frames, their neighbours (mirrored at the shot's ends), also outside a chunk."""
+        every = list(self.frames.frames) + list(self.frames.keyframes)
+        n = int(self.config["model"].get("temporal_frames", 0))
+        return temporal.needed_frames(frames, n, min(every), max(every))
 
 
 def shot_files_from(entries):
@@ -139,12 +146,12 @@ def shot_of(wildcards):
 
 
 def keyframe_sources(wildcards):
-    """The source frames of the keyframes: what training learns from, so a change to one reruns ingest
-    and everything after it. Ingest also reads every other frame's header, but does not declare them:
+    """The source frames of the keyframes (and their neighbours, with model.temporal_frames): what training
+    learns from, so a change to one reruns ingest and everything after it. Ingest also reads every other frame's header, but does not declare them:
     a replaced plate frame reruns only its inference chunk (which checks its size against the plan)."""
     shot = shot_of(wildcards)
     pattern = FramePattern(shot.config["source"])
-    return [pattern.path(f) for f in shot.frames.keyframes]
+    return [pattern.path(f) for f in shot.reads(shot.frames.keyframes)]
 
 
 def target_frames(wildcards):

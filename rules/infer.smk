@@ -11,7 +11,8 @@ for _shot in SHOTS.values():
             input:
                 model=f"results/{_shot.name}/model/model.json",
                 plan=f"results/{_shot.name}/ingest/plan.json",
-                frames=[FramePattern(_shot.config["source"]).path(f) for f in _chunk.frames],
+                # with model.temporal_frames, also the neighbours just outside the chunk
+                frames=[FramePattern(_shot.config["source"]).path(f) for f in _shot.reads(_chunk.frames)],
             output:
                 frames=[FramePattern(_shot.output).path(f) for f in _chunk.frames],
             log:

@@ -17,6 +17,15 @@ source. The file is written from the source frame's header (``write_pixels(like=
 type, windows, compression and metadata carry over, plus provenance attributes
 (``duplidog:model_id``, ``duplidog:version``, ``duplidog:source``). Every frame is written atomically.
 
+A temporal model (``temporal_frames`` N in its card) reads frames t-N..t+N for frame t, stacked as
+channels (``duplidog.temporal``: the frame's own first, mirrored at the shot's ends). The reader slides
+that window along the chunk with a small cache of decoded frames keyed by frame number, so each plate
+frame is read and decoded once, and the compute stage converts each frame into the working space once
+(a cache of its own); a chunk reads the frames just outside its range that its first and last frames'
+windows name, from the plate, so every frame's result is the same whichever chunk it runs in. The
+shot's ends are the plan's (its frames and keyframes), or for a run without a plan those of the frames
+on disk.
+
 cuDNN autotuning (``torch.backends.cudnn.benchmark``) is left off on purpose: it may pick different
 convolution algorithms in different jobs, and then a frame's bits would depend on which chunk it ran in.
 """
@@ -35,7 +44,7 @@ import numpy as np
 import torch
 
 import duplidog
-from duplidog import colour, imageio
+from duplidog import colour, imageio, temporal
 from duplidog.atomic import atomic_write_json, remove_stale_temporaries
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import model_copies
@@ -248,6 +257,7 @@ def run_frames(
     nonfinite: str = "error",
     colorspace: str | None = None,
     plate: dict | None = None,
+    ends: tuple[int, int] | None = None,
 ) -> dict:
     """Run ``model`` (already loaded) over ``frames`` from ``source_pattern`` to ``output_pattern``.
 
@@ -256,7 +266,9 @@ def run_frames(
     "replace" (zeroed with a warning), as ``ingest.nonfinite``. ``colorspace``: the working space if
     the card records none (the card's, which training used, always wins). ``plate``: what ingest found
 of the plate (the plan's width, height, channel_names, format_name, pixel_type; those present are
-checked): a frame replaced since by another kind is an error naming it. Returns the timing summary.
+checked): a frame replaced since by another kind is an error naming it. ``ends``: the shot's first
+    and last frame, where a temporal model's neighbours mirror (default: the plan's in ``plate``, else
+    the first and last of ``frames``). Returns the timing summary.
     """
     settings = infer_settings(settings)
     device = device if device is not None else resolve_device(settings["device"])
@@ -268,20 +280,33 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
     read_channels = route.read
     n_input = len(route.input)
     passthrough_index = [read_channels.index(c) for c in route.passthrough]
+    n = int(getattr(model, "temporal_frames", 0))  # neighbour frames on each side the network reads
+    if ends is None:
+        ends = (temporal.shot_ends(plate) if (plate or {}).get("frames")
+                else (min(frames), max(frames)) if frames else (0, 0))
 
     stop = threading.Event()
     read_queue: queue.Queue = queue.Queue(maxsize=depth)
     write_queue: queue.Queue = queue.Queue(maxsize=depth)
     written: list[int] = []
 
+    def read_frame(frame: int) -> tuple[imageio.ImageInfo, np.ndarray, np.ndarray]:
+        """One source frame: its header, network channels (checked) and passthrough channels."""
+        path = source.path(frame)
+        info = imageio.read_info(path)
+        check_like_plate(info, plate or {})
+        pixels = imageio.read_pixels(path, read_channels)
+        network_input = imageio.check_finite(pixels[:, :, :n_input], path, nonfinite)
+        return info, network_input, pixels[:, :, passthrough_index]
+
     def read_frames() -> None:
+        decoded = temporal.FrameCache(read_frame)  # a temporal model's sliding window: each frame read once
         for frame in frames:
-            path = source.path(frame)
-            info = imageio.read_info(path)
-            check_like_plate(info, plate or {})
-            pixels = imageio.read_pixels(path, read_channels)
-            network_input = imageio.check_finite(pixels[:, :, :n_input], path, nonfinite)
-            _put(read_queue, (frame, info, network_input, pixels[:, :, passthrough_index]), stop)
+            info, network_input, passthrough = decoded.get(frame)
+            # The window's frames (this one first), with their headers and network channels.
+            window = {number: decoded.get(number)[:2] for number in temporal.window(frame, n, *ends)[1:]}
+            decoded.forget_before(frame - n)  # no later frame's window reads these
+            _put(read_queue, (frame, info, network_input, passthrough, window), stop)
         _put(read_queue, _DONE, stop)
 
     for frame in frames:  # this job's frames are its own: what a killed run left of them goes
@@ -298,24 +323,50 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                                  attributes={**attributes, "duplidog:source": Path(info.path).name})
             written.append(frame)
 
-    def working_image(info: imageio.ImageInfo, network_input: np.ndarray) -> tuple[str | None, torch.Tensor]:
-        """The frame's OCIO space and its network channels as a (1, C, H, W) working-space tensor."""
+    def working_pixels(info: imageio.ImageInfo, network_input: np.ndarray) -> tuple[str | None, np.ndarray]:
+        """The frame's OCIO space and its network channels in the working space, (H, W, C)."""
         # The frame's OCIO space (its tag, else the plate's at ingest, else the shot's) against the
         # model's: the same, or converted when ingest.convert_colorspace allows it, else refused.
         in_space = frame_space(info, plate or {}, colorspace) if space.ocio_name else None
         network_input = colour.to_working(network_input, route.input, in_space, space,
                                           bool((plate or {}).get("convert_colorspace")), info.path)
-        image = torch.from_numpy(np.ascontiguousarray(colour.encode(network_input, space, route.input).transpose(2, 0, 1)))
-        return in_space, image[None]
+        return in_space, colour.encode(network_input, space, route.input)
+
+    def as_image(pixels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
+
+    def working_image(info: imageio.ImageInfo, network_input: np.ndarray) -> tuple[str | None, torch.Tensor]:
+        """The frame's OCIO space and its network channels as a (1, C, H, W) working-space tensor."""
+        in_space, pixels = working_pixels(info, network_input)
+        return in_space, as_image(pixels)
+
+    # A temporal model's frames in the working space, each converted once while a window reads it.
+    pending: dict[int, tuple[imageio.ImageInfo, np.ndarray]] = {}
+    converted = temporal.FrameCache(lambda number: working_pixels(*pending.pop(number)))
+
+    def stacked_image(frame: int, info: imageio.ImageInfo, network_input: np.ndarray,
+                      window: dict) -> tuple[str | None, torch.Tensor]:
+        """The frame's OCIO space and its window's network channels, stacked, as a working-space tensor."""
+        if n == 0:
+            return working_image(info, network_input)
+        pending.update({frame: (info, network_input), **window})
+        stacked = temporal.stacked_frame(frame, n, ends, lambda number: converted.get(number)[1])
+        in_space = converted.get(frame)[0]
+        converted.forget_before(frame - n)
+        pending.clear()
+        return in_space, as_image(stacked)
 
     def shot_tile_reach(image: torch.Tensor) -> int | None:
         """The finest level's reach measured on the shot's first frame (the plan's; this chunk's first
         without a plan), so that every chunk of a shot tiles alike."""
         reference = (plate or {}).get("frames") or frames
         if reference[0] != frames[0] and Path(source.path(reference[0])).is_file():
-            info = imageio.read_info(source.path(reference[0]))
-            pixels = imageio.read_pixels(info.path, route.input)
-            image = working_image(info, imageio.check_finite(pixels, info.path, nonfinite))[1]
+            def working(number: int) -> np.ndarray:
+                info = imageio.read_info(source.path(number))
+                pixels = imageio.read_pixels(info.path, route.input)
+                return working_pixels(info, imageio.check_finite(pixels, info.path, nonfinite))[1]
+
+            image = as_image(temporal.stacked_frame(reference[0], n, ends, working))
         t0 = time.perf_counter()
         reach = measure_tile_reach(model, image, settings["edge_context"], device)
         log.info("tiles: the finest level's reach measured on frame %s: %s (%.2fs)", reference[0],
@@ -349,9 +400,9 @@ checked): a frame replaced since by another kind is an error naming it. Returns 
                 first_wait = waited
             else:
                 wait_read += waited
-            frame, info, network_input, passthrough = item
+            frame, info, network_input, passthrough, window = item
             t0 = time.perf_counter()
-            in_space, image = working_image(info, network_input)
+            in_space, image = stacked_image(frame, info, network_input, window)
             if index == 0:
                 run_plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"],
                                     settings["batch_size"], device, settings["precision"], settings["cpu_pixel_budget"],
@@ -485,7 +536,8 @@ def infer_sequence(
     if device is not None:
         settings["device"] = device
     source = FramePattern(source_pattern)
-    frames = list(source.existing_frames() if frames is None else frames)
+    existing = source.existing_frames()
+    frames = list(existing if frames is None else frames)
     if not frames:
         raise DuplidogError(f"{source_pattern}: no source frames found")
     missing = [f for f in frames if not Path(source.path(f)).is_file()]
@@ -496,8 +548,10 @@ def infer_sequence(
     model, card = load_model(model_dir, torch_device)
     info = imageio.read_info(source.path(frames[0]))
     route = route_from_card(card, info)
+    # A temporal model's neighbours mirror at the ends of the sequence on disk, whichever frames run.
+    ends = (min(existing[0], min(frames)), max(existing[-1], max(frames))) if existing else None
     return run_frames(model, card, frames, source_pattern, output_pattern, route, settings, torch_device,
-                      plate={"convert_colorspace": bool(convert_colorspace)})
+                      plate={"convert_colorspace": bool(convert_colorspace)}, ends=ends)
 
 
 def route_from_card(card: dict, info: imageio.ImageInfo) -> ChannelRoute:
