@@ -30,6 +30,16 @@ A), as Autodesk's page prescribes for Batch, which has no RGBA socket; an output
 only for models whose working space is ``linear`` (they take scene values as they are). These last
 two and the RGBA output layout are our reading of the page, not confirmed in a Flame session.
 
+A temporal model (``temporal_frames`` N above 0) takes frames t-N..t+N stacked as channels, the frame
+itself first (``duplidog.temporal``): the file's input is 1x(C(2N+1))xHxW, each frame's C channels in
+the card's order, and its output is frame t. The host builds that input (Nuke: TimeOffset and Shuffle
+nodes; the ``.nk`` is not written, since Nuke's channel names cannot say which frame a channel is of).
+The result says so (``temporal_frames``, ``input_frames``: ``t``, ``t-1``, ``t+1``...), the card inside
+the file records it, and the Flame sidecar lists each neighbour frame as an ``Aux`` input entry of the
+same ``Name`` after the frame's own, described by its offset, as the RGB and A of one input are two
+entries (our reading of Autodesk's page: a Flame session is needed to confirm the Inference node
+accepts it).
+
 Every export runs the written file (TorchScript in this process, ONNX in onnxruntime) on two frames
 of different, awkward sizes and compares it with ``duplidog.infer.apply_model`` in whole-frame fp32
 with the card's colour transform; the file is renamed into place only when the largest difference is
@@ -51,6 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from duplidog import temporal
 from duplidog.atomic import atomic_path, atomic_write_text
 from duplidog.colour import as_space, decode, encode
 from duplidog.colour_module import WorkingSpaceModule
@@ -217,7 +228,8 @@ def _file_size(path: Path) -> int:
 
 
 def _export_nuke(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: nn.Module, space,
-                 frames: List[torch.Tensor], names: Tuple[List[str], List[str]]) -> Dict[str, Any]:
+                 frames: List[torch.Tensor], names: Tuple[List[str], List[str]], temporal_frames: int = 0
+                 ) -> Dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet it is what Nuke reads
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -239,8 +251,14 @@ def _export_nuke(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: 
         half = _within(halves, "nuke_half", out)
     files = [out]
     script = out.with_suffix(".nk")
-    not_written = write_nuke_script(script, out, names[0], names[1], int(getattr(network, "scale", 1)),
-                                    str(card.get("id", "model")), torch.__version__.split("+")[0])
+    if temporal_frames:
+        count = temporal.frame_count(temporal_frames)
+        not_written = (f"the model reads {count} frames ({', '.join(temporal.frame_labels(temporal_frames))}) "
+                       f"stacked as {len(names[0])} channels, which Nuke's channel names cannot lay out; set up "
+                       "CatFileCreator by hand and build its input with TimeOffset and Shuffle nodes")
+    else:
+        not_written = write_nuke_script(script, out, names[0], names[1], int(getattr(network, "scale", 1)),
+                                        str(card.get("id", "model")), torch.__version__.split("+")[0])
     if not_written:
         log.warning("export: %s not written: %s", script, not_written)
     else:
@@ -291,6 +309,13 @@ def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple
     if alpha:
         entries_in.append({"Name": FLAME_INPUT, "Description": "plate alpha", "Type": "Matte", "Gain": 1.0,
                            "Channels": "A"})
+    # A temporal model's neighbour frames, after the frame's own, each as the frame's channels again.
+    n = int(card.get("temporal_frames", 0) or 0)
+    own = list(entries_in)
+    for label in temporal.frame_labels(n)[1:]:
+        entries_in += [{**entry, "Type": "Aux", "Description": (f"plate frame {label}, {space}" if entry["Type"] == "Front"
+                                                               else f"plate alpha, frame {label}")}
+                       for entry in own]
     colour, alpha = outputs
     scale = float(card.get("scale", 1))
     if colour:
@@ -303,7 +328,9 @@ def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple
         "MinimumVersion": FLAME_MINIMUM_VERSION,
         "Name": f"duplidog {shot} {card.get('id', '')}".strip(),
         "Description": (f"duplidog model {card.get('id', '')} for shot {shot}, trained "
-                        f"{card.get('created', '')}; pads and converts colour itself"),
+                        f"{card.get('created', '')}; pads and converts colour itself"
+                        + (f"; reads {2 * n + 1} frames ({', '.join(temporal.frame_labels(n))}) stacked in that "
+                           f"order and returns frame t" if n else "")),
         "SupportsSceneLinear": linear,
         "KeepAspectRatio": False,
         "Padding": 1,
@@ -406,7 +433,8 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
     Returns {target, model_id, files, sizes (bytes), max_difference (absolute, scene values),
     max_scaled_difference (absolute below 1, relative above: what ``TOLERANCE`` bounds), differences
     (absolute, one per check frame), check_sizes, tolerance, input_channels, output_channels, scale,
-    colorspace} (+ opset for Flame). Raises DuplidogError for an unknown target, a missing, damaged
+    temporal_frames, input_frames (the frames the input stacks: ``t``, ``t-1``, ``t+1``...), colorspace}
+    (+ opset for Flame). Raises DuplidogError for an unknown target, a missing, damaged
     or incompatible model, channels the host cannot take, or an export that does not match.
     """
     from duplidog.modelstore import CARD_NAME, load_model
@@ -419,23 +447,29 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
     names_in, names_out = channel_names(card, network)
     multiple, scale = int(network.size_multiple), int(getattr(network, "scale", 1))
     out = output_path(out_path, to, card)
-    frames = check_frames(network.in_channels)
+    # A temporal model's input: every frame of its window, each with the card's input channels.
+    n = int(getattr(network, "temporal_frames", 0))
+    stacked_in, count = temporal.stacked_names(names_in, n), temporal.frame_count(n)
+    frames = check_frames(len(stacked_in))
     copies = resolve_ensemble(ensemble, network.in_channels, network.out_channels)
 
     if to == "nuke":
-        wrapper = SceneModel(network, space, multiple, scale, range(network.in_channels),
-                             range(network.out_channels), network.edge_context, names_in, names_out, copies).eval()
-        result = _export_nuke(wrapper, card, out, network, space, frames, (names_in, names_out))
+        wrapper = SceneModel(network, space, multiple, scale, range(len(stacked_in)),
+                             range(network.out_channels), network.edge_context, stacked_in, names_out, copies).eval()
+        result = _export_nuke(wrapper, card, out, network, space, frames, (stacked_in, names_out), n)
     else:
         colour_in, alpha_in, order_in = flame_layout(names_in, "input", card_path)
         colour_out, alpha_out, order_out = flame_layout(names_out, "output", card_path)
+        # the host's layout frame by frame: each frame's colour, then its alpha
+        order_in = [k * len(names_in) + j for k in range(count) for j in order_in]
         host_to_network = torch.argsort(torch.tensor(order_in)).tolist()
         wrapper = SceneModel(network, space, multiple, scale, host_to_network, order_out,
-                             network.edge_context, names_in, names_out, copies).eval()
+                             network.edge_context, stacked_in, names_out, copies).eval()
         result = _export_flame(wrapper, card, out, network, space, frames, order_in, order_out,
-                               ((colour_in, alpha_in), (colour_out, alpha_out)), (names_in, names_out))
+                               ((colour_in, alpha_in), (colour_out, alpha_out)), (stacked_in, names_out))
     result.update(target=to, model_id=card.get("id"), check_sizes=[list(s) for s in CHECK_SIZES],
                   tolerance=TOLERANCE[to], input_channels=names_in, output_channels=names_out, scale=scale,
+                  temporal_frames=n, input_frames=temporal.frame_labels(n),
                   colorspace=space.get("name"), ocio_colorspace=(space.get("ocio") or {}).get("colorspace"),
                   ensemble=copies)
     log.info("export: %s model %s -> %s (max difference %.3g)", to, card.get("id"), ", ".join(result["files"]),

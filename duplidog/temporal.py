@@ -68,6 +68,12 @@ def needed_frames(frames: Iterable[int], temporal_frames: int, first: int, last:
     return sorted({f for frame in frames for f in window(frame, temporal_frames, first, last)})
 
 
+def frame_labels(temporal_frames: int) -> List[str]:
+    """The window's frames as people name them, in channel order: ``t``, then ``t-N``..``t-1``, ``t+1``..``t+N``."""
+    n = int(temporal_frames)
+    return ["t"] + [f"t{offset:+d}" for offset in list(range(-n, 0)) + list(range(1, n + 1))]
+
+
 def stacked_names(names: Sequence[str], temporal_frames: int) -> List[str]:
     """Channel names of a stacked input: ``names`` once per frame of the window (what the working
     space's encode and decode read: each frame's channels are shaped like the plate's)."""

@@ -307,3 +307,54 @@ def test_a_one_frame_model_reads_and_writes_as_before(tmp_path):
     summary = infer_frames(model_dir, tmp_path / "ingest/plan.json", [1002, 1003], str(tmp_path / "out/o.%04d.exr"),
                            {"device": "cpu", "tile": "none"})
     assert summary["frames"] == 2
+
+
+# -- exports ----------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_the_nuke_export_takes_every_frame_stacked_and_says_so(tmp_path):
+    from duplidog.export import export
+
+    model_dir = save_temporal_model(tmp_path / "model", 1, space="linear")
+    nuke = export(model_dir, "nuke", tmp_path / "t.pt")  # checked against duplidog's inference inside
+    assert nuke["max_scaled_difference"] <= 1e-4
+    assert nuke["temporal_frames"] == 1 and nuke["input_frames"] == ["t", "t-1", "t+1"]
+    assert nuke["input_channels"] == ["R", "G", "B"] and not (tmp_path / "t.nk").exists()
+    module = torch.jit.load(str(tmp_path / "t.pt"))
+    with torch.no_grad():
+        assert tuple(module(torch.rand(1, 9, 13, 21)).shape) == (1, 3, 13, 21)
+    extra = {"duplidog_card.json": ""}  # the card inside the file records it too
+    torch.jit.load(str(tmp_path / "t.pt"), _extra_files=extra)
+    assert json.loads(extra["duplidog_card.json"])["temporal_frames"] == 1
+
+
+def test_the_flame_sidecar_lists_the_neighbour_frames_after_the_frame_itself():
+    from duplidog import colour
+    from duplidog.export import flame_sidecar
+
+    card = {"id": "abc", "temporal_frames": 1, "colorspace": colour.describe("linear")}
+    described = flame_sidecar(card, ("RGB", True), ("RGB", False))["ModelDescription"]
+    inputs = [(e["Type"], e["Channels"], e["Description"]) for e in described["Inputs"]]
+    assert inputs == [("Front", "RGB", "plate, scene-linear"), ("Matte", "A", "plate alpha"),
+                      ("Aux", "RGB", "plate frame t-1, scene-linear"), ("Aux", "A", "plate alpha, frame t-1"),
+                      ("Aux", "RGB", "plate frame t+1, scene-linear"), ("Aux", "A", "plate alpha, frame t+1")]
+    assert {e["Name"] for e in described["Inputs"]} == {"input_image"}
+    assert "reads 3 frames (t, t-1, t+1)" in described["Description"]
+    plain = flame_sidecar({**card, "temporal_frames": 0}, ("RGB", True), ("RGB", False))["ModelDescription"]
+    assert len(plain["Inputs"]) == 2 and "frames" not in plain["Description"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+def test_the_flame_export_of_an_rgba_temporal_model_matches_duplidog(tmp_path):
+    from duplidog import colour
+    from duplidog.export import export
+    from duplidog.modelstore import save_model
+
+    torch.manual_seed(2)
+    network = nudged(build_model("msrn", "small", 4, 4, temporal_frames=1, **TINY), seed=2)
+    save_model(tmp_path / "model", network, {"input_channels": ["A", "R", "G", "B"],
+                                             "output_channels": ["A", "R", "G", "B"],
+                                             "colorspace": colour.describe("linear"), "edge_context": 3})
+    flame = export(tmp_path / "model", "flame", tmp_path / "t.onnx")  # host order RGBA per frame, checked inside
+    assert flame["max_scaled_difference"] <= 1e-3 and flame["input_frames"] == ["t", "t-1", "t+1"]
+    sidecar = json.loads((tmp_path / "t.json").read_text())["ModelDescription"]
+    assert [e["Type"] for e in sidecar["Inputs"]] == ["Front", "Matte", "Aux", "Aux", "Aux", "Aux"]
