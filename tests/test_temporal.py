@@ -358,3 +358,36 @@ def test_the_flame_export_of_an_rgba_temporal_model_matches_duplidog(tmp_path):
     assert flame["max_scaled_difference"] <= 1e-3 and flame["input_frames"] == ["t", "t-1", "t+1"]
     sidecar = json.loads((tmp_path / "t.json").read_text())["ModelDescription"]
     assert [e["Type"] for e in sidecar["Inputs"]] == ["Front", "Matte", "Aux", "Aux", "Aux", "Aux"]
+
+
+# -- the workflow -----------------------------------------------------------------------------------------
+@pytest.mark.pipeline
+def test_a_tiny_snakemake_run_with_temporal_frames_1(tmp_path):
+    """The whole workflow with model.temporal_frames: 1; a plate frame is an input of every chunk that
+    reads it, so replacing one reruns its own chunk and the one whose window reaches over it."""
+    import zarr
+
+    from duplidog import imageio
+    from test_pipeline import ROOT, TINY, snakemake
+    from test_reruns import jobs_in
+
+    make_shot(tmp_path / "data", frames=range(1001, 1009), keyframes=(1001, 1004, 1008))
+    shot = {"shot": "t1", "source": "data/plate/plate.%04d.exr", "target": "data/fixed/fixed.####.exr", **TINY,
+            "model": {**TINY["model"], "temporal_frames": 1}, "train": {**TINY["train"], "steps": 3}}
+    shot_file = tmp_path / "t1.yaml"
+    shot_file.write_text(yaml.safe_dump(shot), encoding="utf-8")
+    local = ("--profile", str(ROOT / "profiles/local"), "--cores", "2", "--configfile", str(shot_file))
+    snakemake(*local, cwd=tmp_path)
+    results = tmp_path / "results/t1"
+    for frame in range(1001, 1009):
+        assert imageio.read_info(results / f"output/t1.{frame}.exr").width == 48
+    assert json.loads((results / "model/model.json").read_text())["temporal_frames"] == 1
+    assert zarr.open_group(str(results / "pool/pool.zarr"), mode="r")["source"].shape[1] == 9
+    # Frame 1006 is no keyframe's neighbour (1001, 1004, 1008 read 1002, 1003, 1005, 1007): replacing it
+    # reruns its chunk (1004-1006) and the next (1007-1008, whose 1007 reads it), not training.
+    from shotdata import write_frame
+
+    plate_1006 = tmp_path / "data/plate/plate.1006.exr"
+    write_frame(plate_1006, imageio.read_pixels(plate_1006) * 1.01)
+    planned = jobs_in(snakemake(*local, "-n", cwd=tmp_path))
+    assert planned == {"infer_chunk__t1__1004_1006", "infer_chunk__t1__1007_1008", "assemble", "all"}
