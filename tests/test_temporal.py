@@ -124,6 +124,19 @@ def temporal_shot(root: Path, n: int = 1, pool: dict | None = None, keyframes=(1
     return {"config": config, "root": root}
 
 
+def test_a_missing_neighbour_plate_frame_is_refused_at_ingest_naming_it(tmp_path):
+    from duplidog.ingest import ingest
+    from duplidog.settings import resolve
+
+    shot_file = make_shot(tmp_path / "shot", frames=range(1001, 1007), keyframes=(1001, 1006), size=(48, 40))
+    (tmp_path / "shot/plate/plate.1004.exr").unlink()
+    user = {**yaml.safe_load(shot_file.read_text()), "frames": "1001-1003,1005-1006"}
+    ingest(resolve({**user, "model": {"temporal_frames": 0}}), tmp_path / "alone")  # one frame: no neighbours
+    with pytest.raises(DuplidogError, match=r"plate\.1004\.exr: plate frame\(s\) 1004 missing, which "
+                                            r"model.temporal_frames 1 reads"):
+        ingest(resolve({**user, "model": {"temporal_frames": 1}}), tmp_path / "ingest")
+
+
 def plate(root: Path, frame: int) -> np.ndarray:
     from duplidog.imageio import read_pixels
 
