@@ -313,8 +313,9 @@ def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple
     n = int(card.get("temporal_frames", 0) or 0)
     own = list(entries_in)
     for label in temporal.frame_labels(n)[1:]:
-        entries_in += [{**entry, "Type": "Aux", "Description": (f"plate frame {label}, {space}" if entry["Type"] == "Front"
-                                                               else f"plate alpha, frame {label}")}
+        entries_in += [{**entry, "Type": "Aux",
+                        "Description": (f"plate frame {label}, {space}" if entry["Type"] == "Front"
+                                        else f"plate alpha, frame {label}")}
                        for entry in own]
     colour, alpha = outputs
     scale = float(card.get("scale", 1))

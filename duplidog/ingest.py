@@ -171,8 +171,8 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
     absent = [f for f in neighbours if not os.path.isfile(source.path(f))]
     if absent:
         raise DuplidogError(
-            f"{source.path(absent[0])}: plate frame(s) {format_frame_list(absent)} missing, which model.temporal_frames "
-            f"{temporal_frames} reads as neighbours of the shot's frames"
+            f"{source.path(absent[0])}: plate frame(s) {format_frame_list(absent)} missing, which "
+            f"model.temporal_frames {temporal_frames} reads as neighbours of the shot's frames"
         )
     checked = {**infos, **{frame: imageio.read_info(source.path(frame)) for frame in neighbours}}
     for frame, info in checked.items():

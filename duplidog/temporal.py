@@ -87,7 +87,8 @@ def stack(pixels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(list(pixels), axis=2)
 
 
-def stacked_frame(frame: int, temporal_frames: int, ends: Tuple[int, int], read: Callable[[int], np.ndarray]) -> np.ndarray:
+def stacked_frame(frame: int, temporal_frames: int, ends: Tuple[int, int],
+                  read: Callable[[int], np.ndarray]) -> np.ndarray:
     """Frame ``frame`` with its window stacked: ``read(number)`` gives each frame's (H, W, C) pixels (the
     caller decides how: from the plate, from a cache), in window order. The one way the pool, validation
     and inference build a temporal network's input."""

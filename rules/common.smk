@@ -147,8 +147,9 @@ def shot_of(wildcards):
 
 def keyframe_sources(wildcards):
     """The source frames of the keyframes (and their neighbours, with model.temporal_frames): what training
-    learns from, so a change to one reruns ingest and everything after it. Ingest also reads every other frame's header, but does not declare them:
-    a replaced plate frame reruns only its inference chunk (which checks its size against the plan)."""
+    learns from, so a change to one reruns ingest and everything after it. Ingest also reads every other
+    frame's header, but does not declare them: a replaced plate frame reruns only its inference chunk
+    (which checks its size against the plan)."""
     shot = shot_of(wildcards)
     pattern = FramePattern(shot.config["source"])
     return [pattern.path(f) for f in shot.reads(shot.frames.keyframes)]

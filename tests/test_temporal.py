@@ -266,7 +266,8 @@ def test_frames_at_a_chunk_edge_equal_a_single_chunk_run_and_each_plate_frame_is
     settings = {"device": "cpu", "tile": "none", "precision": "fp32"}
     reads: list[str] = []
     real = imageio.read_pixels
-    monkeypatch.setattr(imageio, "read_pixels", lambda path, *a, **k: reads.append(Path(path).name) or real(path, *a, **k))
+    monkeypatch.setattr(imageio, "read_pixels",
+                        lambda path, *a, **k: reads.append(Path(path).name) or real(path, *a, **k))
     infer_frames(model_dir, plan, range(1001, 1007), str(tmp_path / "whole/o.%04d.exr"), settings)
     assert sorted(reads) == [f"plate.{f}.exr" for f in range(1001, 1007)]  # six frames, each read once
     reads.clear()
@@ -304,6 +305,20 @@ def test_the_sliding_window_is_mirrored_at_the_shot_ends(tmp_path):
                                                       .transpose(2, 0, 1)))[None]
         other = apply_model(model, alone, tile="none", precision="fp32", ensemble=1)[0].permute(1, 2, 0).numpy()
         assert float(np.abs(other - wanted).max()) > 1e-3
+
+
+def test_a_run_without_a_plan_mirrors_at_the_ends_of_the_sequence_on_disk(tmp_path):
+    from duplidog.infer import infer_frames, infer_sequence
+
+    temporal_shot(tmp_path, 1)
+    model_dir = save_temporal_model(tmp_path / "model", 1)
+    settings = {"device": "cpu", "tile": "none", "precision": "fp32"}
+    infer_frames(model_dir, tmp_path / "ingest/plan.json", [1001, 1004, 1006], str(tmp_path / "plan/o.%04d.exr"),
+                 settings)
+    infer_sequence(model_dir, str(tmp_path / "shot/plate/plate.%04d.exr"), str(tmp_path / "free/o.%04d.exr"),
+                   frames=[1001, 1004, 1006], settings=settings)
+    for frame in (1001, 1004, 1006):
+        np.testing.assert_array_equal(output(tmp_path, "free", frame), output(tmp_path, "plan", frame))
 
 
 def test_a_one_frame_model_reads_and_writes_as_before(tmp_path):

@@ -460,8 +460,9 @@ class MSRN(nn.Module):
             if height % self.size_multiple or width % self.size_multiple:
                 raise ValueError(f"MSRN input {height}x{width} is not a multiple of size_multiple={self.size_multiple}")
             if int(x.shape[1]) != self.stacked_channels:
-                raise ValueError(f"MSRN input has {int(x.shape[1])} channels, the network reads {self.stacked_channels} "
-                                 f"({self.in_channels} per frame, {2 * self.temporal_frames + 1} frames)")
+                raise ValueError(f"MSRN input has {int(x.shape[1])} channels, the network reads "
+                                 f"{self.stacked_channels} ({self.in_channels} per frame, "
+                                 f"{2 * self.temporal_frames + 1} frames)")
         pyramid: List[torch.Tensor] = [x]
         for _ in range(self.levels - 1):
             pyramid.append(downsample2x(pyramid[-1]))

@@ -297,7 +297,8 @@ def build_pool(
             "redraws": sum(c["redraws"] for c in per_keyframe.values()),
             "tiles_per_keyframe": {f: c["tiles"] for f, c in per_keyframe.items()},
             "bytes": store.bytes_on_disk(tmp),
-            "uncompressed_bytes": tiles * (len(source_names) * frames + len(target_names) * plan_scale(plan) ** 2) * tile * tile * 2,
+            "uncompressed_bytes": (tiles * (len(source_names) * frames + len(target_names) * plan_scale(plan) ** 2)
+                                   * tile * tile * 2),
             "seconds": round(time.perf_counter() - started, 3),
         }
         writer.group.attrs.update({"content_digest": writer.digest.hexdigest(), "statistics": statistics})
