@@ -452,7 +452,7 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
     n = int(getattr(network, "temporal_frames", 0))
     stacked_in, count = temporal.stacked_names(names_in, n), temporal.frame_count(n)
     frames = check_frames(len(stacked_in))
-    copies = resolve_ensemble(ensemble, network.in_channels, network.out_channels)
+    copies = resolve_ensemble(ensemble, network.in_channels, network.out_channels, scale)
 
     if to == "nuke":
         wrapper = SceneModel(network, space, multiple, scale, range(len(stacked_in)),

@@ -56,6 +56,7 @@ def test_an_ensemble_of_flipped_and_turned_copies_stays_exact_in_tiles():
     matte = TinyPyramid(3, 1, width=4).eval()
     matte.out_channels = 1
     assert resolve_ensemble("auto", 3, 1) == 8 and resolve_ensemble("auto", 3, 3) == 1
+    assert resolve_ensemble("auto", 3, 3, scale=2) == 8  # an upscale averages 8 too
     image = frame(150, 97, seed=3)
     averaged = apply_model(matte, image, tile="none", edge_context=8)  # auto: a matte averages 8
     tiled = apply_model(matte, image, tile=64, edge_context=8, ensemble=8)

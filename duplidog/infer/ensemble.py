@@ -3,7 +3,8 @@
 Training draws its tiles under all eight flips and quarter turns (``train.augment_dihedral``), so each
 copy is an equally good view of the frame; the part of the error that depends on orientation differs
 between them and averages out. For a matte that part is most of what is left: the one-pixel doubt
-along the edge. Every copy is a whole tile or frame under the same transform, so tiles stay exact.
+along the edge; for an upscale, the detail between the input's pixels that each copy guesses
+differently (docs/quality.md has both). Every copy is a whole tile or frame under the same transform, so tiles stay exact.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from duplidog.errors import DuplidogError
 
 #: How many copies a setting runs: the identity first, then flips, then the turns between them.
 TRANSFORMS = {1: (0,), 2: (0, 4), 4: (0, 2, 4, 6), 8: (0, 1, 2, 3, 4, 5, 6, 7)}
-#: ``infer.ensemble: auto`` for a network whose outputs are channels its input lacks (a matte), and for others.
-AUTO_MATTE, AUTO_OTHER = 8, 1
+#: ``infer.ensemble: auto`` for a network whose outputs are channels its input lacks (a matte) or that
+#: upscales, and for others.
+AUTO_MATTE_OR_UPSCALE, AUTO_OTHER = 8, 1
 
 
 def transform(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -33,10 +35,11 @@ def untransform(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
-def resolve_ensemble(setting: str | int, in_channels: int, out_channels: int) -> int:
-    """The number of copies for ``infer.ensemble``; ``auto`` averages eight for a matte, else runs one."""
+def resolve_ensemble(setting: str | int, in_channels: int, out_channels: int, scale: int = 1) -> int:
+    """The number of copies for ``infer.ensemble``; ``auto`` averages eight for a matte or an upscale
+    (``scale`` above 1), else runs one."""
     if setting == "auto":
-        return AUTO_MATTE if out_channels != in_channels else AUTO_OTHER
+        return AUTO_MATTE_OR_UPSCALE if out_channels != in_channels or int(scale) > 1 else AUTO_OTHER
     if isinstance(setting, bool) or setting not in TRANSFORMS:
         raise DuplidogError(f"infer.ensemble: must be 'auto' or one of {sorted(TRANSFORMS)}, got {setting!r}")
     return int(setting)
@@ -47,7 +50,8 @@ def model_copies(setting: str | int, model, in_channels: int) -> int:
     its outputs is taken as colour to colour; a temporal network's input stacks 2N + 1 frames, and what
     counts is one frame's channels)."""
     in_channels //= 2 * int(getattr(model, "temporal_frames", 0)) + 1
-    return resolve_ensemble(setting, in_channels, int(getattr(model, "out_channels", in_channels)))
+    return resolve_ensemble(setting, in_channels, int(getattr(model, "out_channels", in_channels)),
+                            int(getattr(model, "scale", 1)))
 
 
 def run_ensemble(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, count: int) -> torch.Tensor:
