@@ -237,6 +237,17 @@ def test_training_a_temporal_network_and_refusing_to_warm_start_another_temporal
               tmp_path / "b/model", tmp_path / "b/train", warm)
 
 
+def test_the_train_bench_times_the_network_a_temporal_pool_trains(tmp_path):
+    # It built an in -> in network from the pool's stacked channels (9 -> 9 for RGB with N = 1).
+    from duplidog.train.bench import bench_train
+
+    shot = temporal_shot(tmp_path, 1)
+    config = {**shot["config"], "train": {**shot["config"]["train"], "batch_size": 2, "num_workers": 1}}
+    result = bench_train(str(tmp_path / "pool.zarr"), config, presets=["small"], steps=1, warmup=0, device="cpu",
+                         print_fn=lambda line: None)
+    assert set(result["steps_per_s"]) == {"small"} and result["steps_per_s"]["small"] > 0
+
+
 # -- inference: a sliding window, chunk by chunk ---------------------------------------------------------
 def save_temporal_model(model_dir: Path, n: int = 1, space: str = "log") -> Path:
     from duplidog import colour

@@ -78,6 +78,7 @@ from duplidog.model.blocks import (
     strided_conv_radius,
     upsample2x,
 )
+from duplidog.temporal import MAX_TEMPORAL_FRAMES
 
 # Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (~6.9 M parameters,
 # ~1.27 TMAC per megapixel). Measured with duplidog.model.analysis (see tests/test_model.py):
@@ -118,8 +119,6 @@ BICUBIC_RADIUS = 2.0
 # A pixel-shuffled output pixel comes from the input pixel whose area it lies in: under half a pixel away.
 SHUFFLE_RADIUS = 0.5
 SCALES = (1, 2, 3, 4)
-# The most neighbour frames on each side a network reads (duplidog.temporal.MAX_TEMPORAL_FRAMES).
-MAX_TEMPORAL_FRAMES = 3
 
 # A colour matrix that is not the identity (RGB -> matte) starts small but not zero, so the curves
 # before it learn from the first step.

@@ -61,12 +61,16 @@ def synthetic_pool(path: Path, tiles: int, tile_size: int, border: int, channels
     return path
 
 
-def _runner(model_settings: dict, settings: dict, channels: int, border: int, tile_size: int, device, precision):
+def _runner(model_settings: dict, settings: dict, shape: dict, border: int, tile_size: int, device, precision):
+    """A step runner for a pool of ``shape`` (read from the pool by ``bench_train``): its channels per
+    frame, scale and neighbour frames."""
     from duplidog.model import build_model
 
     torch.manual_seed(0)
-    model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"), channels, channels,
-                        **(model_settings.get("overrides") or {})).to(device=device, memory_format=torch.channels_last)
+    model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
+                        shape["in_channels"], shape["out_channels"], scale=shape["scale"],
+                        temporal_frames=shape["temporal_frames"], **(model_settings.get("overrides") or {})
+                        ).to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(parameter_groups(model, float(settings["lr"]), float(settings["weight_decay"]),
                                                    float(settings["curve_lr_scale"])),
                                   betas=tuple(float(b) for b in settings["betas"]))
@@ -119,7 +123,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         device: override ``train.device``.
     """
     from duplidog.model import PRESETS
-    from duplidog.pool import open_pool
+    from duplidog.pool import open_pool, pool_temporal_frames
     from duplidog.settings import defaults
 
     config = config or defaults()
@@ -140,7 +144,10 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
             pool_path = synthetic_pool(Path(tmp) / "pool.zarr", tiles, int(pool_config.get("tile_size", 128)),
                                        int(pool_config.get("border", 16)))
         group = open_pool(pool_path)
-        n, channels, tile_size, _ = group["source"].shape
+        n, stacked_channels, tile_size, _ = group["source"].shape
+        frames = pool_temporal_frames(group)
+        shape = {"in_channels": stacked_channels // (2 * frames + 1), "out_channels": int(group["target"].shape[1]),
+                 "scale": int(group["target"].shape[2]) // int(tile_size), "temporal_frames": frames}
         border = int(group.attrs.get("border", 0))
         batch = int(settings["batch_size"]) * int(settings["accumulate"])
         plan = EpochPlan(n, int(settings["batch_size"]), float(settings["epoch_fraction"]), 0,
@@ -158,7 +165,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         del loaded
         streamed = StreamedBatches(str(pool_path), plan, device, workers, ahead)
         try:
-            runners = {name: _runner(model_settings, settings, channels, border, tile_size, device, precision)
+            runners = {name: _runner(model_settings, settings, shape, border, tile_size, device, precision)
                        for name in ("streamed", "in memory")}
             streams = {"streamed": iter(streamed.batches(0)), "in memory": iter(in_memory)}
             times = {name: [] for name in runners}
@@ -186,7 +193,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         # Steps per second of each preset, batches in memory.
         per_preset = {}
         for preset in presets:
-            runner = _runner({**model_settings, "preset": preset}, settings, channels, border, tile_size, device,
+            runner = _runner({**model_settings, "preset": preset}, settings, shape, border, tile_size, device,
                              precision)
             seconds = _seconds_per_step(runner, in_memory, steps, warmup)
             per_preset[preset] = 1.0 / seconds
