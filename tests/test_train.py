@@ -515,6 +515,24 @@ def test_changed_settings_start_from_scratch_and_a_changed_pool_fine_tunes(shot,
     assert result["resumed_from"] == 4 and result["start"] == "resume"
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_where_the_setting_keeps_its_old_meaning(shot, tmp_path):
+    # model.scale and model.temporal_frames came after checkpoints existed: one written before them, whose
+    # identity lacks them, is the network they default to, so an upgrade does not train from scratch.
+    work = tmp_path / "work"
+    run(shot, work, steps=4, checkpoint_every=2, validate_every=0)
+    path = ckpt.list_checkpoints(work / "train/checkpoints")[-1][1]
+    state = ckpt.load_checkpoint(path)
+    identity = json.loads(state["identity"])
+    assert {"scale", "temporal_frames"} <= set(identity["model"])
+    for key in ("scale", "temporal_frames"):
+        del identity["model"][key]
+    torch.save({**state, "identity": json.dumps(identity, sort_keys=True)}, path)
+    assert run(shot, work, steps=6, checkpoint_every=2, validate_every=0)["start"] == "continue"
+    upscaling = dict(shot, config={**shot["config"], "model": {**shot["config"]["model"], "scale": 2}})
+    changed = ckpt.changed_settings(ckpt.with_added_settings(identity), ckpt.training_identity(upscaling["config"]))
+    assert "model.scale" in changed and "model.temporal_frames" not in changed  # another value still counts
+
+
 def first_losses(work: Path, count: int = 3) -> float:
     return float(pd.read_csv(work / "train/metrics.csv")["loss"].dropna().to_numpy()[:count].mean())
 

@@ -163,6 +163,21 @@ class Start:
     source: Optional[Path] = None
 
 
+#: Settings added after checkpoints were first written, each with the value that trains what a checkpoint
+#: without it trained: a checkpoint that lacks one is read as having that value, so after an upgrade a shot
+#: resumes or fine-tunes rather than training from scratch.
+ADDED_SETTINGS: Dict[str, Dict[str, Any]] = {"model": {"scale": 1, "temporal_frames": 0}}
+
+
+def with_added_settings(identity: Dict[str, Any]) -> Dict[str, Any]:
+    """A checkpoint's ``training_identity`` with the ``ADDED_SETTINGS`` it predates filled in."""
+    filled = dict(identity)
+    for section, added in ADDED_SETTINGS.items():
+        if isinstance(filled.get(section), dict):
+            filled[section] = {**added, **filled[section]}
+    return filled
+
+
 #: train settings whose change trains the same run further instead of starting it again.
 LENGTH_KEYS = ("steps", "max_minutes")
 
@@ -203,7 +218,7 @@ def find_start(directory: Path, config: dict, pool_hash: str, start_over: bool =
         supersede(directory)
         return Start("fresh", "no readable checkpoint: training from scratch")
 
-    old, new = json.loads(state.get("identity", "{}")), training_identity(config)
+    old, new = with_added_settings(json.loads(state.get("identity", "{}"))), training_identity(config)
     changed = [key for key in changed_settings(old, new) if key != "train.init_from"]
     same_network = old.get("model") == new.get("model")
     fine_tune = same_network and not start_over
