@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, List, Optional, Tuple
 
 import pandas as pd
 
@@ -133,6 +134,25 @@ def ingest_settings(config: dict) -> dict:
             "temporal_frames": shot_temporal_frames(config)}
 
 
+def neighbour_frames(source: FramePattern, frames: Iterable[int], temporal_frames: int,
+                     ends: Optional[Tuple[int, int]] = None) -> List[int]:
+    """The plate frames outside ``frames`` (a shot's frames and keyframes) that a network with
+    ``temporal_frames`` N reads as neighbours, mirrored at ``ends`` (default: the ends of ``frames``):
+    where the shot leaves a gap. Each must be a plate frame like the rest; one that is not there is
+    refused, naming it (also when the DAG is built, where Snakemake would only say an input is missing,
+    and before a plan-less run reads its first frame)."""
+    frames = set(int(f) for f in frames)
+    ends = ends or (min(frames), max(frames))
+    neighbours = [f for f in temporal.needed_frames(frames, temporal_frames, *ends) if f not in frames]
+    absent = [f for f in neighbours if not os.path.isfile(source.path(f))]
+    if absent:
+        raise DuplidogError(
+            f"{source.path(absent[0])}: plate frame(s) {format_frame_list(absent)} missing, which "
+            f"model.temporal_frames {temporal_frames} reads as neighbours of the shot's frames"
+        )
+    return neighbours
+
+
 def shot_temporal_frames(config: dict) -> int:
     """Neighbour frames on each side: ``temporal_frames`` (ingest's settings) or ``model.temporal_frames``
     (a full config), else 0."""
@@ -163,17 +183,8 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
 
     infos = {frame: imageio.read_info(source.path(frame)) for frame in sorted(set(shot.frames) | set(shot.keyframes))}
     first = infos[shot.frames[0]]
-    # A temporal network reads each frame's neighbours (mirrored at the shot's ends): every one must be a
-    # plate frame like the rest, also where the shot's frames leave a gap (checked here, not listed).
     temporal_frames = shot_temporal_frames(config)
-    ends = (min(infos), max(infos))
-    neighbours = [f for f in temporal.needed_frames(infos, temporal_frames, *ends) if f not in infos]
-    absent = [f for f in neighbours if not os.path.isfile(source.path(f))]
-    if absent:
-        raise DuplidogError(
-            f"{source.path(absent[0])}: plate frame(s) {format_frame_list(absent)} missing, which "
-            f"model.temporal_frames {temporal_frames} reads as neighbours of the shot's frames"
-        )
+    neighbours = neighbour_frames(source, infos, temporal_frames)
     checked = {**infos, **{frame: imageio.read_info(source.path(frame)) for frame in neighbours}}
     for frame, info in checked.items():
         if (info.width, info.height) != (first.width, first.height):

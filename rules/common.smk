@@ -8,7 +8,8 @@ from pathlib import Path
 
 from duplidog import demo, temporal
 from duplidog.errors import DuplidogError
-from duplidog.ingest import ingest_settings, check_output_pattern, check_output_writable, discover_frames, ShotFrames
+from duplidog.ingest import (ingest_settings, check_output_pattern, check_output_writable, discover_frames,
+                             neighbour_frames, ShotFrames)
 from duplidog.sequence import FramePattern
 from duplidog.status import ReportFigures
 from duplidog.settings import default_output_pattern, merge_settings, read_shot_yaml, resolve
@@ -100,6 +101,11 @@ def load_shots(config):
             frames = ShotFrames(frames=list(demo.FRAMES), keyframes=list(demo.KEYFRAMES))
         else:
             frames = discover_frames(shot_config)
+            try:  # a neighbour frame the shot lacks would be a bare missing input to Snakemake
+                neighbour_frames(FramePattern(shot_config["source"]), frames.frames + frames.keyframes,
+                                 shot_config["model"]["temporal_frames"])
+            except DuplidogError as error:
+                raise DuplidogError(f"shot {name}: {error}") from None
         output = default_output_pattern(shot_config)
         check_output_pattern(output, shot_config["source"], shot_config["target"], frames.frames, writable=False)
         check_output_writable(output, frames.frames)

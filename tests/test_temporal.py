@@ -332,6 +332,36 @@ def test_a_run_without_a_plan_mirrors_at_the_ends_of_the_sequence_on_disk(tmp_pa
         np.testing.assert_array_equal(output(tmp_path, "free", frame), output(tmp_path, "plan", frame))
 
 
+def test_a_missing_neighbour_is_refused_naming_it_before_a_plan_less_run_and_when_the_dag_is_built(tmp_path):
+    # A plate with a gap: frames 1005 and 1007 read 1006 as a neighbour. Without the check, a plan-less run
+    # failed in its reader part-way through, and Snakemake said only that an input was missing.
+    import re
+    import subprocess
+
+    from duplidog.infer import infer_sequence
+
+    make_shot(tmp_path / "data", frames=range(1001, 1009), keyframes=(1001, 1004, 1008), size=(48, 40))
+    (tmp_path / "data/plate/plate.1006.exr").unlink()
+    model_dir = save_temporal_model(tmp_path / "model", 1)
+    with pytest.raises(DuplidogError, match=r"plate\.1006\.exr: plate frame\(s\) 1006 missing, which "
+                                            r"model.temporal_frames 1 reads"):
+        infer_sequence(model_dir, str(tmp_path / "data/plate/plate.%04d.exr"), str(tmp_path / "out/o.%04d.exr"),
+                       settings={"device": "cpu", "tile": "none"})
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+    root = Path(__file__).resolve().parents[1]
+    shot = {"shot": "t1", "source": "data/plate/plate.%04d.exr", "target": "data/fixed/fixed.####.exr",
+            "frames": "1001-1005,1007-1008"}
+    for n, refused in ((0, False), (1, True)):
+        (tmp_path / "t1.yaml").write_text(yaml.safe_dump({**shot, "model": {"temporal_frames": n}}), encoding="utf-8")
+        dry_run = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"),
+                                  "--profile", str(root / "profiles/local"), "--cores", "1", "--configfile",
+                                  str(tmp_path / "t1.yaml"), "-n"], cwd=tmp_path, capture_output=True, text=True)
+        said = re.search(r"^shot t1: \S*plate\.1006\.exr: plate frame\(s\) 1006 missing, which "
+                         r"model.temporal_frames 1 reads", dry_run.stdout + dry_run.stderr, re.M)
+        assert (dry_run.returncode != 0 and said is not None) == refused, dry_run.stderr[-2000:]
+
+
 def test_a_one_frame_model_reads_and_writes_as_before(tmp_path):
     """temporal_frames 0: the plan, the pool and the frames are those of a shot without the setting."""
     import zarr

@@ -527,7 +527,7 @@ def infer_sequence(
     to every source frame found on disk. A frame whose ``oiio:ColorSpace`` names another OpenColorIO
     space than the card's is refused, or converted (and written back in its own) with ``convert_colorspace``.
     """
-    from duplidog.ingest import check_output_pattern
+    from duplidog.ingest import check_output_pattern, neighbour_frames
     from duplidog.modelstore import load_model
 
     settings = infer_settings(settings)  # tile and device, where given, override the settings' own
@@ -550,6 +550,8 @@ def infer_sequence(
     route = route_from_card(card, info)
     # A temporal model's neighbours mirror at the ends of the sequence on disk, whichever frames run.
     ends = (min(existing[0], min(frames)), max(existing[-1], max(frames))) if existing else None
+    if ends is not None:
+        neighbour_frames(source, frames, int(card.get("temporal_frames", 0) or 0), ends)
     return run_frames(model, card, frames, source_pattern, output_pattern, route, settings, torch_device,
                       plate={"convert_colorspace": bool(convert_colorspace)}, ends=ends)
 
