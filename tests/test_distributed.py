@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,7 @@ from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
 from duplidog.train.distributed import Launch, Ranks, launch_from_environment, process_group, whole_batch_sum
 
-sys.path.insert(0, str(Path(__file__).parent))
-from trainshot import build_tiny_shot, with_train  # noqa: E402
+from trainshot import build_tiny_shot, with_train
 
 
 @pytest.fixture(scope="module")

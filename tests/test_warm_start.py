@@ -11,7 +11,6 @@ recorded as test properties.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,8 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shotdata import write_frame  # noqa: E402
-from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN, with_train  # noqa: E402
+from shotdata import write_frame
+from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN, with_train
 
 torch.set_num_threads(1)
 

@@ -9,12 +9,9 @@ width 8 (size_multiple 4), so a step takes milliseconds on one CPU core.
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from shotdata import make_shot, write_frame  # noqa: E402
+from shotdata import make_shot, write_frame
 
 TINY_MODEL = {"arch": "msrn", "preset": "small",
               "overrides": {"levels": 2, "stages": 1, "width": 8, "depth": 1, "block": "res"}}
