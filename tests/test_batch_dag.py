@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from shotdata import write_frame
-from test_pipeline import ROOT, snakemake
+from shotdata import ROOT, snakemake, write_frame
 
 pytestmark = pytest.mark.pipeline
 

@@ -33,9 +33,8 @@ import numpy as np
 import pytest
 
 from duplidog.errors import DuplidogError
+from shotdata import PLAN_FRAMES as FRAMES, ROOT, make_model, write_frame, write_plan_shot
 from shotdata import make_shot as make_small_shot
-from test_infer import FRAMES, make_model, make_shot, write_exr
-from test_pipeline import ROOT
 
 CASES: dict = {}
 OUTCOMES: dict[str, tuple[bool, bool]] = {}  # case -> (clear, lost), filled as the cases run
@@ -115,8 +114,8 @@ def unprivileged() -> list[str] | None:
 
 @pytest.fixture
 def shot(tmp_path):
-    """A four-frame RGBA plate, its plan and a tiny model (from test_infer)."""
-    plan = make_shot(tmp_path)
+    """A four-frame RGBA plate, its plan and a tiny model (shotdata.write_plan_shot)."""
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     return tmp_path, plan
 
@@ -146,7 +145,7 @@ def fail_on(monkeypatch, name_part: str, error: OSError):
 def infer_over_source(tmp_path, monkeypatch):
     from duplidog.infer import infer_sequence
 
-    root, _ = make_shot(tmp_path), make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
+    root, _ = write_plan_shot(tmp_path), make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     before = fingerprint(tmp_path / "plate")
     return said_by(lambda: infer_sequence(tmp_path / "model", str(tmp_path / "plate/plate.%04d.exr"),
                                           str(tmp_path / "plate/plate.####.exr"), device="cpu"),
@@ -170,11 +169,11 @@ def other_pixel_type(tmp_path, monkeypatch):
 
 @case("a plate frame replaced by RGB since ingest (its alpha gone)")
 def replaced_since_ingest(tmp_path, monkeypatch):
-    plan = make_shot(tmp_path)
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     plan_data = json.loads(plan.read_text())
     plan.write_text(json.dumps({**plan_data, "channel_names": ["R", "G", "B", "A"]}))
-    write_exr(tmp_path / "plate/plate.1003.exr", np.zeros((36, 52, 3), np.float32), ("R", "G", "B"))
+    write_frame(tmp_path / "plate/plate.1003.exr", np.zeros((36, 52, 3), np.float32), attributes={"compression": "piz"})
     return said_by(lambda: infer_all(tmp_path, plan), r"plate.1003.exr: channels R,G,B, but the plate's were R,G,B,A")
 
 
@@ -200,11 +199,12 @@ def card_without_checksum(tmp_path, monkeypatch):
 
 @case("NaN in a plate frame")
 def nan_in_plate(tmp_path, monkeypatch):
-    plan = make_shot(tmp_path)
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     pixels = np.ones((36, 52, 4), np.float32)
     pixels[5, 5, 1] = np.nan
-    write_exr(tmp_path / "plate/plate.1002.exr", pixels, ("R", "G", "B", "A"))
+    write_frame(tmp_path / "plate/plate.1002.exr", pixels, channels=("R", "G", "B", "A"),
+                attributes={"compression": "piz"})
     return said_by(lambda: infer_all(tmp_path, plan), r"plate.1002.exr: .*(NaN|non-finite)")
 
 
@@ -223,7 +223,7 @@ def read_only_folder_cli(tmp_path, monkeypatch):
     prefix = unprivileged()
     if prefix is None:
         pytest.skip("root, and no setpriv to drop root's override of file modes")
-    make_shot(tmp_path)
+    write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     (tmp_path / "delivery").mkdir()
     (tmp_path / "delivery").chmod(0o555)
@@ -250,7 +250,7 @@ def read_only_folder_snakemake(tmp_path, monkeypatch):
 
 @case("the output folder turned read-only mid-chunk")
 def read_only_mid_chunk(tmp_path, monkeypatch):
-    plan = make_shot(tmp_path)
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     fail_on(monkeypatch, "out.1003", PermissionError(errno.EACCES, "Permission denied"))
     real_unlink = Path.unlink
@@ -269,7 +269,7 @@ def read_only_mid_chunk(tmp_path, monkeypatch):
 
 @case("disk full writing a frame")
 def disk_full_frame(tmp_path, monkeypatch):
-    plan = make_shot(tmp_path)
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     fail_on(monkeypatch, "out.1003", OSError(errno.ENOSPC, ""))
     outcome = said_by(lambda: infer_all(tmp_path, plan), r"out.1003.exr: disk full \(no space left in .*out\)")
@@ -345,7 +345,7 @@ def disk_full_append(tmp_path, monkeypatch):
 
 @case("a truncated EXR in the middle of a chunk")
 def truncated_mid_chunk(tmp_path, monkeypatch):
-    plan = make_shot(tmp_path)
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     frame = tmp_path / "plate/plate.1003.exr"
     frame.write_bytes(frame.read_bytes()[: frame.stat().st_size * 2 // 3])

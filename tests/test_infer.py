@@ -186,60 +186,14 @@ import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import OpenImageIO as oiio  # noqa: E402
 
 from duplidog import colour, imageio  # noqa: E402
 from duplidog.infer import infer_frames, infer_sequence  # noqa: E402
-
-FRAMES = [1001, 1002, 1003, 1004]
-
-
-def write_exr(path: Path, pixels: np.ndarray, channels, pixel_type="half", attributes=None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width, nchannels = pixels.shape
-    spec = oiio.ImageSpec(width, height, nchannels, pixel_type)
-    spec.channelnames = tuple(channels)
-    spec.attribute("compression", "piz")
-    for key, value in (attributes or {}).items():
-        spec.attribute(key, value)
-    out = oiio.ImageOutput.create(str(path))
-    assert out is not None and out.open(str(path), spec), oiio.geterror()
-    assert out.write_image(np.ascontiguousarray(pixels, np.float32)), out.geterror()
-    assert out.close()
-    return path
-
-
-def make_model(model_dir: Path, in_names, out_names, space="linear"):
-    from duplidog.model import build_model
-    from duplidog.modelstore import save_model
-
-    torch.manual_seed(1)
-    net = build_model(preset="small", in_channels=len(in_names), out_channels=len(out_names),
-                      levels=2, stages=1, width=4, depth=1, block="res")
-    return save_model(model_dir, net, {"input_channels": list(in_names), "output_channels": list(out_names),
-                                       "colorspace": colour.describe(space)})
-
-
-def make_shot(root: Path, channels=("R", "G", "B", "A"), inputs=("R", "G", "B"), outputs=("R", "G", "B"),
-              passthrough=("A",), size=(52, 36)) -> Path:
-    width, height = size
-    rng = np.random.default_rng(7)
-    for frame in FRAMES:
-        pixels = rng.normal(0.4, 1.5, (height, width, len(channels))).astype(np.float32)
-        pixels[0, 0, 0] = 250.0  # a highlight: must not be clamped on the way through
-        write_exr(root / "plate" / f"plate.{frame}.exr", pixels, channels, attributes={"studio:camera": "A cam"})
-    plan = {"shot": "t", "source": str(root / "plate/plate.%04d.exr"), "target": str(root / "fixed/fixed.%04d.exr"),
-            "output": str(root / "out/out.%04d.exr"), "frames": FRAMES, "keyframes": [1001],
-            "colorspace": "linear", "input_channels": list(inputs), "output_channels": list(outputs),
-            "passthrough_channels": list(passthrough), "width": width, "height": height, "pixel_type": "half",
-            "nonfinite": "error"}
-    (root / "plan.json").write_text(json.dumps(plan))
-    return root / "plan.json"
-
+from shotdata import PLAN_FRAMES as FRAMES, make_model, write_frame, write_plan_shot  # noqa: E402
 
 @pytest.fixture
 def shot(tmp_path):
-    plan = make_shot(tmp_path)
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     return tmp_path, plan
 
@@ -312,7 +266,7 @@ def test_each_frame_is_written_under_a_temporary_name_then_renamed(shot, monkeyp
 
 
 def test_a_matte_model_writes_one_channel(tmp_path):
-    plan = make_shot(tmp_path, outputs=("mask",), passthrough=())
+    plan = write_plan_shot(tmp_path, outputs=("mask",), passthrough=())
     make_model(tmp_path / "model", ("R", "G", "B"), ("mask",), space="log")
     infer_frames(tmp_path / "model", plan, FRAMES[:2], None, {"device": "cpu"})
     info = imageio.read_info(tmp_path / "out/out.1001.exr")
@@ -346,17 +300,18 @@ def test_a_plate_frame_replaced_since_ingest_by_another_kind_is_refused_naming_i
     plan = json.loads(plan_path.read_text())
     plan["channel_names"] = ["R", "G", "B", "A"]
     plan_path.write_text(json.dumps(plan))
-    write_exr(root / "plate/plate.1003.exr", np.zeros((36, 52, 3), np.float32), ("R", "G", "B"))  # its alpha gone
+    write_frame(root / "plate/plate.1003.exr", np.zeros((36, 52, 3), np.float32),
+                attributes={"compression": "piz"})  # its alpha gone
     with pytest.raises(DuplidogError, match=r"plate.1003.exr: channels R,G,B, but the plate's were R,G,B,A at ingest"):
         infer_frames(root / "model", plan_path, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu"})
-    write_exr(root / "plate/plate.1003.exr", np.zeros((36, 52, 4), np.float32), ("R", "G", "B", "A"),
-              pixel_type="float")
+    write_frame(root / "plate/plate.1003.exr", np.zeros((36, 52, 4), np.float32), "float", ("R", "G", "B", "A"),
+                attributes={"compression": "piz"})
     with pytest.raises(DuplidogError, match=r"plate.1003.exr: pixel type float, but the plate's was half"):
         infer_frames(root / "model", plan_path, FRAMES, str(root / "out/out.%04d.exr"), {"device": "cpu"})
 
 
 def test_channels_the_model_was_not_trained_on_are_refused(tmp_path):
-    plan = make_shot(tmp_path)
+    plan = write_plan_shot(tmp_path)
     make_model(tmp_path / "model", ("R", "G", "A"), ("R", "G", "B"))
     with pytest.raises(DuplidogError, match="trained with input channels"):
         infer_frames(tmp_path / "model", plan, FRAMES, None, {"device": "cpu"})

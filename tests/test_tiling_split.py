@@ -98,9 +98,9 @@ def test_chunks_of_a_tiled_shot_tile_alike_and_the_summary_says_how(tmp_path):
     from duplidog import colour
     from duplidog.infer import infer_frames
     from duplidog.modelstore import save_model
-    from test_infer import FRAMES, make_shot
+    from shotdata import PLAN_FRAMES as FRAMES, write_plan_shot
 
-    plan = make_shot(tmp_path, size=(176, 112))
+    plan = write_plan_shot(tmp_path, size=(176, 112))
     frames_plan = json.loads(plan.read_text())
     frames_plan["colorspace"] = "display"
     plan.write_text(json.dumps(frames_plan))
