@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-import OpenImageIO as oiio
 import pytest
 
 from duplidog.channels import choose_channels, default_input_channels
 from duplidog.errors import DuplidogError
 from duplidog.imageio import ImageInfo, read_info
+from shotdata import write_frame
 
 
 def frame(tmp_path, name, channels):
     """A tiny real EXR with these channels, and its header."""
     path = tmp_path / name
-    spec = oiio.ImageSpec(2, 2, len(channels), "half")
-    spec.channelnames = tuple(channels)
-    out = oiio.ImageOutput.create(str(path))
-    assert out.open(str(path), spec)
-    assert out.write_image(np.zeros((2, 2, len(channels)), np.float32))
-    out.close()
+    write_frame(path, np.zeros((2, 2, len(channels)), np.float32), "half", channels=channels)
     return read_info(path)
 
 

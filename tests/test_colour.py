@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import OpenImageIO as oiio
 import pytest
 import torch
 
@@ -18,6 +17,7 @@ from duplidog.colour import (
 from duplidog.colour_module import WorkingSpaceModule
 from duplidog.errors import DuplidogError
 from duplidog.imageio import read_info
+from shotdata import write_frame
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
     ["mps"] if torch.backends.mps.is_available() else [])
@@ -109,13 +109,7 @@ def test_scripted_module_matches(device):
 
 
 def _file(path, pixel_type, **attributes):
-    spec = oiio.ImageSpec(2, 2, 3, pixel_type)
-    for key, value in attributes.items():
-        spec.attribute(key, value)
-    out = oiio.ImageOutput.create(str(path))
-    assert out.open(str(path), spec)
-    assert out.write_image(np.zeros((2, 2, 3), np.float32))
-    out.close()
+    write_frame(path, np.zeros((2, 2, 3), np.float32), pixel_type, attributes=attributes)
     return read_info(path)
 
 

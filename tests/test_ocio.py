@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import OpenImageIO as oiio
 import pytest
 
 from duplidog import colour, imageio, ocio, settings
 from duplidog.errors import DuplidogError
 from duplidog.ingest import ingest
+from shotdata import write_frame
 
 FRAMES = [1001, 1002, 1003]
 
@@ -56,17 +56,7 @@ def builtin_config(monkeypatch):
 
 
 def write_tagged(path: Path, pixels: np.ndarray, tag: str | None, channels=("R", "G", "B")) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width, count = pixels.shape
-    spec = oiio.ImageSpec(width, height, count, "float")
-    spec.channelnames = tuple(channels)
-    if tag:
-        spec.attribute("oiio:ColorSpace", tag)
-    out = oiio.ImageOutput.create(str(path))
-    assert out is not None and out.open(str(path), spec), oiio.geterror()
-    assert out.write_image(np.ascontiguousarray(pixels, np.float32)), out.geterror()
-    assert out.close()
-    return path
+    return write_frame(path, pixels, "float", channels, attributes={"oiio:ColorSpace": tag} if tag else None)
 
 
 def plate_pixels(frame: int, size=(24, 16)) -> np.ndarray:

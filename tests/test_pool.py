@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import OpenImageIO as oiio
 import pandas as pd
 import pytest
 import zarr
@@ -21,6 +20,7 @@ from duplidog import colour
 from duplidog.errors import DuplidogError
 from duplidog.pool import build_pool, open_pool, pool_fingerprint
 from duplidog.pool.sampling import gradient_magnitude
+from shotdata import write_frame
 
 H, W = 96, 160
 T, B = 32, 4  # tile size and border used throughout (small frames, small tiles)
@@ -28,16 +28,6 @@ CHANGE = (slice(60, 76), slice(110, 126))  # where the "fix" differs from the pl
 
 SMALL = {"tile_size": T, "border": B, "tiles_per_keyframe": 40, "shard_tiles": 16, "augment_fraction": 0.0}
 NO_COLOUR = {"exposure_stops": 0.0, "colour_gain": 0.0, "grain": 0.0}
-
-
-def write_exr(path: Path, pixels: np.ndarray, channels: list[str]) -> None:
-    height, width, count = pixels.shape
-    spec = oiio.ImageSpec(width, height, count, "float")
-    spec.channelnames = tuple(channels)
-    out = oiio.ImageOutput.create(str(path))
-    assert out is not None and out.open(str(path), spec), oiio.geterror()
-    assert out.write_image(np.ascontiguousarray(pixels, dtype=np.float32)), out.geterror()
-    assert out.close()
 
 
 def textured(rng: np.random.Generator, low: float = 0.05, high: float = 0.6) -> np.ndarray:
@@ -71,13 +61,13 @@ def make_shot(
     rows = []
     for i, (source, target) in enumerate(zip(sources, targets)):
         frame = 1001 + i
-        write_exr(folder / f"plate.{frame}.exr", source, ["R", "G", "B"])
-        write_exr(folder / f"fixed.{frame}.exr", target, list(target_channels))
+        write_frame(folder / f"plate.{frame}.exr", source, "float", ["R", "G", "B"])
+        write_frame(folder / f"fixed.{frame}.exr", target, "float", list(target_channels))
         rows.append({"frame": frame, "role": "train", "source": str(folder / f"plate.{frame}.exr"),
                      "target": str(folder / f"fixed.{frame}.exr")})
     held_out = validation if validation is not None else sources[0]
-    write_exr(folder / "plate.1100.exr", held_out, ["R", "G", "B"])
-    write_exr(folder / "fixed.1100.exr", held_out[:, :, : len(target_channels)], list(target_channels))
+    write_frame(folder / "plate.1100.exr", held_out, "float", ["R", "G", "B"])
+    write_frame(folder / "fixed.1100.exr", held_out[:, :, : len(target_channels)], "float", list(target_channels))
     rows.append({"frame": 1100, "role": "validation", "source": str(folder / "plate.1100.exr"),
                  "target": str(folder / "fixed.1100.exr")})
     rows.append({"frame": 1101, "role": "infer", "source": str(folder / "plate.1100.exr"), "target": ""})
@@ -326,7 +316,7 @@ def test_fingerprint_follows_the_pixels(paint_shot, tmp_path):
     (manifest, plan), sources = paint_shot
     first = pool_fingerprint(build_pool(manifest, plan, tmp_path / "1.zarr", SMALL)["path"])
     target_path = pd.read_csv(manifest)["target"][0]
-    write_exr(Path(target_path), painted(sources[0]) + 0.01, ["R", "G", "B"])  # the artist re-fixes a frame
+    write_frame(Path(target_path), painted(sources[0]) + 0.01, "float", ["R", "G", "B"])  # the artist re-fixes a frame
     assert pool_fingerprint(build_pool(manifest, plan, tmp_path / "2.zarr", SMALL)["path"]) != first
 
 

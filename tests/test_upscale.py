@@ -6,7 +6,6 @@ Tiny networks on tiny frames: each test takes seconds on one CPU core.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,8 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from shotdata import make_shot, write_frame  # noqa: E402
-from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN  # noqa: E402
+from shotdata import make_shot, write_frame
+from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN
 
 from duplidog.errors import DuplidogError
 from duplidog.model import build_model, build_from_config
@@ -195,16 +192,8 @@ def save_upscaler(model_dir: Path, scale: int) -> Path:
 
 def write_overscan_frame(path: Path, pixels: np.ndarray) -> None:
     """A half EXR whose data window is offset inside a larger display window, with a metadata attribute."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     height, width = pixels.shape[:2]
-    spec = oiio.ImageSpec(width, height, 3, "half")
-    spec.channelnames = ("R", "G", "B")
-    spec.x, spec.y, spec.full_x, spec.full_y, spec.full_width, spec.full_height = 4, 2, 0, 0, width + 10, height + 6
-    spec.attribute("Copyright", "upscale test")
-    out = oiio.ImageOutput.create(str(path))
-    assert out.open(str(path), spec), oiio.geterror()
-    assert out.write_image(np.ascontiguousarray(pixels, np.float32)), out.geterror()
-    out.close()
+    write_frame(path, pixels, window=(4, 2, width + 10, height + 6), attributes={"Copyright": "upscale test"})
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
