@@ -152,3 +152,26 @@ def jobs_in(result: subprocess.CompletedProcess) -> set[str]:
     jobs = set(re.findall(r"^(?:local)?rule (\S+?):$", text, re.MULTILINE))
     assert jobs or "Nothing to be done" in text, text[-3000:]
     return jobs
+
+
+def _devices() -> list[str]:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+        ["mps"] if mps is not None and mps.is_available() else [])
+
+
+DEVICES = _devices()  # the devices a test parametrised over devices runs on here
+
+
+def nudged(network, seed: int = 0):
+    """Weights moved off their start, so the correction the head adds is not nearly zero."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in network.named_parameters():
+            if not name.endswith("curves.values"):
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return network

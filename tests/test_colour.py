@@ -17,10 +17,7 @@ from duplidog.colour import (
 from duplidog.colour_module import WorkingSpaceModule
 from duplidog.errors import DuplidogError
 from duplidog.imageio import read_info
-from shotdata import write_frame
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-    ["mps"] if torch.backends.mps.is_available() else [])
+from shotdata import DEVICES, write_frame
 
 
 def scene_values():

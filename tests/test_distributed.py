@@ -18,10 +18,9 @@ import pytest
 import torch
 
 from duplidog.errors import DuplidogError
-from duplidog.train import checkpoint as ckpt
 from duplidog.train.distributed import Launch, Ranks, launch_from_environment, process_group, whole_batch_sum
 
-from trainshot import build_tiny_shot, with_train
+from trainshot import build_tiny_shot, final_state, with_train
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +31,6 @@ def shot(tmp_path_factory):
 def arguments(shot, work: Path, config: dict) -> dict:
     return {"pool_path": shot["pool"], "plan_path": shot["plan"], "manifest_path": shot["manifest"],
             "model_dir": work / "model", "work_dir": work / "train", "config": config}
-
-
-def final_state(work: Path) -> dict:
-    return ckpt.load_checkpoint(ckpt.list_checkpoints(work / "train/checkpoints")[-1][1])
 
 
 def largest_difference(a: dict, b: dict) -> float:

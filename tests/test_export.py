@@ -23,6 +23,7 @@ from duplidog.infer import apply_model
 from duplidog.infer.tiling import mirror_indices
 from duplidog.model import build_model
 from duplidog.modelstore import load_model, save_model
+from shotdata import DEVICES
 
 torch.set_num_threads(1)
 
@@ -135,10 +136,6 @@ def test_nuke_export_runs_without_duplidog_and_matches_its_inference(rgb_model, 
     extra = {"duplidog_card.json": ""}
     torch.jit.load(str(pt), _extra_files=extra)
     assert json.loads(extra["duplidog_card.json"])["id"] == result["model_id"]
-
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-    ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

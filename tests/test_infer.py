@@ -10,12 +10,8 @@ import torch
 
 from duplidog.errors import DuplidogError
 from duplidog.infer.runner import apply_model, plan_run
+from shotdata import DEVICES
 from standin_model import TinyPyramid
-
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-    ["mps"] if torch.backends.mps.is_available() else []
-)
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,10 @@ from duplidog.model import MODELS, PRESETS, build_from_config, build_model, coun
 from duplidog.model import analysis, blocks, msrn
 from duplidog.model.analysis import measure_reach
 from duplidog.model.blocks import downsample2x, upsample2x
+from shotdata import DEVICES
 
 torch.set_num_threads(2)
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-    ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
 TINY = dict(width=4, depth=1, levels=2, stages=1, colour_width=4, curve_knots=5)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from shotdata import make_shot, write_frame
+from shotdata import make_shot, nudged, write_frame
 from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN
 
 from duplidog.errors import DuplidogError
@@ -23,16 +23,6 @@ from duplidog.model import build_model, build_from_config
 torch.set_num_threads(1)
 
 TINY = dict(levels=2, stages=1, width=4, depth=1, block="res")  # size_multiple 4
-
-
-def nudged(network: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights moved off their start, so the correction the head adds is not nearly zero."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in network.named_parameters():
-            if not name.endswith("curves.values"):
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return network
 
 
 # -- the network ---------------------------------------------------------------------------------------

@@ -57,3 +57,10 @@ def with_train(config: dict, **train) -> dict:
     config = copy.deepcopy(config)
     config["train"].update(train)
     return config
+
+
+def final_state(work: Path) -> dict:
+    """The newest checkpoint a training run under ``work`` wrote."""
+    from duplidog.train import checkpoint as ckpt
+
+    return ckpt.load_checkpoint(ckpt.list_checkpoints(work / "train/checkpoints")[-1][1])
