@@ -15,10 +15,8 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from shotdata import make_shot  # noqa: E402
-from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN  # noqa: E402
+from shotdata import ROOT, TINY as PIPELINE_TINY, jobs_in, make_shot, nudged, snakemake, write_frame
+from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN
 
 from duplidog import temporal
 from duplidog.errors import DuplidogError
@@ -27,16 +25,6 @@ from duplidog.model import build_from_config, build_model
 torch.set_num_threads(1)
 
 TINY = dict(levels=2, stages=1, width=4, depth=1, block="res")  # size_multiple 4
-
-
-def nudged(network: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights moved off their start, so the correction the head adds is not nearly zero."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in network.named_parameters():
-            if not name.endswith("curves.values"):
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return network
 
 
 # -- the window -----------------------------------------------------------------------------------------
@@ -437,12 +425,11 @@ def test_a_tiny_snakemake_run_with_temporal_frames_1(tmp_path):
     import zarr
 
     from duplidog import imageio
-    from test_pipeline import ROOT, TINY, snakemake
-    from test_reruns import jobs_in
 
     make_shot(tmp_path / "data", frames=range(1001, 1009), keyframes=(1001, 1004, 1008))
-    shot = {"shot": "t1", "source": "data/plate/plate.%04d.exr", "target": "data/fixed/fixed.####.exr", **TINY,
-            "model": {**TINY["model"], "temporal_frames": 1}, "train": {**TINY["train"], "steps": 3}}
+    shot = {"shot": "t1", "source": "data/plate/plate.%04d.exr", "target": "data/fixed/fixed.####.exr",
+            **PIPELINE_TINY, "model": {**PIPELINE_TINY["model"], "temporal_frames": 1},
+            "train": {**PIPELINE_TINY["train"], "steps": 3}}
     shot_file = tmp_path / "t1.yaml"
     shot_file.write_text(yaml.safe_dump(shot), encoding="utf-8")
     local = ("--profile", str(ROOT / "profiles/local"), "--cores", "2", "--configfile", str(shot_file))
@@ -454,8 +441,6 @@ def test_a_tiny_snakemake_run_with_temporal_frames_1(tmp_path):
     assert zarr.open_group(str(results / "pool/pool.zarr"), mode="r")["source"].shape[1] == 9
     # Frame 1006 is no keyframe's neighbour (1001, 1004, 1008 read 1002, 1003, 1005, 1007): replacing it
     # reruns its chunk (1004-1006) and the next (1007-1008, whose 1007 reads it), not training.
-    from shotdata import write_frame
-
     plate_1006 = tmp_path / "data/plate/plate.1006.exr"
     write_frame(plate_1006, imageio.read_pixels(plate_1006) * 1.01)
     planned = jobs_in(snakemake(*local, "-n", cwd=tmp_path))
