@@ -27,13 +27,10 @@ from duplidog.train.losses import LossMix, TERMS, downsample_to, ms_ssim
 from duplidog.train.monitor import ConvergenceMeter
 from duplidog.train.schedule import lr_factor
 
-sys.path.insert(0, str(Path(__file__).parent))
-from trainshot import build_tiny_shot, with_train  # noqa: E402
+from shotdata import DEVICES
+from trainshot import build_tiny_shot, final_state, with_train
 
 torch.set_num_threads(1)
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
-    ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +43,6 @@ def run(shot, work: Path, **train):
 
     return train_fn(shot["pool"], shot["plan"], shot["manifest"], work / "model", work / "train",
                     with_train(shot["config"], **train))
-
-
-def final_state(work: Path) -> dict:
-    steps = ckpt.list_checkpoints(work / "train/checkpoints")
-    return ckpt.load_checkpoint(steps[-1][1])
 
 
 # -- losses ------------------------------------------------------------------------------------------------
@@ -606,8 +598,7 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_within_max_minutes(shot, tmp_pa
                         data_on_device="never", num_workers=1)
     (tmp_path / "config.json").write_text(json.dumps(config))
     script.write_text(textwrap.dedent(f"""
-        import json, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import json
         import torch
         torch.set_num_threads(1)
         from duplidog.logs import log_to
@@ -680,7 +671,6 @@ def test_a_matte_is_scored_by_cross_entropy_on_logits_and_by_the_other_terms_on_
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     # A network without logits does not use the term (its outputs may be any values).
     assert LossMix({"charbonnier": 1.0, "bce": 1.0}, border=0).names == ["charbonnier"]
-
 
 
 def test_a_matte_gets_its_own_edge_weight():
