@@ -23,8 +23,7 @@ import yaml
 
 from duplidog import imageio
 from duplidog.modelstore import load_model, save_model
-from test_imageio import native, random_pixels, write_with_oiio
-from test_pipeline import ROOT, TINY, snakemake
+from shotdata import ROOT, TINY, native, random_pixels, snakemake, write_frame
 
 pytestmark = pytest.mark.pipeline
 
@@ -49,9 +48,9 @@ def write_format_shot(root: Path, shot: str, ext: str, pixel_type: str, attribut
     (root / shot).mkdir()
     for frame in FRAMES:
         plate = random_pixels(rng, (*SIZE, 3), *value_range)
-        write_with_oiio(root / f"{shot}/plate.{frame}.{ext}", plate, pixel_type, **attributes)
+        write_frame(root / f"{shot}/plate.{frame}.{ext}", plate, pixel_type, attributes=attributes)
         if frame in KEYFRAMES:
-            write_with_oiio(root / f"{shot}/fixed.{frame}.{ext}", plate * 0.5, pixel_type, **attributes)
+            write_frame(root / f"{shot}/fixed.{frame}.{ext}", plate * 0.5, pixel_type, attributes=attributes)
     return shot_file(root, shot, ext)
 
 
@@ -60,10 +59,11 @@ def write_roto_shot(root: Path) -> Path:
     (root / "roto").mkdir()
     for frame in FRAMES:
         plate = random_pixels(rng, (*SIZE, 3), -1, 50)
-        write_with_oiio(root / f"roto/plate.{frame}.exr", plate, "half", compression="zip")
+        write_frame(root / f"roto/plate.{frame}.exr", plate, "half", attributes={"compression": "zip"})
         if frame in KEYFRAMES:
             matte = (plate[:, :, 1:2] > 1).astype(np.float32)
-            write_with_oiio(root / f"roto/fixed.{frame}.exr", matte, "half", channels=["A"], compression="zip")
+            write_frame(root / f"roto/fixed.{frame}.exr", matte, "half", channels=["A"],
+                        attributes={"compression": "zip"})
     return shot_file(root, "roto", "exr")
 
 

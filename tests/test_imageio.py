@@ -17,44 +17,9 @@ import pytest
 
 from duplidog.errors import DuplidogError
 from duplidog.imageio import check_finite, provenance, read_info, read_pixels, write_pixels
+from shotdata import native, random_pixels, write_frame
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write_with_oiio(path, pixels, pixel_type, channels=None, **attributes):
-    """Make a test file with OpenImageIO directly (not through the code under test)."""
-    h, w, c = pixels.shape
-    spec = oiio.ImageSpec(w, h, c, pixel_type)
-    if channels:
-        spec.channelnames = tuple(channels)
-    for key, value in attributes.items():
-        if key == "data_window":
-            spec.x, spec.y, spec.full_width, spec.full_height = value
-        else:
-            spec.attribute(key, value)
-    out = oiio.ImageOutput.create(str(path))
-    assert out.open(str(path), spec), out.geterror()
-    assert out.write_image(np.ascontiguousarray(pixels, dtype=np.float32)), out.geterror()
-    assert out.close()
-    return path
-
-
-def native(path):
-    """The stored values at the file's own type (uint8 codes, uint16 codes, half, float)."""
-    image_input = oiio.ImageInput.open(str(path))
-    spec = image_input.spec()
-    pixels = image_input.read_image(0, 0, 0, spec.nchannels, spec.format)
-    image_input.close()
-    return pixels
-
-
-def random_pixels(rng, shape, low=0.0, high=1.0):
-    """Uniform values; for a range reaching below 0 or above 1, spread over decades like a real plate."""
-    if low >= 0 and high <= 1:
-        return rng.uniform(low, high, shape).astype(np.float32)
-    magnitude = 10.0 ** rng.uniform(-4, np.log10(high), shape)
-    sign = np.where(rng.random(shape) < 0.2, -1.0, 1.0)
-    return np.clip(sign * magnitude, low, high).astype(np.float32)
 
 
 # (file name, pixel type, attributes, value range): every format the brief promises to keep exactly.
@@ -75,7 +40,8 @@ ROUND_TRIPS = [
 @pytest.mark.parametrize("name,pixel_type,attributes,value_range", ROUND_TRIPS, ids=[r[0] for r in ROUND_TRIPS])
 def test_round_trip_is_bit_exact(tmp_path, name, pixel_type, attributes, value_range):
     rng = np.random.default_rng(1)
-    src = write_with_oiio(tmp_path / name, random_pixels(rng, (12, 16, 3), *value_range), pixel_type, **attributes)
+    src = write_frame(tmp_path / name, random_pixels(rng, (12, 16, 3), *value_range), pixel_type,
+                      attributes=attributes)
     info = read_info(src)
     pixels = read_pixels(src)
     assert pixels.dtype == np.float32 and pixels.shape == (12, 16, 3)
@@ -95,7 +61,8 @@ def test_round_trip_is_bit_exact(tmp_path, name, pixel_type, attributes, value_r
                                                  ("q.dpx", "uint16", 1023)])
 def test_integer_files_round_to_the_nearest_code(tmp_path, name, pixel_type, top):
     attributes = {"oiio:BitsPerSample": 10} if name.endswith(".dpx") else {}
-    like = read_info(write_with_oiio(tmp_path / f"like_{name}", np.zeros((1, 6, 1)), pixel_type, **attributes))
+    like = read_info(write_frame(tmp_path / f"like_{name}", np.zeros((1, 6, 1)), pixel_type, channels=None,
+                                 attributes=attributes))
     wanted = np.array([[[0.0], [0.3], [0.7], [100.4], [-5.0], [top + 9.0]]], np.float64) / top
     write_pixels(tmp_path / name, wanted, like=like)
     codes = np.round(read_pixels(tmp_path / name) * top).astype(int).ravel().tolist()
@@ -107,8 +74,8 @@ def test_integer_files_round_to_the_nearest_code(tmp_path, name, pixel_type, top
 def test_every_integer_depth_rounds_to_nearest(tmp_path, ext, bits):
     top = 2**bits - 1
     container = "uint8" if bits == 8 else "uint16"
-    like = read_info(write_with_oiio(tmp_path / f"like.{ext}", np.zeros((64, 64, 3)), container,
-                                     **({"oiio:BitsPerSample": bits} if ext == "dpx" else {})))
+    like = read_info(write_frame(tmp_path / f"like.{ext}", np.zeros((64, 64, 3)), container,
+                                 attributes={"oiio:BitsPerSample": bits} if ext == "dpx" else {}))
     values = np.random.default_rng(7).uniform(-0.01, 1.01, (64, 64, 3))
     write_pixels(tmp_path / f"out.{ext}", values, like=like)
     assert read_info(tmp_path / f"out.{ext}").bits_per_sample == bits
@@ -117,8 +84,8 @@ def test_every_integer_depth_rounds_to_nearest(tmp_path, ext, bits):
 
 
 def test_info_describes_the_header(tmp_path):
-    src = write_with_oiio(tmp_path / "a.exr", np.zeros((6, 10, 4), np.float32), "half",
-                          channels=["R", "G", "B", "A"], compression="dwaa")
+    src = write_frame(tmp_path / "a.exr", np.zeros((6, 10, 4), np.float32), "half",
+                      channels=["R", "G", "B", "A"], attributes={"compression": "dwaa"})
     info = read_info(src)
     assert (info.width, info.height, info.nchannels) == (10, 6, 4)
     assert info.channel_names == ("R", "G", "B", "A")
@@ -130,9 +97,9 @@ def test_info_describes_the_header(tmp_path):
 
 def test_metadata_and_compression_survive(tmp_path):
     rng = np.random.default_rng(2)
-    src = write_with_oiio(tmp_path / "plate.exr", random_pixels(rng, (8, 8, 3), 0, 100), "half",
-                          compression="dwab", Artist="plate dept", **{"studio:shot": "sh010", "studio:take": 7,
-                                                                       "FramesPerSecond": 24.0})
+    src = write_frame(tmp_path / "plate.exr", random_pixels(rng, (8, 8, 3), 0, 100), "half",
+                      attributes={"compression": "dwab", "Artist": "plate dept", "studio:shot": "sh010",
+                                  "studio:take": 7, "FramesPerSecond": 24.0})
     info = read_info(src)
     out = tmp_path / "fixed.exr"
     write_pixels(out, read_pixels(src), like=info, attributes={"duplidog:model_id": "abc123", "duplidog:step": 40})
@@ -149,7 +116,7 @@ def test_provenance_kept_where_the_format_has_no_free_metadata(tmp_path, name, p
     attributes = {"ImageDescription": "from the scanner"}
     if bits:
         attributes["oiio:BitsPerSample"] = bits
-    src = write_with_oiio(tmp_path / name, np.full((4, 4, 3), 0.5, np.float32), pixel_type, **attributes)
+    src = write_frame(tmp_path / name, np.full((4, 4, 3), 0.5, np.float32), pixel_type, attributes=attributes)
     out = tmp_path / f"out_{name}"
     write_pixels(out, read_pixels(src), like=read_info(src), attributes={"duplidog:model_id": "m1"})
     again = tmp_path / f"again_{name}"
@@ -161,14 +128,9 @@ def test_provenance_kept_where_the_format_has_no_free_metadata(tmp_path, name, p
 
 def test_dpx_user_data_of_the_plate_is_never_overwritten(tmp_path):
     src = tmp_path / "scan.dpx"
-    spec = oiio.ImageSpec(4, 4, 3, "uint16")
-    spec.attribute("oiio:BitsPerSample", 10)
     theirs = np.frombuffer(b"scanner calibration 7", np.uint8)
-    spec.attribute("dpx:UserData", oiio.TypeDesc(f"uint8[{theirs.size}]"), theirs)
-    image_output = oiio.ImageOutput.create(str(src))
-    assert image_output.open(str(src), spec)
-    assert image_output.write_image(np.zeros((4, 4, 3), np.float32))
-    image_output.close()
+    write_frame(src, np.zeros((4, 4, 3), np.float32), "uint16", attributes={
+        "oiio:BitsPerSample": 10, "dpx:UserData": (oiio.TypeDesc(f"uint8[{theirs.size}]"), theirs)})
     out = tmp_path / "out.dpx"
     write_pixels(out, read_pixels(src), like=read_info(src), attributes={"duplidog:model_id": "m1"})
     assert bytes(read_info(out).attributes["dpx:UserData"]) == b"scanner calibration 7"
@@ -176,11 +138,13 @@ def test_dpx_user_data_of_the_plate_is_never_overwritten(tmp_path):
 
 def test_another_output_format_takes_its_own_defaults(tmp_path):
     rng = np.random.default_rng(6)
-    exr = write_with_oiio(tmp_path / "plate.exr", random_pixels(rng, (6, 8, 3), -1, 50), "half", compression="dwaa")
+    exr = write_frame(tmp_path / "plate.exr", random_pixels(rng, (6, 8, 3), -1, 50), "half",
+                      attributes={"compression": "dwaa"})
     write_pixels(tmp_path / "review.png", read_pixels(exr), like=read_info(exr))
     png = read_info(tmp_path / "review.png")
     assert png.pixel_type == "uint16", "float goes to a 16-bit PNG, not an 8-bit one"
-    dpx = write_with_oiio(tmp_path / "scan.dpx", random_pixels(rng, (6, 8, 3)), "uint16", **{"oiio:BitsPerSample": 10})
+    dpx = write_frame(tmp_path / "scan.dpx", random_pixels(rng, (6, 8, 3)), "uint16",
+                      attributes={"oiio:BitsPerSample": 10})
     write_pixels(tmp_path / "scan.tif", read_pixels(dpx), like=read_info(dpx))
     tif = read_info(tmp_path / "scan.tif")
     assert tif.bits_per_sample == 16 and not any(k.startswith("dpx:") for k in tif.attributes)
@@ -193,7 +157,7 @@ def test_another_output_format_takes_its_own_defaults(tmp_path):
 def test_data_window_differs_from_display_window(tmp_path):
     rng = np.random.default_rng(3)
     # 20x14 pixels stored from (-2, -1): 2 px of overscan around a 16x12 picture.
-    src = write_with_oiio(tmp_path / "over.exr", random_pixels(rng, (14, 20, 3)), "half", data_window=(-2, -1, 16, 12))
+    src = write_frame(tmp_path / "over.exr", random_pixels(rng, (14, 20, 3)), "half", window=(-2, -1, 16, 12))
     info = read_info(src)
     assert (info.x, info.y, info.width, info.height) == (-2, -1, 20, 14)
     assert (info.full_x, info.full_y, info.full_width, info.full_height) == (0, 0, 16, 12)
@@ -215,7 +179,7 @@ def test_data_window_differs_from_display_window(tmp_path):
 
 def test_ten_bit_dpx_stays_ten_bit(tmp_path):
     codes = np.arange(12 * 16 * 3).reshape(12, 16, 3) * 5 % 1024
-    src = write_with_oiio(tmp_path / "scan.dpx", codes / 1023.0, "uint16", **{"oiio:BitsPerSample": 10})
+    src = write_frame(tmp_path / "scan.dpx", codes / 1023.0, "uint16", attributes={"oiio:BitsPerSample": 10})
     info = read_info(src)
     assert info.bits_per_sample == 10 and info.format_name == "dpx"
     pixels = read_pixels(src)
@@ -225,14 +189,15 @@ def test_ten_bit_dpx_stays_ten_bit(tmp_path):
     assert read_info(out).bits_per_sample == 10
     # 10-bit RGB packs 3 samples per 32-bit word (768 bytes of pixels here, 1152 at 16 bits): the
     # file size says which depth was actually written.
-    sixteen = write_with_oiio(tmp_path / "scan16.dpx", codes / 1023.0, "uint16")
+    sixteen = write_frame(tmp_path / "scan16.dpx", codes / 1023.0, "uint16")
     assert os.path.getsize(out) == os.path.getsize(src) == os.path.getsize(sixteen) - (1152 - 768)
     assert np.array_equal(np.round(read_pixels(out) * 1023).astype(int), codes)
 
 
 def test_one_channel_matte_from_rgb_like(tmp_path):
     rng = np.random.default_rng(4)
-    plate = write_with_oiio(tmp_path / "plate.exr", random_pixels(rng, (8, 10, 3)), "half", compression="zip")
+    plate = write_frame(tmp_path / "plate.exr", random_pixels(rng, (8, 10, 3)), "half",
+                        attributes={"compression": "zip"})
     matte = random_pixels(rng, (8, 10, 1))
     out = tmp_path / "matte.exr"
     write_pixels(out, matte, like=read_info(plate), channel_names=["A"])
@@ -251,13 +216,8 @@ def test_one_channel_matte_from_rgb_like(tmp_path):
 
 def test_per_channel_types_follow_the_channel_names(tmp_path):
     path = tmp_path / "mixed.exr"
-    spec = oiio.ImageSpec(4, 4, 4, "half")
-    spec.channelnames = ("R", "G", "B", "Z")
-    spec.channelformats = (oiio.TypeHalf, oiio.TypeHalf, oiio.TypeHalf, oiio.TypeFloat)
-    out = oiio.ImageOutput.create(str(path))
-    assert out.open(str(path), spec)
-    assert out.write_image(np.full((4, 4, 4), 1234.567, np.float32))
-    out.close()
+    write_frame(path, np.full((4, 4, 4), 1234.567, np.float32), "half", channels=("R", "G", "B", "Z"),
+                channel_types=(oiio.TypeHalf, oiio.TypeHalf, oiio.TypeHalf, oiio.TypeFloat))
     write_pixels(tmp_path / "z.exr", read_pixels(path, ["Z", "R"]), like=read_info(path), channel_names=["Z", "R"])
     back = read_info(tmp_path / "z.exr")
     # EXR stores channels sorted by name, so compare by name, not position.
@@ -269,7 +229,7 @@ def test_per_channel_types_follow_the_channel_names(tmp_path):
 
 def test_read_named_channels_in_order(tmp_path):
     pixels = np.stack([np.full((3, 5), v, np.float32) for v in (1, 2, 3, 4, 5)], axis=-1)
-    src = write_with_oiio(tmp_path / "aov.exr", pixels, "float", channels=["R", "G", "B", "A", "spec.R"])
+    src = write_frame(tmp_path / "aov.exr", pixels, "float", channels=["R", "G", "B", "A", "spec.R"])
     assert read_pixels(src, ["A", "R"])[0, 0].tolist() == [4, 1]
     assert read_pixels(src, ["spec.R"]).shape == (3, 5, 1)
     assert read_pixels(src, ["G", "B"])[0, 0].tolist() == [2, 3]
@@ -290,7 +250,7 @@ def test_missing_file_is_named(tmp_path):
 def test_truncated_file_is_named(tmp_path, name, keep):
     rng = np.random.default_rng(5)
     pixel_type = {".exr": "half", ".jpg": "uint8"}.get(Path(name).suffix, "uint16")
-    good = write_with_oiio(tmp_path / f"good_{name}", random_pixels(rng, (64, 64, 3)), pixel_type)
+    good = write_frame(tmp_path / f"good_{name}", random_pixels(rng, (64, 64, 3)), pixel_type)
     assert read_pixels(good).shape == (64, 64, 3), "the intact file reads cleanly"
     data = good.read_bytes()
     bad = tmp_path / name
@@ -328,7 +288,7 @@ def test_check_finite_policies(tmp_path, caplog):
 
 
 def test_failed_write_leaves_no_file(tmp_path):
-    src = write_with_oiio(tmp_path / "a.exr", np.zeros((4, 4, 3), np.float32), "half")
+    src = write_frame(tmp_path / "a.exr", np.zeros((4, 4, 3), np.float32), "half")
     target = tmp_path / "out" / "frame.1001.unknownext"
     with pytest.raises(DuplidogError, match=r"frame\.1001\.unknownext"):
         write_pixels(target, np.zeros((4, 4, 3), np.float32), like=read_info(src))
@@ -352,12 +312,7 @@ KILLED_WRITER = textwrap.dedent(
 
 def test_write_killed_midway_leaves_nothing_under_the_final_name(tmp_path):
     like = tmp_path / "like.exr"
-    spec = oiio.ImageSpec(1600, 1200, 4, "float")
-    spec.attribute("compression", "zip")
-    image_output = oiio.ImageOutput.create(str(like))
-    assert image_output.open(str(like), spec)
-    assert image_output.write_image(np.zeros((1200, 1600, 4), np.float32))
-    image_output.close()
+    write_frame(like, np.zeros((1200, 1600, 4), np.float32), "float", channels=None, attributes={"compression": "zip"})
     final = tmp_path / "frame.1001.exr"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(like), str(final)], env=env,
