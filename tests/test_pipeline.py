@@ -1,38 +1,15 @@
 """The Snakemake pipeline end to end on a tiny shot: dry run, lint, a real run, the report."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import zarr
 
 from duplidog import imageio
-from shotdata import make_shot
+from shotdata import ROOT, TINY, make_shot, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.pipeline
-
-# Settings that make a shot train and infer in seconds on two CPU cores.
-TINY = {
-    "pool": {"tiles_per_keyframe": 24, "tile_size": 32, "border": 4},
-    "train": {"steps": 6, "batch_size": 4, "validate_every": 3, "checkpoint_every": 3},
-    "model": {"preset": "small", "overrides": {"width": 8}},
-    "infer": {"chunk_size": 3},
-}
-
-
-def snakemake(*args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-               "--directory", str(cwd), *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")

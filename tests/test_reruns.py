@@ -22,8 +22,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from shotdata import make_shot
-from test_pipeline import ROOT, TINY, snakemake
+from shotdata import ROOT, TINY, jobs_in, make_shot, snakemake
 
 pytestmark = pytest.mark.pipeline
 
@@ -64,14 +63,6 @@ def planned_jobs(root: Path, **changes) -> set[str]:
     """The rules a rerun would run (dry run), with the shot file changed as given."""
     result = snakemake(*LOCAL, "--configfile", str(write_shot_file(root, **changes)), "-n", cwd=root)
     return jobs_in(result)
-
-
-def jobs_in(result: subprocess.CompletedProcess) -> set[str]:
-    """The rules of the jobs Snakemake printed (run or, in a dry run, planned)."""
-    text = result.stdout + result.stderr
-    jobs = set(re.findall(r"^(?:local)?rule (\S+?):$", text, re.MULTILINE))
-    assert jobs or "Nothing to be done" in text, text[-3000:]
-    return jobs
 
 
 def output(root: Path, frame: int) -> Path:
