@@ -369,16 +369,24 @@ def _run_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width, scale
             inputs = inputs.pin_memory()
         with _autocast(device, dtype):
             outputs = run_ensemble(model, inputs.to(device, non_blocking=pin), copies)
-        for k, (row, col) in enumerate(batch):
-            # The tile's output starts at scale*origin in padded output pixels; keep_* are visible pixels.
-            y0 = row.keep_start + scale * (grid.padding.top - row.origin)
-            x0 = col.keep_start + scale * (grid.padding.left - col.origin)
-            part = outputs[k, :, y0: y0 + row.keep_stop - row.keep_start, x0: x0 + col.keep_stop - col.keep_start]
-            part = part.to("cpu", torch.float32)
-            if output is None:
-                output = torch.zeros(1, part.shape[0], scale * height, scale * width, dtype=torch.float32)
-            weight = torch.from_numpy(np.outer(row.weight, col.weight))
-            output[0, :, row.keep_start: row.keep_stop, col.keep_start: col.keep_stop] += part * weight
+        output = _blend(output, outputs, batch, grid, height, width, scale)
+    return output
+
+
+def _blend(output: torch.Tensor | None, outputs: torch.Tensor, batch, grid: TileGrid, height, width,
+           scale) -> torch.Tensor:
+    """Add a batch of tile results, weighted by their blend ramps, into ``output`` (made on the first
+    batch, ``scale`` times the frame's size)."""
+    for k, (row, col) in enumerate(batch):
+        # The tile's output starts at scale*origin in padded output pixels; keep_* are visible pixels.
+        y0 = row.keep_start + scale * (grid.padding.top - row.origin)
+        x0 = col.keep_start + scale * (grid.padding.left - col.origin)
+        part = outputs[k, :, y0: y0 + row.keep_stop - row.keep_start, x0: x0 + col.keep_stop - col.keep_start]
+        part = part.to("cpu", torch.float32)
+        if output is None:
+            output = torch.zeros(1, part.shape[0], scale * height, scale * width, dtype=torch.float32)
+        weight = torch.from_numpy(np.outer(row.weight, col.weight))
+        output[0, :, row.keep_start: row.keep_stop, col.keep_start: col.keep_stop] += part * weight
     return output
 
 
@@ -427,15 +435,7 @@ def _run_split_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width,
         batch = tiles[start: start + batch_size]
         with _autocast(device, dtype):
             outputs = finest(batch)
-        for k, (row, col) in enumerate(batch):
-            y0 = row.keep_start + scale * (grid.padding.top - row.origin)
-            x0 = col.keep_start + scale * (grid.padding.left - col.origin)
-            part = outputs[k, :, y0: y0 + row.keep_stop - row.keep_start, x0: x0 + col.keep_stop - col.keep_start]
-            part = part.to("cpu", torch.float32)
-            if output is None:
-                output = torch.zeros(1, part.shape[0], scale * height, scale * width, dtype=torch.float32)
-            weight = torch.from_numpy(np.outer(row.weight, col.weight))
-            output[0, :, row.keep_start: row.keep_stop, col.keep_start: col.keep_stop] += part * weight
+        output = _blend(output, outputs, batch, grid, height, width, scale)
     return output
 
 
