@@ -29,7 +29,6 @@ All three files are written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -41,14 +40,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from duplidog import colour, imageio
-from duplidog.atomic import atomic_path, atomic_write_json, atomic_write_text
+from duplidog.atomic import atomic_write_json, atomic_write_text
+from duplidog.core.previews import DIFFERENCE_GAIN, block_psnrs, file_sha256, psnr, psnr_of_mse, write_contact_sheet
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list
 
 log = logging.getLogger(__name__)
 
-#: Differences are shown this many times brighter, so small errors are visible.
-DIFFERENCE_GAIN = 4.0
 #: The block a keyframe's local error is measured on, and the PSNR below which it is reported: a
 #: paint-out left half done can leave the whole frame above 35 dB.
 BLOCK, WORST_BLOCK_WARNING = 32, 25.0
@@ -56,21 +54,11 @@ BLOCK, WORST_BLOCK_WARNING = 32, 25.0
 
 def _keyframe_error(result: np.ndarray, target: np.ndarray, held_out: bool) -> dict[str, Any]:
     """How far a keyframe's result is from its target, in the working space (peak 1)."""
-    from duplidog.quality.scores import psnr
-
     difference = result - target
     worst, top, left = worst_block(result, target, BLOCK)
     return {"held_out": held_out, "mean_abs": float(np.abs(difference).mean()),
             "rms": float(np.sqrt(np.mean(difference ** 2))), "psnr": float(psnr(result, target)),
             "worst_block_psnr": worst, "worst_block_at": [top, left]}
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_frame(frame: int, path: str, width: int, height: int, channels: Sequence[str],
@@ -93,7 +81,7 @@ def _check_frame(frame: int, path: str, width: int, height: int, channels: Seque
     bad = int(np.count_nonzero(~np.isfinite(pixels)))
     if bad:
         faults.append(f"{bad} NaN/inf values")
-    return frame, "; ".join(faults) or None, _sha256(path) if not faults else None
+    return frame, "; ".join(faults) or None, file_sha256(path) if not faults else None
 
 
 def _model_scale(out_dir: Path) -> int:
@@ -163,8 +151,6 @@ def temporal_figure(frames: Sequence[int], read_result, read_plate) -> dict[str,
     plate does not. ``read_result(f)``/``read_plate(f)`` give frame f in the working space, the same
     channels. None where the shot has no such pair.
     """
-    from duplidog.quality.scores import _psnr_of_mse
-
     present = set(frames)
     pairs = [(f, f + 1) for f in frames if f + 1 in present]
     if not pairs:
@@ -178,11 +164,11 @@ def temporal_figure(frames: Sequence[int], read_result, read_plate) -> dict[str,
             now = (b, *pool.map(lambda read: read(b).astype(np.float64), (read_result, read_plate)))
             squared = float(np.sum(((now[1] - previous[1]) - (now[2] - previous[2])) ** 2))
             total, count = total + squared, count + now[1].size
-            pair_psnr = _psnr_of_mse(squared / now[1].size)
+            pair_psnr = psnr_of_mse(squared / now[1].size)
             if pair_psnr < worst[0]:
                 worst = (pair_psnr, [a, b])
             previous = now
-    pooled = _psnr_of_mse(total / count)
+    pooled = psnr_of_mse(total / count)
     as_number = lambda x: round(x, 3) if math.isfinite(x) else None  # noqa: E731  (JSON has no inf)
     return {"psnr": as_number(pooled), "worst_pair": worst[1], "worst_pair_psnr": as_number(worst[0]),
             "pairs": len(pairs), "against": "the plate's own frame-to-frame change"}
@@ -190,8 +176,6 @@ def temporal_figure(frames: Sequence[int], read_result, read_plate) -> dict[str,
 
 def worst_block(result: np.ndarray, reference: np.ndarray, block: int) -> tuple[float, int, int]:
     """(PSNR, top, left) of the ``block`` x ``block`` block where ``result`` is farthest from ``reference``."""
-    from duplidog.quality.scores import block_psnrs
-
     psnrs = block_psnrs(result, reference, block)
     row, col = np.unravel_index(int(np.argmin(psnrs)), psnrs.shape)
     return float(psnrs[row, col]), int(row) * block, int(col) * block
@@ -255,31 +239,6 @@ def _thumbnail(pixels: np.ndarray, width: int) -> np.ndarray:
     summed = np.add.reduceat(np.add.reduceat(pixels, rows[:-1], axis=0), cols[:-1], axis=1)
     counts = np.outer(np.diff(rows), np.diff(cols))[:, :, None]
     return summed / counts
-
-
-def write_contact_sheet(path: Path, rows: list[dict], space: str, width: int) -> None:
-    """Rows of labelled pictures as one 8-bit PNG: each row a frame, titled with its number and what it
-    is (held-out keyframe, named, how far from a keyframe), each picture with its column's label."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns = max(len(r["pictures"]) for r in rows)
-    aspect = rows[0]["pictures"][0][1].shape[0] / rows[0]["pictures"][0][1].shape[1]
-    cell_w = width / 100.0
-    figure = Figure(figsize=(columns * cell_w, len(rows) * (cell_w * aspect + 0.45)), dpi=100)
-    FigureCanvasAgg(figure)
-    for r, row in enumerate(rows):
-        for c, (label, picture) in enumerate(row["pictures"]):
-            axes = figure.add_subplot(len(rows), columns, r * columns + c + 1)
-            axes.axis("off")
-            if picture is None:  # a column this row has nothing for
-                continue
-            axes.imshow(picture, interpolation="nearest")
-            title = f"{row['frame']}: {row['role']}\n{label}" if c == 0 and row.get("role") else f"\n{label}"
-            axes.set_title(title, fontsize=7, loc="left")
-    figure.tight_layout(pad=0.3)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
 
 
 def assemble(
@@ -408,11 +367,10 @@ def assemble(
             pictures += [("", None), ("", None)]  # no target: the zooms stay in their columns
         for label, image in zooms:
             pictures.append((f"zoom: {label}", _zoom(view_transform(image, shown_space, display, view), top, left, size, thumb)))
-        rows.append({"frame": frame, "pictures": pictures,
-                     "role": f"{chosen[frame]}; zoom on {where} at x {left}, y {top}"})
+        rows.append((f"{frame}: {chosen[frame]}; zoom on {where} at x {left}, y {top}", pictures))
     for warning in warnings:
         log.warning("assemble %s: %s", plan.get("shot"), warning)
-    write_contact_sheet(out_dir / "contact_sheet.png", rows, space, int(settings["contact_width"]))
+    write_contact_sheet(out_dir / "contact_sheet.png", rows)
 
     # Flicker: where the output has the plate's colour channels (not a matte from RGB).
     temporal = None

@@ -330,6 +330,25 @@ def write_pixels(
             raise DuplidogError(f"{path}: write failed on close ({_one_line(image_output.geterror())})")
 
 
+def write_picture(path: str | os.PathLike, pixels: np.ndarray) -> None:
+    """Write an 8-bit RGB picture for people to look at (a contact sheet), atomically: (H, W, 3) uint8
+    written as they are, with no spec to copy -- it is not a frame of the shot."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image_output = oiio.ImageOutput.create(str(tmp))
+        if image_output is None:
+            raise DuplidogError(f"{path}: no image writer for this extension ({_one_line(oiio.geterror())})")
+        spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], pixels.shape[2], "uint8")
+        try:
+            if not image_output.open(str(tmp), spec) or not image_output.write_image(pixels):
+                raise DuplidogError(f"{path}: cannot write the picture ({_one_line(image_output.geterror())})")
+        finally:
+            closed = image_output.close()
+        if not closed:
+            raise DuplidogError(f"{path}: cannot write the picture ({_one_line(image_output.geterror())})")
+
+
 def _round_to_packed_depth(pixels: np.ndarray, spec: "oiio.ImageSpec") -> np.ndarray:
     """Quantise to the nearest code myself when the file packs fewer bits than its container type.
 

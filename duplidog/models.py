@@ -13,12 +13,12 @@ verify the weights against the checksum on the card.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from duplidog.core.previews import file_sha256
 from duplidog.errors import DuplidogError
 
 CARD_NAME = "model.json"
@@ -158,11 +158,7 @@ def _weights_status(folder: Path, card: Dict[str, Any]) -> str:
     expected = weights.get("sha256")
     if not expected:
         return f"{path.name}: {size / 1e6:.2f} MB (no checksum on the card)"
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    state = "checksum ok" if digest.hexdigest() == expected else "DAMAGED (SHA-256 differs from the card)"
+    state = "checksum ok" if file_sha256(path) == expected else "DAMAGED (SHA-256 differs from the card)"
     return f"{path.name}: {size / 1e6:.2f} MB, {weights.get('parameters', '?')} parameters, {state}"
 
 

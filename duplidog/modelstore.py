@@ -19,7 +19,6 @@ killed job leaves either the old model or the new one, never a card paired with 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from torch import nn
 
 import duplidog
 from duplidog.atomic import atomic_path, remove_stale_temporaries, standard_json
+from duplidog.core.previews import file_sha256
 from duplidog.errors import DuplidogError
 from duplidog.model import build_from_config
 from duplidog.model.analysis import count_parameters
@@ -45,14 +45,6 @@ WEIGHTS_NAME = "model.safetensors"
 # Keys save_model writes itself; a caller's values under these names are replaced.
 RESERVED_KEYS = ("format", "format_version", "id", "created", "versions", "model", "scale", "temporal_frames",
                  "weights")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -97,7 +89,7 @@ def save_model(model_dir: Union[str, os.PathLike], model: nn.Module, card: Mappi
         weights = tmp / WEIGHTS_NAME
         safetensors.torch.save_file(state, str(weights), metadata=metadata)
         _fsync(weights)
-        full["weights"] = {"file": WEIGHTS_NAME, "sha256": _sha256(weights), "tensors": len(state),
+        full["weights"] = {"file": WEIGHTS_NAME, "sha256": file_sha256(weights), "tensors": len(state),
                            "parameters": count_parameters(model)}
         with open(tmp / CARD_NAME, "w", encoding="utf-8") as f:
             json.dump(full, f, indent=2, sort_keys=False, allow_nan=False)
@@ -170,7 +162,7 @@ def load_model(model_dir: Union[str, os.PathLike], device: Union[str, torch.devi
     if not expected_digest:  # every card save_model writes has one: without it, tampering would go unseen
         raise DuplidogError(f"{folder / CARD_NAME}: the card has no weights checksum (weights.sha256); "
                             "refusing to load unverified weights")
-    if _sha256(weights) != expected_digest:
+    if file_sha256(weights) != expected_digest:
         raise DuplidogError(f"{weights}: model weights damaged (SHA-256 differs from the card's)")
     try:
         state = safetensors.torch.load_file(str(weights), device="cpu")

@@ -103,7 +103,7 @@ def test_a_save_that_fails_midway_leaves_the_old_model(saved: Path, monkeypatch)
     def crash(path):
         raise KeyboardInterrupt  # as if the job were killed after writing the weights
 
-    monkeypatch.setattr(modelstore, "_sha256", crash)
+    monkeypatch.setattr(modelstore, "file_sha256", crash)
     with pytest.raises(KeyboardInterrupt):
         save_model(saved, tiny(width=6), CARD)
     monkeypatch.undo()

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from duplidog.core.previews import psnr
 from duplidog.quality import (apply_curve, bench_quality, changed_region, check_bar, curve_baseline, fit_curve,
-                              flicker, format_table, iou, mae, parse_summary, psnr, region_psnr, run_tunet,
+                              flicker, format_table, iou, mae, parse_summary, region_psnr, run_tunet,
                               score_shot, srgb_encode, worst_block_psnr)
 
 

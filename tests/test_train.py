@@ -701,14 +701,14 @@ def test_a_cpu_trains_in_bf16_only_where_it_runs_bf16_natively(monkeypatch):
 
 def test_the_contact_sheet_shows_each_panel_whatever_the_tensors_memory_layout(tmp_path):
     import OpenImageIO as oiio
-    from duplidog.train.validate import PANEL_WIDTH, ValidationFrame, write_contact_sheet
+    from duplidog.train.validate import PANEL_WIDTH, ValidationFrame, write_validation_sheet
 
     source = torch.full((1, 3, 32, 48), 0.25)
     target = torch.full((1, 3, 32, 48), 0.75)
     for name, result in (("plain", torch.full((1, 3, 32, 48), 0.5)),
                          ("channels_last", torch.full((1, 3, 32, 48), 0.5).to(memory_format=torch.channels_last))):
-        sheet = write_contact_sheet(tmp_path / f"{name}.png", [ValidationFrame(1001, source, target)], [result],
-                                    panel_width=PANEL_WIDTH, title="step 10")
+        sheet = write_validation_sheet(tmp_path / f"{name}.png", [ValidationFrame(1001, source, target)], [result],
+                                       panel_width=PANEL_WIDTH, title="step 10")
         # The middle of each panel: plate, result, target (8-bit of 0.25, 0.5, 0.75), not the grey ground.
         middles = [sheet[sheet.shape[0] - 16, x + 24] for x in (0, 52, 104)]
         assert [int(m[1]) for m in middles] == [64, 128, 191], name

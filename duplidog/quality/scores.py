@@ -12,10 +12,11 @@ looks at and the space the TuNet peer works in), sRGB-encoded shots as they are,
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from duplidog.core.previews import block_psnrs, psnr, psnr_of_mse
 
 CURVE_BINS = 64
 REGION_THRESHOLD = 0.02  # display units: a change smaller than this is not part of the fix
@@ -77,15 +78,6 @@ def display(image: np.ndarray, task: str, encoding: str) -> np.ndarray:
 
 
 # -- scores ----------------------------------------------------------------------------------------
-def _psnr_of_mse(mse: float, peak: float = 1.0) -> float:
-    return math.inf if mse == 0 else 10 * math.log10(peak * peak / mse)
-
-
-def psnr(result: np.ndarray, truth: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((result.astype(np.float64) - truth.astype(np.float64)) ** 2))
-    return _psnr_of_mse(mse, peak)
-
-
 def iou(result: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
     a, b = result > threshold, truth > threshold
     union = np.logical_or(a, b).sum()
@@ -148,22 +140,7 @@ def region_psnr(result: np.ndarray, truth: np.ndarray, region: np.ndarray, peak:
     if not region.any():
         return None
     diff = result.astype(np.float64)[region] - truth.astype(np.float64)[region]
-    return _psnr_of_mse(float(np.mean(diff ** 2)), peak)
-
-
-def block_psnrs(result: np.ndarray, truth: np.ndarray, block: int = BLOCK, peak: float = 1.0) -> np.ndarray:
-    """PSNR of each non-overlapping ``block`` x ``block`` block (row-major; the last row and column of
-    blocks are narrower where the frame does not divide, so the frame's edge is scored too)."""
-    sq = (result.astype(np.float64) - truth.astype(np.float64)) ** 2
-    if sq.ndim == 3:
-        sq = sq.mean(-1)
-    h, w = sq.shape
-    rows, cols = np.arange(0, h, block), np.arange(0, w, block)
-    sums = np.add.reduceat(np.add.reduceat(sq, rows, axis=0), cols, axis=1)
-    counts = np.outer(np.diff(np.append(rows, h)), np.diff(np.append(cols, w)))
-    mse = sums / counts
-    with np.errstate(divide="ignore"):
-        return np.where(mse == 0, np.inf, 10 * np.log10(peak * peak / np.where(mse == 0, 1, mse)))
+    return psnr_of_mse(float(np.mean(diff ** 2)), peak)
 
 
 def worst_block_psnr(result: np.ndarray, truth: np.ndarray, block: int = BLOCK, peak: float = 1.0) -> float:
@@ -192,7 +169,7 @@ def flicker(results, truths, peak: float = 1.0) -> float | None:
         dt = get_t(b).astype(np.float64) - get_t(a).astype(np.float64)
         total += float(np.sum((dr - dt) ** 2))
         count += dr.size
-    return _psnr_of_mse(total / count, peak)
+    return psnr_of_mse(total / count, peak)
 
 
 def _mean(values) -> float | None:

@@ -53,7 +53,7 @@ from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
 from duplidog.train.monitor import ActivationStats, TrainingMonitor, read_metrics
 from duplidog.train.schedule import TrainingSchedule
-from duplidog.train.validate import load_validation_frames, validate, write_contact_sheet
+from duplidog.train.validate import load_validation_frames, validate, write_validation_sheet
 
 log = logging.getLogger(__name__)
 
@@ -499,8 +499,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             return {}
         metrics = validate(ema.model, frames, config.get("infer", {}))
         latest_results = metrics["_results"]
-        picture = write_contact_sheet(work_dir / f"contact_{step:08d}.png", frames, latest_results,
-                                      title=f"step {step}")
+        picture = write_validation_sheet(work_dir / f"contact_{step:08d}.png", frames, latest_results,
+                                         title=f"step {step}")
         monitor.image("validation/contact_sheet", picture, step)
         last_validation = _plain(metrics)
         monitor.validation(step, {k: v for k, v in last_validation.items() if k != "frames"})
@@ -604,8 +604,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             }
             save_model(model_dir, ema.model, card)
             if latest_results:
-                write_contact_sheet(work_dir / "contact_final.png", frames, latest_results,
-                                    title=f"final model, step {step}")
+                write_validation_sheet(work_dir / "contact_final.png", frames, latest_results,
+                                       title=f"final model, step {step}")
     finally:
         batches.close()
         monitor.close()

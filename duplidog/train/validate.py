@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from duplidog import temporal
-from duplidog.atomic import atomic_path
+from duplidog.core.previews import DIFFERENCE_GAIN, psnr, write_contact_sheet
 from duplidog.errors import DuplidogError
 from duplidog.train.losses import ssim
 
 log = logging.getLogger(__name__)
 
-DIFFERENCE_GAIN = 4.0
 PANEL_WIDTH = 384  # contact sheet panels are scaled down to at most this many pixels across
 
 
@@ -106,11 +105,6 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
-    mse = torch.mean((a.float() - b.float()) ** 2).item()
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak * peak / mse))
-
-
 def _infer_arguments(settings: dict) -> dict:
     """The keys of the ``infer`` settings that ``apply_model`` takes (tile, overlap, batch size...)."""
     from duplidog.infer import apply_model
@@ -174,57 +168,20 @@ def _preview(x: torch.Tensor, width: int, space: object = None) -> np.ndarray:
     if x.shape[-1] > width:
         height = max(1, round(x.shape[-2] * width / x.shape[-1]))
         x = F.interpolate(x, size=(height, width), mode="area")
-    # OpenImageIO's set_pixels takes only interleaved channels; a permuted view may not be.
     return np.ascontiguousarray(x[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy())
 
 
-def write_contact_sheet(path: Path, frames: Sequence[ValidationFrame], results: Sequence[torch.Tensor],
-                        panel_width: int = PANEL_WIDTH, title: str = "") -> np.ndarray:
-    """source | result | target | difference, one row per validation frame, each row under a strip
-    naming its frame (and ``title``, e.g. the step, on the first) on one line and its columns on the
-    next, so that narrow panels do not run the names together, as an 8-bit PNG.
-    Returns the picture (H, W, 3) uint8, for TensorBoard."""
-    import OpenImageIO as oiio
-
-    gap, line, text = 4, 14, 11
-    strip = 2 * line
+def write_validation_sheet(path: Path, frames: Sequence[ValidationFrame], results: Sequence[torch.Tensor],
+                           panel_width: int = PANEL_WIDTH, title: str = "") -> np.ndarray:
+    """The training contact sheet: plate | result | target | difference, one row per validation frame,
+    headed by its frame (and ``title``, e.g. the step, on the first). Returns the picture (H, W, 3)
+    uint8, for TensorBoard."""
     labels = ("plate", "result", "target", f"difference x{DIFFERENCE_GAIN:g}")
     rows = []
     for index, (item, result) in enumerate(zip(frames, results)):
         panels = [_preview(item.plate, panel_width, item.space), _preview(result, panel_width, item.space),
                   _preview(item.target, panel_width, item.space),
                   _preview((result - item.target).abs() * DIFFERENCE_GAIN, panel_width)]
-        height = max(p.shape[0] for p in panels) + strip
-        row = oiio.ImageBuf(oiio.ImageSpec(sum(p.shape[1] for p in panels) + gap * (len(panels) - 1), height, 3,
-                                           oiio.FLOAT))
-        oiio.ImageBufAlgo.fill(row, [0.18, 0.18, 0.18])
         heading = f"frame {item.frame}{', ' + title if title and index == 0 else ''}"
-        oiio.ImageBufAlgo.render_text(row, 2, line - 3, heading, text, "", [0.9, 0.9, 0.9])
-        x = 0
-        for panel, label in zip(panels, labels):
-            if not row.set_pixels(oiio.ROI(x, x + panel.shape[1], strip, strip + panel.shape[0]), panel):
-                raise DuplidogError(f"{path}: cannot place a panel on the contact sheet ({row.geterror()})")
-            oiio.ImageBufAlgo.render_text(row, x + 2, strip - 4, label, text, "", [0.9, 0.9, 0.9])
-            x += panel.shape[1] + gap
-        rows.append(row.get_pixels(oiio.FLOAT)[:, :, :3])
-    width = max(r.shape[1] for r in rows)
-    sheet = np.full((sum(r.shape[0] for r in rows) + gap * (len(rows) - 1), width, 3), 0.18, np.float32)
-    y = 0
-    for row in rows:
-        sheet[y: y + row.shape[0], : row.shape[1]] = row
-        y += row.shape[0] + gap
-    pixels = np.round(sheet * 255.0).astype(np.uint8)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        output = oiio.ImageOutput.create(str(tmp))
-        if output is None:
-            raise DuplidogError(f"{path}: cannot write PNG ({oiio.geterror()})")
-        spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], 3, "uint8")
-        try:
-            if not output.open(str(tmp), spec) or not output.write_image(pixels):
-                raise DuplidogError(f"{path}: cannot write the contact sheet ({output.geterror()})")
-        finally:
-            closed = output.close()
-        if not closed:
-            raise DuplidogError(f"{path}: cannot write the contact sheet ({output.geterror()})")
-    return pixels
+        rows.append((heading, list(zip(labels, panels))))
+    return write_contact_sheet(path, rows)
