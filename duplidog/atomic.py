@@ -83,15 +83,6 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _remove(path: Path) -> None:
-    """Remove a temporary: a folder whole, a file (or link) if it is still there."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 #: The names ``temporary_sibling`` gives: ``.<stem>.tmp-<8 hex><one suffix>``.
 _TEMPORARY_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(\.[^.]+)?$")
 

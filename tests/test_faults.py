@@ -145,7 +145,8 @@ def fail_on(monkeypatch, name_part: str, error: OSError):
 def infer_over_source(tmp_path, monkeypatch):
     from duplidog.infer import infer_sequence
 
-    root, _ = write_plan_shot(tmp_path), make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
+    write_plan_shot(tmp_path)
+    make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     before = fingerprint(tmp_path / "plate")
     return said_by(lambda: infer_sequence(tmp_path / "model", str(tmp_path / "plate/plate.%04d.exr"),
                                           str(tmp_path / "plate/plate.####.exr"), device="cpu"),
