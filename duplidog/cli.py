@@ -134,12 +134,12 @@ def cmd_infer(args) -> None:
 
 def cmd_assemble(args) -> None:
     from duplidog.assemble import assemble
-    from duplidog.settings import default_output_pattern
+    from duplidog.settings import shot_output_pattern
 
     config = _shot_config(args)
     root = _results(args, config)
     summary = assemble(plan_path=root / "ingest/plan.json", manifest_path=root / "ingest/manifest.csv",
-                       output_pattern=default_output_pattern(config), out_dir=root / "assemble",
+                       output_pattern=shot_output_pattern(config), out_dir=root / "assemble",
                        settings=config["assemble"])
     print(json.dumps(summary, indent=2, default=str))
 

@@ -119,12 +119,12 @@ def _one_line(*messages: str) -> str:
     return "; ".join(seen) or "no further detail from OpenImageIO"
 
 
-def _plain(value: Any) -> Any:
+def _python_value(value: Any) -> Any:
     """Metadata values as plain Python (tuples/arrays to lists) so they can go into JSON and compare."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+        return [_python_value(v) for v in value]
     return value
 
 
@@ -133,7 +133,7 @@ def info_from_spec(path: str | os.PathLike, spec: "oiio.ImageSpec", format_name:
     pixel_type = str(spec.format)
     bits = spec.get_int_attribute("oiio:BitsPerSample", 0) or spec.format.size() * 8
     compression = spec.get_string_attribute("compression", "") or None
-    attributes = {p.name: _plain(p.value) for p in spec.extra_attribs}
+    attributes = {p.name: _python_value(p.value) for p in spec.extra_attribs}
     return ImageInfo(
         path=str(path),
         width=spec.width,
@@ -387,7 +387,7 @@ def _fold_provenance(spec: "oiio.ImageSpec", format_name: str, path: Path) -> No
     ImageDescription, replacing the line an earlier duplidog pass left; other text is kept.
     """
     ours = {
-        p.name[len(PROVENANCE_PREFIX):]: _plain(p.value)
+        p.name[len(PROVENANCE_PREFIX):]: _python_value(p.value)
         for p in spec.extra_attribs
         if p.name.startswith(PROVENANCE_PREFIX)
     }
@@ -395,7 +395,7 @@ def _fold_provenance(spec: "oiio.ImageSpec", format_name: str, path: Path) -> No
         return
     line = PROVENANCE_PREFIX + " " + json.dumps(ours, sort_keys=True)
     if format_name == "dpx":
-        existing = _user_data_text(_plain(spec.getattribute("dpx:UserData")))
+        existing = _user_data_text(_python_value(spec.getattribute("dpx:UserData")))
         if existing is not None and not existing.startswith(PROVENANCE_PREFIX):
             log.warning("%s: the DPX user data holds the plate's own data; duplidog provenance not stored", path)
             return

@@ -19,7 +19,7 @@ from duplidog import temporal
 from duplidog.atomic import atomic_path, atomic_write_json
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list, parse_frame_range
-from duplidog.settings import default_output_pattern
+from duplidog.settings import shot_output_pattern
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def ingest(config: dict, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     shot = discover_frames(config)
     source, target = FramePattern(config["source"]), FramePattern(config["target"])
-    output = default_output_pattern(config) if "output" in config else None
+    output = shot_output_pattern(config) if "output" in config else None
     if output is not None:
         check_output_pattern(output, config["source"], config["target"], shot.frames)
 

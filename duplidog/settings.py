@@ -142,8 +142,9 @@ def read_shot_yaml(path: str | Path):
         raise DuplidogError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
-def default_output_pattern(config: dict) -> str:
-    """results/<shot>/output/<shot>.%04d.<source extension>, the contract's default output."""
+def shot_output_pattern(config: dict) -> str:
+    """The shot's output pattern: its ``output``, else the contract's default
+    results/<shot>/output/<shot>.%04d.<source extension>."""
     from duplidog.sequence import FramePattern
 
     if config.get("output"):

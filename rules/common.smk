@@ -12,7 +12,7 @@ from duplidog.ingest import (ingest_settings, check_output_pattern, check_output
                              neighbour_frames, ShotFrames)
 from duplidog.sequence import FramePattern
 from duplidog.status import ReportFigures
-from duplidog.settings import default_output_pattern, merge_settings, read_shot_yaml, resolve
+from duplidog.settings import shot_output_pattern, merge_settings, read_shot_yaml, resolve
 
 # The config is checked against config/schema.yaml by duplidog's resolver, which names the key in one
 # line (Snakemake's own validate prints the whole schema after its message).
@@ -106,7 +106,7 @@ def load_shots(config):
                                  shot_config["model"]["temporal_frames"])
             except DuplidogError as error:
                 raise DuplidogError(f"shot {name}: {error}") from None
-        output = default_output_pattern(shot_config)
+        output = shot_output_pattern(shot_config)
         check_output_pattern(output, shot_config["source"], shot_config["target"], frames.frames, writable=False)
         check_output_writable(output, frames.frames)
         shots[name] = Shot(name, shot_config, frames, output, is_demo)
@@ -206,7 +206,7 @@ def init_model(wildcards):
     return [str(card if in_this_run else card.resolve())]
 
 
-def _plain(value):
+def _resource_value(value):
     # The profile's values arrive parsed (Resource objects); a rule takes plain values or functions.
     return getattr(value, "_evaluator", None) or getattr(value, "value", value)
 
@@ -214,12 +214,12 @@ def _plain(value):
 def profile_resources(rule_name):
     """Resources a profile sets for `rule_name` (set-resources), for rules generated under other names."""
     settings = workflow.resource_settings.overwrite_resources.get(rule_name, {})
-    return {name: _plain(value) for name, value in settings.items()}
+    return {name: _resource_value(value) for name, value in settings.items()}
 
 
 def profile_threads(rule_name, default=1):
     """Threads a profile sets for `rule_name` (set-threads), for rules generated under other names."""
-    return _plain(workflow.resource_settings.overwrite_threads.get(rule_name, default))
+    return _resource_value(workflow.resource_settings.overwrite_threads.get(rule_name, default))
 
 
 def all_outputs():

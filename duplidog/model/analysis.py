@@ -148,13 +148,3 @@ def measure_tile_reach(model: nn.Module, images: Sequence[torch.Tensor], thresho
         return 0
     reach = -(-(int(above.max()) + 1) // scale)  # in input pixels: every pixel further in is within threshold
     return reach if reach < side // 2 else None
-
-
-def summary(model: nn.Module) -> Dict[str, Any]:
-    """Parameters, GMAC per megapixel, reach and size multiple: what ``duplidog models`` lists."""
-    return {
-        "parameters": count_parameters(model),
-        "gmac_per_megapixel": round(macs_per_megapixel(model) / 1e9, 2),
-        "reach": int(getattr(model, "reach", 0)),
-        "size_multiple": int(getattr(model, "size_multiple", 1)),
-    }

@@ -176,16 +176,13 @@ class ChannelCurves(nn.Module):
         return left + fraction * (right - left)
 
 
-BLOCKS = {"msrb": MultiScaleResidualBlock, "res": ResBlock}
-
-
 def make_blocks(block: str, channels: int, depth: int, kernel_size: int, branch_kernels: Sequence[int]) -> nn.Sequential:
     """``depth`` blocks of the named kind at ``channels`` (an empty Sequential, the identity, for 0)."""
     if block == "msrb":
         return nn.Sequential(*[MultiScaleResidualBlock(channels, branch_kernels) for _ in range(depth)])
     if block == "res":
         return nn.Sequential(*[ResBlock(channels, kernel_size) for _ in range(depth)])
-    raise ValueError(f"unknown block {block!r}; choose one of {sorted(BLOCKS)}")
+    raise ValueError(f"unknown block {block!r}; choose one of ['msrb', 'res']")
 
 
 def sequence_radius(blocks: nn.Sequential) -> int:

@@ -257,7 +257,6 @@ def build_pool(
         "source_channels": source_names,
         "target_channels": target_names,
         "colorspace": plan["colorspace"],
-        "colour_space": colour.describe(plan["colorspace"]),
         "frames": [int(r["frame"]) for r in rows],
         "sampling": {k: settings[k] for k in SAMPLING_KEYS},
         "augmentation": {k: settings[k] for k in AUGMENTATION_KEYS},

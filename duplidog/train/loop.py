@@ -232,7 +232,7 @@ def _describe(config: dict) -> str:
     return ", ".join(f"{k}={config[k]}" for k in keys if k in config) or "unknown"
 
 
-def _plain(metrics: Dict[str, Any]) -> Dict[str, Any]:
+def _scores_only(metrics: Dict[str, Any]) -> Dict[str, Any]:
     """Validation metrics without the result tensors (for logs, checkpoints and the card)."""
     return {k: v for k, v in metrics.items() if not k.startswith("_")}
 
@@ -463,7 +463,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             "model_config": json.dumps(model.config, default=str),
             "best_psnr": best_psnr,
             "best_step": -1 if best_step is None else best_step,
-            "validation": json.dumps(_plain(last_validation), default=str),
+            "validation": json.dumps(_scores_only(last_validation), default=str),
             "colour_path_held": colour_path_held(model),
         }
 
@@ -502,7 +502,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         picture = write_validation_sheet(work_dir / f"contact_{step:08d}.png", frames, latest_results,
                                          title=f"step {step}")
         monitor.image("validation/contact_sheet", picture, step)
-        last_validation = _plain(metrics)
+        last_validation = _scores_only(metrics)
         monitor.validation(step, {k: v for k, v in last_validation.items() if k != "frames"})
         improved = metrics["psnr"] > best_psnr
         if improved:
