@@ -4,7 +4,7 @@ Every block here computes each output pixel from a fixed neighbourhood of input 
 else: no normalisation over space (Batch/Group/InstanceNorm), no global or adaptive pooling, no
 attention over the image. That is what lets a tile of a frame give the same values as the whole frame
 away from its edge, so inference can tile without seams and training on small crops carries over to
-full frames (NAFNet had to swap global for local pooling at test time for lack of this).
+full frames.
 
 Each block states its ``radius``: how far, in pixels of the grid it runs on, an input pixel can
 still change an output pixel. The network adds these up into its ``reach``.

@@ -80,14 +80,12 @@ from duplidog.model.blocks import (
 )
 from duplidog.temporal import MAX_TEMPORAL_FRAMES
 
-# Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (~6.9 M parameters,
-# ~1.27 TMAC per megapixel). Measured with duplidog.model.analysis (see tests/test_model.py):
-#   small   0.66 M parameters,  108 GMAC/MP  (Tao's ResBlocks, 3x3: the fewest MACs for its depth, so CPU
-#                                             training of 128 px tiles runs at 2-3.5 steps/s; width 16
-#                                             because 8 could not learn a paint-out, see docs/quality.md)
-#   medium  2.3 M parameters,   416 GMAC/MP  (Li's multi-scale residual blocks)
-#   large   6.3 M parameters,  1152 GMAC/MP  (MSRB; CopyCat SRN scale)
-# The colour path (curves, matrix, MLP) is under 0.1 % of the parameters and 0.4-1.2 GMAC/MP of these.
+# Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (their sizes and speeds:
+# docs/speed.md):
+#   small   Tao's ResBlocks, 3x3: the fewest MACs for its depth, so it trains on a CPU; width 16 because
+#           8 could not learn a paint-out (docs/quality.md)
+#   medium  Li's multi-scale residual blocks
+#   large   multi-scale residual blocks at the scale of CopyCat's SRN template
 PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(levels=3, width=16, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33,
@@ -102,7 +100,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 # A network whose outputs are not its inputs' channels (a matte from RGB) has no colour path unless asked:
 # a per-pixel map from colour to matte is a key, which marks every region of the object's colours rather
-# than following its shape (on the real-photograph roto, IoU 0.907 with it and 0.923 without).
+# than following its shape (it lowered the real-photograph roto's IoU: docs/quality.md).
 WITHOUT_COLOUR_PATH = dict(colour_width=0, curve_knots=0)
 
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
@@ -110,8 +108,8 @@ OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 # The head (the encoder-decoder's last convolution) starts with its weights scaled down by this, so each
 # level's output starts as nearly what the colour path (or the input) gives and the spatial correction
 # grows only where the loss asks for it, while every layer still receives gradients (the near-zero last
-# layers of residual branches of Goyal et al. 2017 and Fixup). Measured on the quality bench's colour
-# look: 58.5 dB in the working space after 300 steps with a head at zero, 54.0 with one scaled by 0.1.
+# layers of residual branches of Goyal et al. 2017 and Fixup). Chosen on the quality bench's colour look
+# against a head at zero and one scaled by 0.1 (docs/quality.md).
 HEAD_INIT_SCALE = 0.01
 # Bicubic upsampling (PyTorch's, a = -0.75) reads the 4 x 4 input pixels nearest an output pixel's
 # centre, which lie within 2 input pixels of it.

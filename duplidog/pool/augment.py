@@ -14,7 +14,7 @@ What keeps it honest:
 * Exposure and gain multiply scene values (scene-linear: a real exposure change) before encoding. They
   are off by default (``colour_to: none``): a grade, a look or a key is a function of the very values
   they would change, so no change to the target keeps such a pair true (grade(2x) is not 2 grade(x));
-  measured on the quality shots, they cost a colour look 2 dB. With ``colour_to: both`` the target
+  on the quality shots they cost a colour look (docs/quality.md). With ``colour_to: both`` the target
   channels that the source also has get the same factors (a paint fix follows the light), with
   ``colour_to: source`` only the source changes (the network learns to ignore such changes: right for
   the roto of an object). Target channels the source lacks (a matte) are never recoloured.

@@ -1,5 +1,6 @@
 """The peer on the quality bench: TuNet (github tpc2233/tunet) trained on the same shot for the same
-wall clock, through the driver in ``shared/peers/tunet/`` (its README says what it needs).
+wall clock, through a driver script (``$DUPLIDOG_TUNET_DRIVER``; the driver's own README says what it
+needs).
 
 ``run_tunet`` never raises for a missing peer: without the driver, ``TUNET_DIR`` or ``TUNET_VENV``, or
 when the driver fails, it returns ``{"error": reason}`` and the bench prints "-" for TuNet. A run

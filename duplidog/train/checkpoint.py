@@ -7,9 +7,9 @@ configuration and the pool's fingerprint. Resuming from it continues the run exa
 20 steps straight and 10 + resume + 10 give identical weights (a test checks).
 
 Format: ``torch.save`` of plain tensors, numbers, strings, lists and dicts, read back with
-``weights_only=True`` -- nothing is unpickled as code (nanoGPT's checkpoint misses the scaler and the
-RNG; BasicSR's save retries and then says "just ignore it"; here a failed write is an error and never
-leaves a half-written file, because it goes through ``duplidog.atomic``).
+``weights_only=True`` -- nothing is unpickled as code. The scaler and the RNG are in it, so a resume is
+exact; a failed write is an error and never leaves a half-written file, because it goes through
+``duplidog.atomic``.
 
 Files: ``checkpoints/step_00001234.pt``; the last ``keep`` and the best (highest validation PSNR)
 are kept. ``find_start`` decides from them how the next run begins: resumed, continued (trained

@@ -349,7 +349,7 @@ class LossMix(nn.Module):
         colour_split: score the colour path's own output in a term of its own, ``colour`` (``colour_weights``),
             for a network trained with its colour path detached from the rest (``MSRN.training_outputs``).
             The term is a squared error: a per-pixel map is best fitted to the mean target of each colour
-            (on the real-photograph look, +0.5 dB over Charbonnier; rare hues' large errors count).
+            (better than Charbonnier on the real-photograph look, docs/quality.md: rare hues' large errors count).
         vgg19_weights: path of the VGG19 weights ("" = torch hub cache), read only if 'vgg' is used.
         autocast: context factory for the VGG term's forward pass.
         logits: the network's outputs are logits (a sigmoid matte network): ``bce`` scores them, every
