@@ -89,8 +89,6 @@ def render(frame: int, canvas: np.ndarray, width: int, height: int) -> np.ndarra
 def write_demo(directory: str | Path, width: int = WIDTH, height: int = HEIGHT, frames: list[int] | None = None,
                keyframes: list[int] | None = None) -> Path:
     """Write the demo shot into ``directory`` and return the path of its shot YAML file."""
-    import OpenImageIO as oiio
-
     from duplidog import imageio
 
     directory = Path(directory)
@@ -99,11 +97,7 @@ def write_demo(directory: str | Path, width: int = WIDTH, height: int = HEIGHT, 
     reach_x, reach_y = (int(max(frame_offset(f)[i] for f in frames)) + 2 for i in (0, 1))
     canvas = scene(height + reach_y + 2, width + reach_x + 2)
     spots = dust(height, width)
-    spec = oiio.ImageSpec(width, height, 3, "half")
-    spec.channelnames = ("R", "G", "B")
-    spec.attribute("compression", "zip")
-    spec.attribute("oiio:ColorSpace", "lin_rec709_scene")
-    like = imageio.info_from_spec(directory / PLATE, spec, "openexr")
+    like = imageio.new_like(directory / PLATE, width, height, attributes={"oiio:ColorSpace": "lin_rec709_scene"})
     for frame in frames:
         clean = render(frame, canvas, width, height)
         imageio.write_pixels(directory / PLATE.replace("%04d", f"{frame:04d}"), clean * spots, like)

@@ -155,6 +155,20 @@ def info_from_spec(path: str | os.PathLike, spec: "oiio.ImageSpec", format_name:
     )
 
 
+def new_like(path: str | os.PathLike, width: int, height: int, pixel_type: str = "half",
+             format_name: str = "openexr", channel_names: Sequence[str] = ("R", "G", "B"),
+             attributes: dict[str, Any] | None = None) -> ImageInfo:
+    """The ``like`` for frames duplidog makes up (the demo, the benches' shots): no file to copy, so a
+    fresh spec of ``pixel_type`` with ``channel_names``, and zip compression where the format has it."""
+    spec = oiio.ImageSpec(int(width), int(height), len(channel_names), pixel_type)
+    spec.channelnames = tuple(channel_names)
+    if format_name in ("openexr", "tiff"):
+        spec.attribute("compression", "zip")
+    for key, value in (attributes or {}).items():
+        spec.attribute(key, value)
+    return info_from_spec(path, spec, format_name)
+
+
 def _open(path: str | os.PathLike) -> "oiio.ImageInput":
     """Open ``path`` for reading or raise a one-line error naming it."""
     path = Path(path)

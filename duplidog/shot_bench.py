@@ -80,12 +80,7 @@ class PaintoutScene:
         scale = height / photos.REFERENCE_HEIGHT
         self.camera = photos.Camera(photos.Move.draw(rng, width), frames, width, height)
         self.backdrop = photos.Backdrop(self.recipe, width, self.camera.canvas, self.to_scene)
-        # The box every frame sees (around the middle of the move), where the markers and the wire go.
-        move, (cw, ch) = self.camera.move, self.camera.canvas
-        px, py, _, _ = move.at(0.5)
-        half_w, half_h = 0.5 * width / (1 + move.zoom), 0.5 * height / (1 + move.zoom)
-        view = ((cw - 1) / 2 + px - half_w, (ch - 1) / 2 + py - half_h,
-                (cw - 1) / 2 + px + half_w, (ch - 1) / 2 + py + half_h)
+        view = photos.camera_view(self.camera, width, height)
         self.dressing = np.concatenate(photos.set_dressing(rng, self.camera.canvas, view, scale, self.to_scene), -1)
         self.logo = photos.logo(width, height, scale, rng, self.to_scene)
 
@@ -98,32 +93,20 @@ class PaintoutScene:
         coords = self.camera.coords(index)
         scene = np.maximum(self.backdrop.sample(coords), 0)  # bicubic ringing
         field = photos.grain_field(np.random.default_rng([self.seed, FIRST_FRAME + index]), self.height, self.width)
-        layer = np.clip(photos.Camera.sample(self.dressing, coords, order=1), 0, None)
-        layer[layer[..., 3] < 0.01] = 0
-        dirty = scene * (1 - layer[..., 3:]) + layer[..., :3]
-        dirty = dirty * (1 - self.logo[1]) + self.logo[0]
+        dirty = photos.paint_over(scene, self.dressing, self.logo, coords)
         plate = photos.add_grain_linear(dirty, field, self.recipe.grain)
         fixed = grade(photos.add_grain_linear(scene, field, self.recipe.grain))
         return plate, fixed
-
-
-def _exr_half(width: int, height: int, directory: Path):
-    import OpenImageIO as oiio
-
-    from duplidog import imageio
-
-    spec = oiio.ImageSpec(width, height, 3, "half")
-    spec.channelnames = ("R", "G", "B")
-    spec.attribute("compression", "zip")
-    return imageio.info_from_spec(directory / "plate.exr", spec, "openexr")
 
 
 _WORKER: dict = {}
 
 
 def _start_worker(width, height, frames, seed, directory, keyframes) -> None:
+    from duplidog import imageio
+
     _WORKER.update(scene=PaintoutScene(width, height, frames, seed), directory=Path(directory),
-                   keyframes=set(keyframes), like=_exr_half(width, height, Path(directory)))
+                   keyframes=set(keyframes), like=imageio.new_like(Path(directory) / "plate.exr", width, height))
 
 
 def _write_frame(index: int) -> None:

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import OpenImageIO as oiio
 import pandas as pd
 
-from duplidog import colour
+from duplidog import colour, imageio
 from duplidog.pool import build as pool_build
 from duplidog.pool import sampling
 
@@ -134,14 +133,7 @@ def compare_samplers(
 
 
 def _write_exr(path: Path, pixels: np.ndarray) -> None:
-    height, width, count = pixels.shape
-    spec = oiio.ImageSpec(width, height, count, "half")
-    spec.channelnames = ("R", "G", "B")
-    spec.attribute("compression", "zip")
-    out = oiio.ImageOutput.create(str(path))
-    if out is None or not out.open(str(path), spec) or not out.write_image(pixels.astype(np.float32)):
-        raise RuntimeError(f"{path}: cannot write ({oiio.geterror()})")
-    out.close()
+    imageio.write_pixels(path, pixels, imageio.new_like(path, pixels.shape[1], pixels.shape[0]))
 
 
 def compare_builds(

@@ -480,20 +480,32 @@ def keyframes(first: int, frames: int) -> list[int]:
     return sorted({first + int(math.floor(i * (frames - 1) / 3 + 1e-9)) for i in range(4)})
 
 
+def camera_view(camera: Camera, width: int, height: int) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the canvas every frame of ``camera`` sees: around the middle of the
+    move, shrunk by the push-in. Where a shot's markers, wire and blemishes go."""
+    px, py, _, _ = camera.move.at(0.5)
+    cw, ch = camera.canvas
+    half_w, half_h = 0.5 * width / (1 + camera.move.zoom), 0.5 * height / (1 + camera.move.zoom)
+    return ((cw - 1) / 2 + px - half_w, (ch - 1) / 2 + py - half_h, (cw - 1) / 2 + px + half_w, (ch - 1) / 2 + py + half_h)
+
+
+def paint_over(scene: np.ndarray, attached: np.ndarray, screen: tuple[np.ndarray, np.ndarray],
+               coords) -> np.ndarray:
+    """The paint-out's plate before grain: ``scene`` under the set dressing that moves with the camera
+    (``attached``: premultiplied RGB + coverage on the canvas) and the logo fixed on screen."""
+    layer = np.clip(Camera.sample(attached, coords, order=1), 0, None)
+    layer[layer[..., 3] < 0.01] = 0  # the faint halo resampling leaves is below what shows
+    dirty = scene * (1 - layer[..., 3:]) + layer[..., :3]
+    return dirty * (1 - screen[1]) + screen[0]
+
+
 def _like(ext: str, width: int, height: int, directory: Path):
     """The ImageInfo every frame of the shot is written like: EXR half (zip), 10-bit DPX, 16-bit TIFF."""
-    import OpenImageIO as oiio
-
     from duplidog import imageio
 
     pixel_type, format_name = {"exr": ("half", "openexr"), "dpx": ("uint16", "dpx"), "tif": ("uint16", "tiff")}[ext]
-    spec = oiio.ImageSpec(width, height, 3, pixel_type)
-    spec.channelnames = ("R", "G", "B")
-    if ext == "dpx":
-        spec.attribute("oiio:BitsPerSample", 10)
-    else:
-        spec.attribute("compression", "zip")
-    return imageio.info_from_spec(directory / f"plate.{ext}", spec, format_name)
+    bits = {"oiio:BitsPerSample": 10} if ext == "dpx" else None
+    return imageio.new_like(directory / f"plate.{ext}", width, height, pixel_type, format_name, attributes=bits)
 
 
 def write_photo_shot(kind: str, directory: Path, size: tuple[int, int] = (480, 270), frames: int = 12,
@@ -533,11 +545,7 @@ def write_photo_shot(kind: str, directory: Path, size: tuple[int, int] = (480, 2
 
     backdrop = Backdrop(recipe, width, camera.canvas, to_backdrop)
 
-    # What every frame sees of the canvas: around the middle of the move, shrunk by the push-in.
-    px, py, _, _ = camera.move.at(0.5)
-    cw, ch = camera.canvas
-    half_w, half_h = 0.5 * width / (1 + camera.move.zoom), 0.5 * height / (1 + camera.move.zoom)
-    view = ((cw - 1) / 2 + px - half_w, (ch - 1) / 2 + py - half_h, (cw - 1) / 2 + px + half_w, (ch - 1) / 2 + py + half_h)
+    view = camera_view(camera, width, height)
     attached = screen = spots = texture = None
     if recipe.fix == "paintout":
         attached = set_dressing(rng, camera.canvas, view, scale, to_scene)
@@ -565,11 +573,7 @@ def write_photo_shot(kind: str, directory: Path, size: tuple[int, int] = (480, 2
 
         names = None
         if recipe.fix == "paintout":
-            layer = np.clip(Camera.sample(attached, coords, order=1), 0, None)
-            layer[layer[..., 3] < 0.01] = 0  # the faint halo resampling leaves is below what shows
-            dirty = scene * (1 - layer[..., 3:]) + layer[..., :3]
-            dirty = dirty * (1 - screen[1]) + screen[0]
-            plate, truth = grained(dirty), grained(scene)
+            plate, truth = grained(paint_over(scene, attached, screen, coords)), grained(scene)
         elif recipe.fix == "beauty":
             plate, truth = grained(scene * (1 + Camera.sample(spots, coords, order=1))), grained(scene)
         elif recipe.fix == "degrain":
