@@ -3,7 +3,7 @@
 Two targets, one contract: the host passes scene values and gets scene values back. Everything
 duplidog's inference does around the network travels inside the exported file -- the working-space
 shaper (``duplidog.colour``: encode before, decode after), the mirror padding of the frame to the
-network's ``size_multiple`` (bottom and right, folding back and forth like ``infer.tiling``) and the
+network's ``size_multiple`` (bottom and right, the same ``duplidog.core.mirror`` inference pads with) and the
 crop back to ``scale`` times the input size -- so the file works for any height and width and nobody
 has to rebuild the pre- and post-processing in a gizmo.
 
@@ -65,6 +65,7 @@ from duplidog import temporal
 from duplidog.atomic import atomic_path, atomic_write_text
 from duplidog.colour import as_space, decode, encode
 from duplidog.colour_module import WorkingSpaceModule
+from duplidog.core.mirror import mirror_index
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import TRANSFORMS, resolve_ensemble
 from duplidog.nuke_script import torch_requirement, write_nuke_script
@@ -80,20 +81,6 @@ ONNX_OPSET = 17
 CHECK_SIZES = ((37, 53), (70, 41))
 FLAME_INPUT, FLAME_OUTPUT = "input_image", "output_image"
 FLAME_MINIMUM_VERSION = "2025.2"
-
-
-def mirror_index(length: int, padded: int, device: torch.device, before: int = 0) -> torch.Tensor:
-    """Source rows (or columns) for mirror padding ``length`` pixels to ``padded``, ``before`` of them
-    ahead of the first pixel and the rest after the last.
-
-    The same folding as ``duplidog.infer.tiling.mirror_indices`` (edge pixel not repeated, folding back
-    and forth when the padding is longer than the image), written with tensor ops only so that
-    TorchScript keeps it for any size and ``torch.export`` keeps the sizes symbolic.
-    """
-    positions = torch.arange(padded, device=device) - before
-    period = torch.full([], 2 * (length - 1), dtype=torch.long, device=device).clamp(min=1)
-    folded = torch.remainder(positions, period)
-    return torch.where(folded < length, folded, period - folded)
 
 
 class SceneModel(nn.Module):

@@ -7,7 +7,7 @@ residual, a matte's guide, the losses, the contact sheets) reads the first C cha
 working on frame t itself; only the network's spatial branch reads the rest.
 
 At the ends of the shot the frames are mirrored, the frame itself not repeated: at the first frame F,
-frame F-1 is F+1, and at the last frame L, frame L+1 is L-1 (the folding of ``infer.tiling``'s mirror
+frame F-1 is F+1, and at the last frame L, frame L+1 is L-1 (the folding of ``core.mirror``'s mirror
 padding, in time). The shot's ends are the first and last of its frames and keyframes (``shot_ends``),
 so the pool, validation and every inference chunk pick the same neighbours for a frame, and a chunk
 reads the frames just outside its own range from the plate.

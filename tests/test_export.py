@@ -18,9 +18,8 @@ import torch
 
 from duplidog import colour
 from duplidog.errors import DuplidogError
-from duplidog.export import check_frames, export, flame_layout, flame_sidecar, mirror_index
+from duplidog.export import check_frames, export, flame_layout, flame_sidecar
 from duplidog.infer import apply_model
-from duplidog.infer.tiling import mirror_indices
 from duplidog.model import build_model
 from duplidog.modelstore import load_model, save_model
 from shotdata import DEVICES
@@ -75,16 +74,6 @@ def duplidog_result(model_dir: Path, frame: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def rgb_model(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("models") / "rgb", ["R", "G", "B"], ["R", "G", "B"])
-
-
-def test_mirror_index_folds_like_the_tiler():
-    for length in (1, 2, 3, 5, 8, 37):
-        for padded in (length, length + 1, length + 7, 3 * length + 11):
-            expected = mirror_indices(length, 0, padded - length)
-            assert mirror_index(length, padded, torch.device("cpu")).tolist() == expected.tolist(), (length, padded)
-            if padded > length + 2:  # with context ahead of the first pixel too
-                ahead = mirror_indices(length, 2, padded - length - 2)
-                assert mirror_index(length, padded, torch.device("cpu"), 2).tolist() == ahead.tolist()
 
 
 # -- Nuke ----------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from duplidog.infer.tiling import (
     axis_plan,
     default_overlap,
     frame_padding,
-    mirror_indices,
     plan_tiles,
     tile_origins,
 )
@@ -61,16 +60,31 @@ def test_axis_weights_partition_unity_on_exact_pixels_only(visible, tile, reach,
     assert tiles[-1].weight[-1] == 1.0
 
 
-def test_mirror_indices_match_reflect_and_fold_when_wider_than_the_image():
-    np.testing.assert_array_equal(
-        mirror_indices(10, 3, 4), np.pad(np.arange(10), (3, 4), mode="reflect")
-    )
-    wide = mirror_indices(5, 23, 17)
+def test_mirror_padding_matches_reflect_and_folds_when_wider_than_the_image():
+    import torch
+
+    from duplidog.core.mirror import mirror_index, mirror_pad
+
+    cpu = torch.device("cpu")
+
+    def indices(length, before, after):
+        return mirror_index(length, before + length + after, cpu, before).numpy()
+
+    np.testing.assert_array_equal(indices(10, 3, 4), np.pad(np.arange(10), (3, 4), mode="reflect"))
+    for length in (2, 3, 5, 8, 37):
+        for before, after in ((0, 0), (0, 1), (2, 7), (1, 11)):
+            if max(before, after) < length:
+                np.testing.assert_array_equal(indices(length, before, after),
+                                              np.pad(np.arange(length), (before, after), mode="reflect"))
+    wide = indices(5, 23, 17)
     assert len(wide) == 5 + 23 + 17
     assert wide.min() >= 0 and wide.max() <= 4
     np.testing.assert_array_equal(wide[23:28], np.arange(5))
     assert np.all(np.abs(np.diff(wide)) == 1)  # a mirror never jumps
-    np.testing.assert_array_equal(mirror_indices(1, 3, 2), np.zeros(6, dtype=int))
+    np.testing.assert_array_equal(indices(1, 3, 2), np.zeros(6, dtype=int))
+    image = torch.arange(12.0).reshape(1, 1, 3, 4)
+    np.testing.assert_array_equal(mirror_pad(image, 1, 2, 3, 0)[0, 0].numpy(),
+                                  np.pad(image[0, 0].numpy(), ((1, 2), (3, 0)), mode="reflect"))
 
 
 def test_frame_padding_reaches_the_grid_with_optional_context():

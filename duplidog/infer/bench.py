@@ -25,14 +25,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import OpenImageIO as oiio
 import torch
 
 from duplidog import colour, imageio
-from duplidog.errors import DuplidogError
+from duplidog.core.mirror import mirror_index
 from duplidog.infer.frames import infer_frames, resolve_device
 from duplidog.infer.runner import model_geometry, splits_levels, tile_geometry
-from duplidog.infer.tiling import default_overlap, mirror_indices, round_up
+from duplidog.infer.tiling import default_overlap, round_up
 
 
 def _write_plate(path: Path, width: int, height: int, seed: int) -> None:
@@ -42,17 +41,11 @@ def _write_plate(path: Path, width: int, height: int, seed: int) -> None:
 
     photo = data.astronaut().astype(np.float32) / 255.0
     rng = np.random.default_rng(seed)
-    rows = mirror_indices(photo.shape[0], 3 * seed, height)[:height]
-    columns = mirror_indices(photo.shape[1], 5 * seed, width)[:width]
+    rows = mirror_index(photo.shape[0], height, torch.device("cpu"), 3 * seed).numpy()
+    columns = mirror_index(photo.shape[1], width, torch.device("cpu"), 5 * seed).numpy()
     pixels = photo[rows][:, columns] + rng.normal(0, 0.02, (height, width, 3)).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = oiio.ImageSpec(width, height, 3, "half")
-    spec.channelnames = ("R", "G", "B")
-    spec.attribute("compression", "zip")
-    out = oiio.ImageOutput.create(str(path))
-    if out is None or not out.open(str(path), spec) or not out.write_image(np.ascontiguousarray(pixels)) \
-            or not out.close():
-        raise DuplidogError(f"{path}: cannot write the benchmark plate ({oiio.geterror()})")
+    imageio.write_pixels(path, pixels, imageio.new_like(path, width, height))
 
 
 def _bench_tile(model, width: int, height: int) -> int:

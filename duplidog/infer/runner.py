@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from duplidog.core.mirror import mirror_pad
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import TRANSFORMS, model_copies, run_ensemble, transform, untransform
 from duplidog.infer.tiling import (
-    TileGrid, default_overlap, frame_padding, mirror_indices, plan_tiles, round_down, round_up, smallest_tile,
+    TileGrid, default_overlap, frame_padding, plan_tiles, round_down, round_up, smallest_tile,
 )
 
 log = logging.getLogger(__name__)
@@ -166,14 +167,6 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def mirror_pad(image: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Mirror-pad an (N, C, H, W) tensor by any amount (folding back and forth if wider than the image)."""
-    height, width = image.shape[-2:]
-    rows = torch.from_numpy(mirror_indices(height, top, bottom))
-    columns = torch.from_numpy(mirror_indices(width, left, right))
-    return image.index_select(-2, rows).index_select(-1, columns)
 
 
 # ---------------------------------------------------------------------------------------------------

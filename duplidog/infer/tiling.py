@@ -6,7 +6,7 @@ is more than ``reach`` from a tile edge -- provided the tile's origin sits on th
 multiple of ``size_multiple``) and the frame was padded the same way in both modes. This module
 arranges that:
 
-* ``frame_padding`` mirror-pads the frame on the bottom and right up to a multiple of
+* ``frame_padding`` says how far the frame is mirror-padded (``duplidog.core.mirror``) on the bottom and right up to a multiple of
   ``size_multiple`` (and, optionally, by ``context`` pixels on every side). Tiles that touch the frame
   edge share the padded frame's own border, so the network's border treatment is the same in both
   modes and edge pixels are exact too. Padding by the full reach is not the default: with a reach of
@@ -57,20 +57,6 @@ def frame_padding(height: int, width: int, multiple: int, context: int = 0) -> F
     padded_h = round_up(height + 2 * context, multiple)
     padded_w = round_up(width + 2 * context, multiple)
     return FramePadding(context, padded_h - height - context, context, padded_w - width - context)
-
-
-def mirror_indices(length: int, before: int, after: int) -> np.ndarray:
-    """Source indices for mirror padding (``reflect``: the edge pixel is not repeated) of any width.
-
-    Unlike ``torch.nn.functional.pad(mode="reflect")`` this works when the padding is wider than the
-    image (a 37-pixel-high frame padded by 60): the mirror simply folds back and forth.
-    """
-    positions = np.arange(-before, length + after)
-    if length == 1:
-        return np.zeros_like(positions)
-    period = 2 * (length - 1)
-    folded = np.mod(positions, period)
-    return np.where(folded < length, folded, period - folded)
 
 
 @dataclass(frozen=True)
