@@ -41,7 +41,8 @@ import numpy as np
 
 from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, atomic_write_text
-from duplidog.core.previews import DIFFERENCE_GAIN, block_psnrs, file_sha256, psnr, psnr_of_mse, write_contact_sheet
+from duplidog.core.previews import (DIFFERENCE_GAIN, block_psnrs, file_sha256, psnr, psnr_of_mse, thumbnail,
+                                     view_transform, write_contact_sheet)
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list
 
@@ -208,39 +209,6 @@ def _display_channels(names: Sequence[str]) -> list[str]:
     return list(names[:3]) if len(names) >= 3 else list(names[:1])
 
 
-def view_transform(pixels: np.ndarray, space: Any, display: str | None = None, view: str | None = None) -> np.ndarray:
-    """Scene or working values -> 0..1 RGB for a picture (display only: clipped here, nowhere else).
-
-    ``space`` naming an OpenColorIO space, or scene-linear (``ocio.picture_space``): through OCIO
-    ``display``/``view`` (None: the config's defaults); else the shaper (a config without linear
-    Rec.709), log and display as they are."""
-    from duplidog import ocio
-
-    ws = colour.as_space(space)
-    shown_from = ocio.picture_space(ws) if np.asarray(pixels).shape[2] >= 3 else None
-    if shown_from:
-        shown = ocio.display_view(pixels, shown_from, display, view)
-    else:
-        shown = colour.encode(pixels, ws) if ws.name == "linear" else np.asarray(pixels, np.float32)
-    if shown.shape[2] == 1:
-        shown = np.repeat(shown, 3, axis=2)
-    elif shown.shape[2] == 2:
-        shown = np.concatenate([shown, np.zeros_like(shown[:, :, :1])], axis=2)
-    return np.clip(np.nan_to_num(shown), 0.0, 1.0)
-
-
-def _thumbnail(pixels: np.ndarray, width: int) -> np.ndarray:
-    """Shrink (H, W, C) to ``width`` pixels wide by box filtering (no new values, no ringing)."""
-    height_in, width_in = pixels.shape[:2]
-    width = min(width, width_in)
-    height = max(1, round(height_in * width / width_in))
-    rows = np.linspace(0, height_in, height + 1).astype(int)
-    cols = np.linspace(0, width_in, width + 1).astype(int)
-    summed = np.add.reduceat(np.add.reduceat(pixels, rows[:-1], axis=0), cols[:-1], axis=1)
-    counts = np.outer(np.diff(rows), np.diff(cols))[:, :, None]
-    return summed / counts
-
-
 def assemble(
     plan_path: str | Path,
     manifest_path: str | Path,
@@ -320,7 +288,7 @@ def assemble(
     shown = _display_channels(plan["output_channels"])
     index = [plan["output_channels"].index(c) for c in shown]
     plate_channels = _display_channels(plan["input_channels"])
-    picture = lambda x: _thumbnail(view_transform(x, shown_space, display, view), thumb)  # noqa: E731
+    picture = lambda x: thumbnail(view_transform(x, shown_space, display, view), thumb)  # noqa: E731
     for frame in frames:
         target_path = targets.get(frame) if frame in keyframes else None
         if frame not in chosen and not target_path:
@@ -347,7 +315,7 @@ def assemble(
         if target is not None and target.shape == result.shape:
             pictures.append(("target", picture(target[:, :, index])))
             gap = np.abs(colour.encode(result[:, :, index], space) - colour.encode(target[:, :, index], space))
-            pictures.append((f"difference x{DIFFERENCE_GAIN:g}", _thumbnail(view_transform(gap * DIFFERENCE_GAIN, "display"), thumb)))
+            pictures.append((f"difference x{DIFFERENCE_GAIN:g}", thumbnail(view_transform(gap * DIFFERENCE_GAIN, "display"), thumb)))
             # Zoom where the result is farthest from the target.
             _, top, left = worst_block(colour.encode(result[:, :, index], space),
                                        colour.encode(target[:, :, index], space), size)

@@ -253,7 +253,8 @@ def test_training_stores_the_ocio_space_in_the_model_card(tmp_path):
 # -- QC pictures -----------------------------------------------------------------------------------------
 
 def test_qc_pictures_go_through_the_display_view(tmp_path):
-    from duplidog.assemble import assemble, view_transform
+    from duplidog.assemble import assemble
+    from duplidog.core.previews import view_transform
 
     scene = plate_pixels(1001)
     acescg = colour.resolve_colorspace("ACEScg", None)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from duplidog import imageio
+from duplidog import colour, imageio
 from duplidog.errors import DuplidogError
 
 #: Differences are shown this many times brighter on the contact sheets, so small errors are visible.
@@ -65,6 +65,39 @@ def block_psnrs(result: np.ndarray, truth: np.ndarray, block: int, peak: float =
     mse = sums / counts
     with np.errstate(divide="ignore"):
         return np.where(mse == 0, np.inf, 10 * np.log10(peak * peak / np.where(mse == 0, 1, mse)))
+
+
+def view_transform(pixels: np.ndarray, space: Any, display: str | None = None, view: str | None = None) -> np.ndarray:
+    """Scene or working values -> 0..1 RGB for a picture (display only: clipped here, nowhere else).
+
+    ``space`` naming an OpenColorIO space, or scene-linear (``ocio.picture_space``): through OCIO
+    ``display``/``view`` (None: the config's defaults); else the shaper (a config without linear
+    Rec.709), log and display as they are."""
+    from duplidog import ocio
+
+    ws = colour.as_space(space)
+    shown_from = ocio.picture_space(ws) if np.asarray(pixels).shape[2] >= 3 else None
+    if shown_from:
+        shown = ocio.display_view(pixels, shown_from, display, view)
+    else:
+        shown = colour.encode(pixels, ws) if ws.name == "linear" else np.asarray(pixels, np.float32)
+    if shown.shape[2] == 1:
+        shown = np.repeat(shown, 3, axis=2)
+    elif shown.shape[2] == 2:
+        shown = np.concatenate([shown, np.zeros_like(shown[:, :, :1])], axis=2)
+    return np.clip(np.nan_to_num(shown), 0.0, 1.0)
+
+
+def thumbnail(pixels: np.ndarray, width: int) -> np.ndarray:
+    """Shrink (H, W, C) to ``width`` pixels wide by box filtering (no new values, no ringing)."""
+    height_in, width_in = pixels.shape[:2]
+    width = min(width, width_in)
+    height = max(1, round(height_in * width / width_in))
+    rows = np.linspace(0, height_in, height + 1).astype(int)
+    cols = np.linspace(0, width_in, width + 1).astype(int)
+    summed = np.add.reduceat(np.add.reduceat(pixels, rows[:-1], axis=0), cols[:-1], axis=1)
+    counts = np.outer(np.diff(rows), np.diff(cols))[:, :, None]
+    return summed / counts
 
 
 def write_contact_sheet(path: str | Path, rows: Sequence[SheetRow]) -> np.ndarray:

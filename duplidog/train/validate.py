@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from duplidog import temporal
-from duplidog.core.previews import DIFFERENCE_GAIN, psnr, write_contact_sheet
+from duplidog.core.previews import DIFFERENCE_GAIN, psnr, thumbnail, view_transform, write_contact_sheet
 from duplidog.errors import DuplidogError
 from duplidog.train.losses import ssim
 
@@ -143,32 +143,19 @@ def validate(model: torch.nn.Module, frames: Sequence[ValidationFrame], infer_se
 
 
 def _preview(x: torch.Tensor, width: int, space: object = None) -> np.ndarray:
-    """(1, C, H, W) -> (h, w, 3) float in 0..1 for display: grey for one channel, first three else.
-    Working values of a scene-referred ``space`` (linear, log) with three or more channels are decoded and
-    shown through the config's default display and view (``ocio.picture_space``); others as they are."""
-    x = x.float()
-    if space is not None and x.shape[1] >= 3:
-        from duplidog import colour, ocio
+    """(1, C, H, W) working values -> (h, w, 3) in 0..1, at most ``width`` across: grey for one channel,
+    the first three else. The working values of a scene-referred ``space`` (``ocio.picture_space``) with
+    three or more channels are decoded and shown through the config's default display and view, as
+    assemble shows the delivery; others (and ``space`` None: a difference) as they are."""
+    from duplidog import colour, ocio
 
+    pixels = np.ascontiguousarray(x[0, :3].detach().float().permute(1, 2, 0).cpu().numpy())
+    shown_space: object = "display"
+    if space is not None and pixels.shape[2] >= 3:
         ws = colour.as_space(space)
-        shown_from = ocio.picture_space(ws)
-        if shown_from and ws.name != "display":
-            small = x[:, :3]
-            if small.shape[-1] > width:
-                height = max(1, round(small.shape[-2] * width / small.shape[-1]))
-                small = F.interpolate(small, size=(height, width), mode="area")
-            scene = colour.decode(np.ascontiguousarray(small[0].permute(1, 2, 0).numpy()), ws)
-            return np.ascontiguousarray(np.clip(np.nan_to_num(ocio.display_view(scene, shown_from)), 0.0, 1.0),
-                                        dtype=np.float32)
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    elif x.shape[1] == 2:
-        x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
-    x = x[:, :3]
-    if x.shape[-1] > width:
-        height = max(1, round(x.shape[-2] * width / x.shape[-1]))
-        x = F.interpolate(x, size=(height, width), mode="area")
-    return np.ascontiguousarray(x[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy())
+        if ws.name != "display" and ocio.picture_space(ws):
+            pixels, shown_space = colour.decode(pixels, ws), ws
+    return thumbnail(view_transform(pixels, shown_space), width)
 
 
 def write_validation_sheet(path: Path, frames: Sequence[ValidationFrame], results: Sequence[torch.Tensor],
