@@ -322,17 +322,34 @@ def write_pixels(
         pixels = pixels[:, :, np.newaxis]
     spec = output_spec(pixels.shape, like, channel_names, attributes, path)
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+
+    def adapted(format_name: str) -> tuple["oiio.ImageSpec", np.ndarray]:
+        if format_name != like.format_name:
+            _adapt_to_format(spec, like, format_name)
+        if format_name not in ARBITRARY_METADATA_FORMATS:
+            _fold_provenance(spec, format_name, Path(path))
+        return spec, _round_to_packed_depth(pixels, spec)
+
+    _write_file(path, adapted)
+
+
+def write_picture(path: str | os.PathLike, pixels: np.ndarray) -> None:
+    """Write an 8-bit RGB picture for people to look at (a contact sheet), atomically: (H, W, 3) uint8
+    written as they are, with no spec to copy -- it is not a frame of the shot."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], pixels.shape[2], "uint8")
+    _write_file(path, lambda format_name: (spec, pixels))
+
+
+def _write_file(path: str | os.PathLike, prepare) -> None:
+    """Write one image atomically; ``prepare(format_name) -> (spec, pixels)`` once the writer for
+    ``path``'s extension is known. On any failure nothing appears under ``path``."""
     path = Path(path)
     with atomic_path(path) as tmp:
         image_output = oiio.ImageOutput.create(str(tmp))
         if image_output is None:
             raise DuplidogError(f"{path}: no image writer for this extension ({_one_line(oiio.geterror())})")
-        format_name = image_output.format_name()
-        if format_name != like.format_name:
-            _adapt_to_format(spec, like, format_name)
-        pixels = _round_to_packed_depth(pixels, spec)
-        if format_name not in ARBITRARY_METADATA_FORMATS:
-            _fold_provenance(spec, format_name, path)
+        spec, pixels = prepare(image_output.format_name())
         try:
             if not image_output.open(str(tmp), spec):
                 raise DuplidogError(f"{path}: cannot open for writing ({_one_line(image_output.geterror())})")
@@ -342,25 +359,6 @@ def write_pixels(
             closed = image_output.close()
         if not closed:
             raise DuplidogError(f"{path}: write failed on close ({_one_line(image_output.geterror())})")
-
-
-def write_picture(path: str | os.PathLike, pixels: np.ndarray) -> None:
-    """Write an 8-bit RGB picture for people to look at (a contact sheet), atomically: (H, W, 3) uint8
-    written as they are, with no spec to copy -- it is not a frame of the shot."""
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        image_output = oiio.ImageOutput.create(str(tmp))
-        if image_output is None:
-            raise DuplidogError(f"{path}: no image writer for this extension ({_one_line(oiio.geterror())})")
-        spec = oiio.ImageSpec(pixels.shape[1], pixels.shape[0], pixels.shape[2], "uint8")
-        try:
-            if not image_output.open(str(tmp), spec) or not image_output.write_image(pixels):
-                raise DuplidogError(f"{path}: cannot write the picture ({_one_line(image_output.geterror())})")
-        finally:
-            closed = image_output.close()
-        if not closed:
-            raise DuplidogError(f"{path}: cannot write the picture ({_one_line(image_output.geterror())})")
 
 
 def _round_to_packed_depth(pixels: np.ndarray, spec: "oiio.ImageSpec") -> np.ndarray:
