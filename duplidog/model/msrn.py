@@ -460,6 +460,19 @@ class MSRN(nn.Module):
                 raise ValueError(f"MSRN input has {int(x.shape[1])} channels, the network reads "
                                  f"{self.stacked_channels} ({self.in_channels} per frame, "
                                  f"{2 * self.temporal_frames + 1} frames)")
+        pyramid, bases, colour_output, prediction = self._prepare(x, colour_output, detach_colour)
+        hidden: Optional[torch.Tensor] = None
+        outputs: List[torch.Tensor] = []
+        for level in range(self.levels - 1, -1, -1):
+            prediction, hidden, guide = self._climb(level, prediction, hidden, bases)
+            correction, hidden = self._level(pyramid[level], guide, hidden)
+            prediction = self._refine(level, correction, prediction, bases)
+            outputs.append(prediction)
+        return outputs, colour_output
+
+    def _prepare(self, x: torch.Tensor, colour_output: Optional[torch.Tensor], detach_colour: bool
+                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
+        """The image pyramid, each level's base, the colour path's output and the first guess."""
         pyramid: List[torch.Tensor] = [x]
         for _ in range(self.levels - 1):
             pyramid.append(downsample2x(pyramid[-1]))
@@ -480,27 +493,30 @@ class MSRN(nn.Module):
             prediction = bases[-1]  # Tao's choice: the input (here its colour-mapped version) is the first guess
         else:
             prediction = torch.zeros_like(pyramid[-1][:, :1]).repeat(1, self.out_channels, 1, 1)
-        hidden: Optional[torch.Tensor] = None
-        outputs: List[torch.Tensor] = []
-        for level in range(self.levels - 1, -1, -1):
-            if level < self.levels - 1:
-                if self.guide_on_base and len(bases) > 0:
-                    prediction = upsample2x(prediction - bases[level + 1]) + bases[level]
-                else:
-                    prediction = upsample2x(prediction)
-                if hidden is not None:
-                    hidden = upsample2x(hidden)
-            guide = torch.sigmoid(prediction) if self.sigmoid_output else prediction
-            correction, hidden = self._level(pyramid[level], guide, hidden)
-            correction = self._lay_out(correction, level == 0)
-            if len(bases) > 0:
-                prediction = correction + self._upscale(bases[level], level == 0)
-            elif self.refine_levels:  # without a base, the first guess above is zeros
-                prediction = correction + self._upscale(prediction, level == 0)
+        return pyramid, bases, colour_output, prediction
+
+    def _climb(self, level: int, prediction: torch.Tensor, hidden: Optional[torch.Tensor], bases: List[torch.Tensor]
+               ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """The coarser level's prediction and hidden state brought up to ``level``, and the guide it reads."""
+        if level < self.levels - 1:
+            if self.guide_on_base and len(bases) > 0:
+                prediction = upsample2x(prediction - bases[level + 1]) + bases[level]
             else:
-                prediction = correction
-            outputs.append(prediction)
-        return outputs, colour_output
+                prediction = upsample2x(prediction)
+            if hidden is not None:
+                hidden = upsample2x(hidden)
+        guide = torch.sigmoid(prediction) if self.sigmoid_output else prediction
+        return prediction, hidden, guide
+
+    def _refine(self, level: int, correction: torch.Tensor, prediction: torch.Tensor, bases: List[torch.Tensor]
+                ) -> torch.Tensor:
+        """``level``'s prediction: its correction added to its base, or to the coarser prediction."""
+        correction = self._lay_out(correction, level == 0)
+        if len(bases) > 0:
+            return correction + self._upscale(bases[level], level == 0)
+        if self.refine_levels:  # without a base, the first guess is zeros
+            return correction + self._upscale(prediction, level == 0)
+        return correction
 
     def _centre(self, x: torch.Tensor) -> torch.Tensor:
         """The centre frame's channels of a stacked input (the input itself in a one-frame network)."""
@@ -537,45 +553,15 @@ class MSRN(nn.Module):
         third of the finest one, so tiled inference runs them once over the frame and tiles only this
         level, whose reach is far shorter than the whole network's.
         """
-        pyramid: List[torch.Tensor] = [x]
-        for _ in range(self.levels - 1):
-            pyramid.append(downsample2x(pyramid[-1]))
-        bases: List[torch.Tensor] = []
-        if self.colour is not None:
-            bases.append(self.colour(self._centre(x)))
-            for _ in range(self.levels - 1):
-                bases.append(downsample2x(bases[-1]))
-        elif self.residual:
-            bases = [self._centre(level) for level in pyramid]
-        if len(bases) > 0:
-            prediction = bases[-1]
-        else:
-            prediction = torch.zeros_like(pyramid[-1][:, :1]).repeat(1, self.out_channels, 1, 1)
+        pyramid, bases, _, prediction = self._prepare(x, None, False)
         hidden: Optional[torch.Tensor] = None
-        for level in range(self.levels - 1, -1, -1):  # the same steps as _predict, stopping before level 0 runs
-            if level < self.levels - 1:
-                if self.guide_on_base and len(bases) > 0:
-                    prediction = upsample2x(prediction - bases[level + 1]) + bases[level]
-                else:
-                    prediction = upsample2x(prediction)
-                if hidden is not None:
-                    hidden = upsample2x(hidden)
-            guide = torch.sigmoid(prediction) if self.sigmoid_output else prediction
-            if level == 0:
-                if len(bases) > 0:
-                    offset: Optional[torch.Tensor] = bases[0]
-                else:
-                    offset = prediction if self.refine_levels else None
-                return {"image": x, "guide": guide, "hidden": hidden, "offset": offset}
+        for level in range(self.levels - 1, 0, -1):  # the same steps as _predict, stopping before level 0 runs
+            prediction, hidden, guide = self._climb(level, prediction, hidden, bases)
             correction, hidden = self._level(pyramid[level], guide, hidden)
-            correction = self._lay_out(correction, False)
-            if len(bases) > 0:
-                prediction = correction + bases[level]
-            elif self.refine_levels:
-                prediction = correction + prediction
-            else:
-                prediction = correction
-        raise AssertionError("unreachable: the loop ends at level 0")
+            prediction = self._refine(level, correction, prediction, bases)
+        prediction, hidden, guide = self._climb(0, prediction, hidden, bases)
+        offset: Optional[torch.Tensor] = bases[0] if len(bases) > 0 else (prediction if self.refine_levels else None)
+        return {"image": x, "guide": guide, "hidden": hidden, "offset": offset}
 
     @torch.jit.unused
     def finest_pass(self, parts: Dict[str, Optional[torch.Tensor]]) -> torch.Tensor:
