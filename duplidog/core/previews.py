@@ -1,8 +1,11 @@
 """Pictures and figures the stages share: the contact sheet, PSNR, a file's SHA-256.
 
 Training draws a contact sheet of its validation keyframes and assemble draws one of the delivery;
-both are rows of labelled pictures, so one writer lays them out. The PSNR a training run reports and
-the one assemble and the quality bench report are the same formula, written once here.
+both are rows of labelled pictures, so one writer lays them out. It places pictures with OpenImageIO,
+pixel for pixel, rather than through matplotlib (which assemble's sheet used): a plotting library
+resamples each picture into its axes, which undoes the whole-pixel zooms, and a figure is a heavy way
+to draw the sheet training writes at every validation. The PSNR a training run reports and the one
+assemble and the quality bench report are the same formula, written once here.
 """
 
 from __future__ import annotations
