@@ -215,31 +215,30 @@ def _numpy_float(x: Any) -> tuple[np.ndarray, np.dtype]:
 def encode(x: Any, space: SpaceLike, channels: Sequence[str] | None = None) -> Any:
     """Scene values -> working space. numpy arrays (H, W, C; float32 result unless float64 given) or
     tensors (N, C, H, W). With the ``channels``' names, coverage channels (``is_coverage``) pass unchanged."""
-    ws = as_space(space)
-    if _is_tensor(x):
-        from duplidog.colour_module import encode_tensors
-
-        return encode_tensors(x, ws, channels)
-    if ws.is_identity:
-        return np.asarray(x)
-    array, out_dtype = _numpy_float(x)
-    shaped = (np.arcsinh(array / ws.softness) / ws.norm).astype(out_dtype)
-    return _keep_unshaped(shaped, array.astype(out_dtype), shaped_channels(ws, channels))
+    return _shape(x, space, channels, inverse=False)
 
 
 def decode(y: Any, space: SpaceLike, channels: Sequence[str] | None = None) -> Any:
     """Working space -> scene values; the exact inverse of ``encode`` (same ``channels``)."""
-    ws = as_space(space)
-    if _is_tensor(y):
-        from duplidog.colour_module import decode_tensors
+    return _shape(y, space, channels, inverse=True)
 
-        return decode_tensors(y, ws, channels)
+
+def _shape(x: Any, space: SpaceLike, channels: Sequence[str] | None, inverse: bool) -> Any:
+    """The shaper (``inverse``: its inverse) on the shaped channels; tensors go to ``colour_module``."""
+    ws = as_space(space)
+    if _is_tensor(x):
+        from duplidog import colour_module
+
+        return (colour_module.decode_tensors if inverse else colour_module.encode_tensors)(x, ws, channels)
     if ws.is_identity:
-        return np.asarray(y)
-    array, out_dtype = _numpy_float(y)
-    with np.errstate(over="ignore"):
-        scene = (ws.softness * np.sinh(array * ws.norm)).astype(out_dtype)
-    return _keep_unshaped(scene, array.astype(out_dtype), shaped_channels(ws, channels))
+        return np.asarray(x)
+    array, out_dtype = _numpy_float(x)
+    with np.errstate(over="ignore"):  # a decoded value beyond the dtype's range is inf, as it should be
+        if inverse:
+            shaped = (ws.softness * np.sinh(array * ws.norm)).astype(out_dtype)
+        else:
+            shaped = (np.arcsinh(array / ws.softness) / ws.norm).astype(out_dtype)
+    return _keep_unshaped(shaped, array.astype(out_dtype), shaped_channels(ws, channels))
 
 
 def check_setting(setting: str, origin: str = "colorspace setting") -> None:
