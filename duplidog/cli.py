@@ -190,12 +190,12 @@ def _bench_quality(args) -> None:
 
 
 def cmd_models(args) -> None:
-    from duplidog import models
+    from duplidog import model_list
 
     if args.action == "list":
-        print(models.format_table(models.find_models(args.paths or ["results"])))
+        print(model_list.format_table(model_list.find_models(args.paths or ["results"])))
     else:
-        print(models.format_card(args.paths[0] if args.paths else "."))
+        print(model_list.format_card(args.paths[0] if args.paths else "."))
 
 
 def cmd_export(args) -> None:

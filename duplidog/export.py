@@ -63,9 +63,11 @@ from torch import nn
 
 from duplidog import temporal
 from duplidog.atomic import atomic_path, atomic_write_text
-from duplidog.colour import as_space, decode, encode
+from duplidog.colour import decode, encode
 from duplidog.colour_module import WorkingSpaceModule
+from duplidog.core.card import CARD_NAME, ModelCard
 from duplidog.core.mirror import mirror_index
+from duplidog.core.modelstore import load_model
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import TRANSFORMS, resolve_ensemble
 from duplidog.nuke_script import torch_requirement, write_nuke_script
@@ -150,29 +152,6 @@ class SceneModel(nn.Module):
 # -- shared helpers ------------------------------------------------------------------------------------
 
 
-def card_space(card: Dict[str, Any], card_path: Path) -> Dict[str, Any]:
-    """The working-space description a card stores (``colorspace``, or ``colour`` in early cards)."""
-    space = card.get("colorspace") or card.get("colour")
-    if not isinstance(space, dict):
-        raise DuplidogError(f"{card_path}: model card has no working-space description (\"colorspace\"); "
-                            f"retrain or add it")
-    try:
-        as_space(space)
-    except DuplidogError as exc:
-        raise DuplidogError(f"{card_path}: {exc}") from None
-    return space
-
-
-def channel_names(card: Dict[str, Any], network: nn.Module) -> Tuple[List[str], List[str]]:
-    """(input, output) channel names from the card; standard names when an early card lacks them."""
-    defaults = {1: ["A"], 2: ["R", "G"], 3: ["R", "G", "B"], 4: ["R", "G", "B", "A"]}
-    names = []
-    for key, count in (("input_channels", network.in_channels), ("output_channels", network.out_channels)):
-        given = card.get(key)
-        names.append(list(given) if given else defaults.get(count, [f"C{i}" for i in range(count)]))
-    return names[0], names[1]
-
-
 def check_frames(channels: int, seed: int = 0) -> List[torch.Tensor]:
     """Scene-linear test frames: mostly 0..1 with highlights up to ~40 and some negative values."""
     generator = torch.Generator().manual_seed(seed)
@@ -195,13 +174,12 @@ def reference_output(network: nn.Module, space: Any, frame: torch.Tensor, names_
                   space, names_out)
 
 
-def output_path(out_path: Union[str, os.PathLike], to: str, card: Dict[str, Any]) -> Path:
+def output_path(out_path: Union[str, os.PathLike], to: str, card: ModelCard) -> Path:
     """The file to write: ``out_path`` itself, or a default name inside it when it is a folder."""
     out = Path(out_path)
     suffix = SUFFIX[to]
     if out.is_dir() or str(out_path).endswith(os.sep):
-        shot = card.get("shot") or (card.get("training") or {}).get("shot") or "model"
-        return out / f"{shot}_{card.get('id', 'model')}{suffix}"
+        return out / f"{card.shot or 'model'}_{card.id}{suffix}"
     if out.suffix.lower() != suffix:
         raise DuplidogError(f"{out}: a {to} export is a {suffix} file; name it *{suffix} or give a folder")
     return out
@@ -214,14 +192,14 @@ def _file_size(path: Path) -> int:
 # -- Nuke ------------------------------------------------------------------------------------------------
 
 
-def _export_nuke(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: nn.Module, space,
+def _export_nuke(wrapper: SceneModel, card: ModelCard, out: Path, network: nn.Module, space,
                  frames: List[torch.Tensor], names: Tuple[List[str], List[str]], temporal_frames: int = 0
                  ) -> Dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, yet it is what Nuke reads
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(wrapper)
-    extra = {"duplidog_card.json": json.dumps(card, indent=2)}
+    extra = {"duplidog_card.json": json.dumps(card.to_document(), indent=2)}
     with atomic_path(out) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -245,7 +223,7 @@ def _export_nuke(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: 
                        "CatFileCreator by hand and build its input with TimeOffset and Shuffle nodes")
     else:
         not_written = write_nuke_script(script, out, names[0], names[1], int(getattr(network, "scale", 1)),
-                                        str(card.get("id", "model")), torch.__version__.split("+")[0])
+                                        card.id, torch.__version__.split("+")[0])
     if not_written:
         log.warning("export: %s not written: %s", script, not_written)
     else:
@@ -279,10 +257,10 @@ def flame_layout(names: Sequence[str], what: str, card_path: Path) -> Tuple[str,
     return "".join(letters[i] for i in colour), bool(alpha), colour + alpha
 
 
-def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple[str, bool]) -> Dict[str, Any]:
+def flame_sidecar(card: ModelCard, inputs: Tuple[str, bool], outputs: Tuple[str, bool]) -> Dict[str, Any]:
     """The Inference node's JSON description of the exported model (see the module docstring)."""
-    shot = card.get("shot") or (card.get("training") or {}).get("shot") or "model"
-    described = card.get("colorspace") or card.get("colour") or {}
+    shot = card.shot or "model"
+    described = card.colorspace
     linear = described.get("name") == "linear"
     space = "scene-linear" if linear else "as the plate (display or log encoded)"
     named = (described.get("ocio") or {}).get("colorspace") if isinstance(described.get("ocio"), dict) else None
@@ -297,7 +275,7 @@ def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple
         entries_in.append({"Name": FLAME_INPUT, "Description": "plate alpha", "Type": "Matte", "Gain": 1.0,
                            "Channels": "A"})
     # A temporal model's neighbour frames, after the frame's own, each as the frame's channels again.
-    n = int(card.get("temporal_frames", 0) or 0)
+    n = card.temporal_frames
     own = list(entries_in)
     for label in temporal.frame_labels(n)[1:]:
         entries_in += [{**entry, "Type": "Aux",
@@ -305,7 +283,7 @@ def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple
                                         else f"plate alpha, frame {label}")}
                        for entry in own]
     colour, alpha = outputs
-    scale = float(card.get("scale", 1))
+    scale = float(card.scale)
     if colour:
         entries_out.append({"Name": FLAME_OUTPUT, "Description": f"result, {space}", "Type": "Result",
                             "InverseGain": 1.0, "ScalingFactor": scale, "Channels": colour})
@@ -314,9 +292,9 @@ def flame_sidecar(card: Dict[str, Any], inputs: Tuple[str, bool], outputs: Tuple
                             "InverseGain": 1.0, "ScalingFactor": scale, "Channels": "A"})
     return {"ModelDescription": {
         "MinimumVersion": FLAME_MINIMUM_VERSION,
-        "Name": f"duplidog {shot} {card.get('id', '')}".strip(),
-        "Description": (f"duplidog model {card.get('id', '')} for shot {shot}, trained "
-                        f"{card.get('created', '')}; pads and converts colour itself"
+        "Name": f"duplidog {shot} {card.id}".strip(),
+        "Description": (f"duplidog model {card.id} for shot {shot}, trained "
+                        f"{card.created}; pads and converts colour itself"
                         + (f"; reads {2 * n + 1} frames ({', '.join(temporal.frame_labels(n))}) stacked in that "
                            f"order and returns frame t" if n else "")),
         "SupportsSceneLinear": linear,
@@ -341,7 +319,7 @@ def _quiet_exporter_logs():
             logger.setLevel(level)
 
 
-def _onnx_bytes(wrapper: SceneModel, example: torch.Tensor, card: Dict[str, Any]) -> Tuple[bytes, int]:
+def _onnx_bytes(wrapper: SceneModel, example: torch.Tensor, card: ModelCard) -> Tuple[bytes, int]:
     """The wrapped model as ONNX (dynamic H, W) with the card in its metadata; and its opset."""
     height = torch.export.Dim("height", min=2)
     width = torch.export.Dim("width", min=2)
@@ -352,12 +330,12 @@ def _onnx_bytes(wrapper: SceneModel, example: torch.Tensor, card: Dict[str, Any]
                                     dynamic_shapes={"x": {2: height, 3: width}}, verbose=False)
     proto = program.model_proto
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "duplidog_card", json.dumps(card)
+    entry.key, entry.value = "duplidog_card", json.dumps(card.to_document())
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return proto.SerializeToString(), int(opset)
 
 
-def _export_flame(wrapper: SceneModel, card: Dict[str, Any], out: Path, network: nn.Module, space,
+def _export_flame(wrapper: SceneModel, card: ModelCard, out: Path, network: nn.Module, space,
                   frames: List[torch.Tensor], order_in: List[int], order_out: List[int],
                   layouts, names: Tuple[List[str], List[str]]) -> Dict[str, Any]:
     """``order_in``/``order_out``: the network channel at each of the host's input/output positions."""
@@ -425,14 +403,16 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
     (+ opset for Flame). Raises DuplidogError for an unknown target, a missing, damaged
     or incompatible model, channels the host cannot take, or an export that does not match.
     """
-    from duplidog.modelstore import CARD_NAME, load_model
-
     if to not in TARGETS:
         raise DuplidogError(f"export target {to!r} is not one of {', '.join(TARGETS)}")
     network, card = load_model(model_dir, "cpu")
     card_path = Path(model_dir) / CARD_NAME
-    space = card_space(card, card_path)
-    names_in, names_out = channel_names(card, network)
+    try:
+        card.space()
+    except DuplidogError as exc:
+        raise DuplidogError(f"{card_path}: {exc}") from None
+    space = card.colorspace
+    names_in, names_out = list(card.input_channels), list(card.output_channels)
     multiple, scale = int(network.size_multiple), int(getattr(network, "scale", 1))
     out = output_path(out_path, to, card)
     # A temporal model's input: every frame of its window, each with the card's input channels.
@@ -455,11 +435,11 @@ def export(model_dir: Union[str, os.PathLike], to: str, out_path: Union[str, os.
                              network.edge_context, stacked_in, names_out, copies).eval()
         result = _export_flame(wrapper, card, out, network, space, frames, order_in, order_out,
                                ((colour_in, alpha_in), (colour_out, alpha_out)), (stacked_in, names_out))
-    result.update(target=to, model_id=card.get("id"), check_sizes=[list(s) for s in CHECK_SIZES],
+    result.update(target=to, model_id=card.id, check_sizes=[list(s) for s in CHECK_SIZES],
                   tolerance=TOLERANCE[to], input_channels=names_in, output_channels=names_out, scale=scale,
                   temporal_frames=n, input_frames=temporal.frame_labels(n),
                   colorspace=space.get("name"), ocio_colorspace=(space.get("ocio") or {}).get("colorspace"),
                   ensemble=copies)
-    log.info("export: %s model %s -> %s (max difference %.3g)", to, card.get("id"), ", ".join(result["files"]),
+    log.info("export: %s model %s -> %s (max difference %.3g)", to, card.id, ", ".join(result["files"]),
              result["max_difference"])
     return result

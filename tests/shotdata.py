@@ -126,7 +126,7 @@ def make_model(model_dir: Path, in_names, out_names, space="linear"):
 
     from duplidog import colour
     from duplidog.model import build_model
-    from duplidog.modelstore import save_model
+    from duplidog.core.modelstore import save_model
 
     torch.manual_seed(1)
     net = build_model(preset="small", in_channels=len(in_names), out_channels=len(out_names),

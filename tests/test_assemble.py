@@ -146,7 +146,7 @@ def test_inference_then_assembly_end_to_end(tmp_path):
     from duplidog import colour
     from duplidog.infer import infer_frames
     from duplidog.model import build_model
-    from duplidog.modelstore import save_model
+    from duplidog.core.modelstore import save_model
 
     shot_file = make_shot(tmp_path, frames=FRAMES, keyframes=(1001, 1006), channels=("R", "G", "B", "A"),
                           extra={"output": str(tmp_path / "results/t1/output/t1.%04d.exr")})

@@ -21,7 +21,7 @@ from duplidog.errors import DuplidogError
 from duplidog.export import check_frames, export, flame_layout, flame_sidecar
 from duplidog.infer import apply_model
 from duplidog.model import build_model
-from duplidog.modelstore import load_model, save_model
+from duplidog.core.modelstore import load_model, save_model
 from shotdata import DEVICES
 
 torch.set_num_threads(1)

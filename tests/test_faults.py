@@ -188,7 +188,7 @@ def typo_in_section(tmp_path, monkeypatch):
 
 @case("a model card without its weights checksum")
 def card_without_checksum(tmp_path, monkeypatch):
-    from duplidog.modelstore import load_model
+    from duplidog.core.modelstore import load_model
 
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     card_path = tmp_path / "model/model.json"
@@ -306,7 +306,7 @@ def disk_full_checkpoint(tmp_path, monkeypatch):
 def disk_full_model(tmp_path, monkeypatch):
     import safetensors.torch
 
-    from duplidog.modelstore import load_model
+    from duplidog.core.modelstore import load_model
 
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))
     before = fingerprint(tmp_path / "model")

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from duplidog import imageio
-from duplidog.modelstore import load_model, save_model
+from duplidog.core.modelstore import load_model, save_model
 from shotdata import ROOT, TINY, native, random_pixels, snakemake, write_frame
 
 pytestmark = pytest.mark.pipeline

@@ -217,7 +217,7 @@ def test_outputs_keep_the_source_spec_carry_alpha_bit_exact_and_record_provenanc
 
 
 def test_the_result_is_the_model_applied_in_its_working_space(shot):
-    from duplidog.modelstore import load_model
+    from duplidog.core.modelstore import load_model
 
     root, plan = shot
     infer_frames(root / "model", plan, [1002], str(root / "out/out.%04d.exr"), {"device": "cpu", "tile": "none"})

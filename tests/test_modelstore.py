@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from duplidog import modelstore
+from duplidog import colour
+from duplidog.core import modelstore
+from duplidog.core.card import CARD_NAME, WEIGHTS_NAME, ModelCard, read_card
+from duplidog.core.modelstore import load_model, save_model
 from duplidog.errors import DuplidogError
 from duplidog.model import build_model
-from duplidog.modelstore import CARD_NAME, WEIGHTS_NAME, load_model, read_card, save_model
 
 torch.set_num_threads(2)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-CARD = {"shot": "sh010", "input_channels": ["R", "G", "B"], "output_channels": ["A"],
-        "colour": {"space": "linear"}, "train": {"steps": 10}, "steps": 10, "metrics": {"psnr": 31.5}}
+CARD = {"input_channels": ["R", "G", "B"], "output_channels": ["A"], "colorspace": colour.describe("linear"),
+        "edge_context": 3, "training": {"shot": "sh010", "steps": 10}, "metrics": {"validation": {"psnr": 31.5}}}
 
 
 def tiny(out_channels=1, width=4):
@@ -60,14 +62,44 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path, device):
 
 def test_card_keeps_the_callers_facts_and_adds_its_own(saved: Path):
     card = read_card(saved)
+    document = json.loads((saved / CARD_NAME).read_text())
     for key, value in CARD.items():
-        assert card[key] == value
-    assert card["model"] == tiny().config
-    assert card["format"] == "duplidog-model" and card["format_version"] == 1
-    assert len(card["id"]) == 12 and card["created"].endswith("+00:00")
-    assert card["versions"]["torch"] == torch.__version__ and "duplidog" in card["versions"]
-    assert card["scale"] == 1
-    assert card["weights"]["file"] == WEIGHTS_NAME and len(card["weights"]["sha256"]) == 64
+        assert document[key] == value
+    assert card.input_channels == ("R", "G", "B") and card.output_channels == ("A",) and card.edge_context == 3
+    assert card.shot == "sh010" and card.steps == 10 and card.validation_psnr == 31.5
+    assert card.network == tiny().config
+    assert document["format"] == "duplidog-model" and document["format_version"] == 1
+    assert len(card.id) == 12 and card.created.endswith("+00:00")
+    assert card.versions["torch"] == torch.__version__ and "duplidog" in card.versions
+    assert card.scale == 1 and card.temporal_frames == 0
+    assert card.reach == int(tiny().reach) and card.size_multiple == tiny().size_multiple
+    assert card.weights.file == WEIGHTS_NAME and len(card.weights.sha256) == 64
+
+
+def test_the_card_is_written_back_byte_for_byte_in_the_trainers_order(saved: Path):
+    text = (saved / CARD_NAME).read_text()
+    assert read_card(saved).to_json() == text
+    assert list(json.loads(text)) == [
+        "model", "input_channels", "output_channels", "passthrough_channels", "colorspace", "scale",
+        "temporal_frames", "reach", "size_multiple", "edge_context", "training", "metrics", "format",
+        "format_version", "id", "created", "versions", "weights"]
+
+
+def test_a_card_field_save_model_does_not_know_is_refused(tmp_path: Path):
+    with pytest.raises(DuplidogError, match="'shot' not a model card field"):
+        save_model(tmp_path / "model", tiny(), {**CARD, "shot": "sh010"})
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda card: card.update(colour=card.pop("colorspace")), "no working-space description"),
+    (lambda card: card.pop("input_channels"), "'input_channels' is not a list of channel names"),
+    (lambda card: card.update(scale="2"), "'scale' is not a whole number"),
+])
+def test_a_card_of_another_shape_is_refused(saved: Path, change, message):
+    edit_card(saved, change)
+    with pytest.raises(DuplidogError, match=message):
+        read_card(saved)
 
 
 def test_every_file_of_a_model_gets_the_modes_the_umask_allows(saved: Path):
@@ -89,11 +121,11 @@ def _umask() -> int:
 
 
 def test_saving_again_replaces_the_model_and_leaves_no_temporaries(saved: Path):
-    first = read_card(saved)["id"]
+    first = read_card(saved).id
     (saved.parent / ".model.tmp-0123abcd").mkdir()  # what a save killed midway leaves
     save_model(saved, tiny(width=6), CARD)
-    assert read_card(saved)["id"] != first
-    assert read_card(saved)["model"]["width"] == 6
+    assert read_card(saved).id != first
+    assert read_card(saved).network["width"] == 6
     assert [p.name for p in saved.parent.iterdir()] == ["model"]
 
 
@@ -114,7 +146,7 @@ def test_a_save_that_fails_midway_leaves_the_old_model(saved: Path, monkeypatch)
 
 def test_a_card_that_is_not_json_is_refused_before_writing(tmp_path: Path):
     with pytest.raises(TypeError):
-        save_model(tmp_path / "model", tiny(), {"when": object()})
+        save_model(tmp_path / "model", tiny(), {**CARD, "training": {"when": object()}})
     assert not (tmp_path / "model").exists()
 
 

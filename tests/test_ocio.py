@@ -173,7 +173,7 @@ def identity_model(model_dir: Path, space) -> dict:
     import torch
 
     from duplidog.model import build_model
-    from duplidog.modelstore import save_model
+    from duplidog.core.modelstore import save_model
 
     torch.manual_seed(1)
     net = build_model(preset="small", in_channels=3, out_channels=3, levels=2, stages=1, width=4, depth=1,
@@ -231,7 +231,7 @@ def test_inference_refuses_a_model_trained_in_another_space_unless_asked(tmp_pat
 # -- the model card ------------------------------------------------------------------------------------
 
 def test_training_stores_the_ocio_space_in_the_model_card(tmp_path):
-    from duplidog.models import format_card
+    from duplidog.model_list import format_card
     from duplidog.pool import build_pool
     from duplidog.train import train
 

@@ -205,7 +205,7 @@ def test_a_pool_of_another_temporal_frames_than_the_model_is_refused_naming_the_
 
 
 def test_training_a_temporal_network_and_refusing_to_warm_start_another_temporal_frames(tmp_path):
-    from duplidog.modelstore import read_card
+    from duplidog.core.card import read_card
     from duplidog.train import train
 
     shot = temporal_shot(tmp_path / "a", 1, steps=4)
@@ -239,7 +239,7 @@ def test_the_train_bench_times_the_network_a_temporal_pool_trains(tmp_path):
 # -- inference: a sliding window, chunk by chunk ---------------------------------------------------------
 def save_temporal_model(model_dir: Path, n: int = 1, space: str = "log") -> Path:
     from duplidog import colour
-    from duplidog.modelstore import save_model
+    from duplidog.core.modelstore import save_model
 
     torch.manual_seed(n)
     network = nudged(build_model("msrn", "small", 3, 3, temporal_frames=n, **TINY), seed=n)
@@ -282,7 +282,7 @@ def test_frames_at_a_chunk_edge_equal_a_single_chunk_run_and_each_plate_frame_is
 def test_the_sliding_window_is_mirrored_at_the_shot_ends(tmp_path):
     from duplidog import colour
     from duplidog.infer import apply_model, infer_frames
-    from duplidog.modelstore import load_model
+    from duplidog.core.modelstore import load_model
 
     temporal_shot(tmp_path, 2)
     model_dir = save_temporal_model(tmp_path / "model", 2)
@@ -404,7 +404,7 @@ def test_the_flame_sidecar_lists_the_neighbour_frames_after_the_frame_itself():
 def test_the_flame_export_of_an_rgba_temporal_model_matches_duplidog(tmp_path):
     from duplidog import colour
     from duplidog.export import export
-    from duplidog.modelstore import save_model
+    from duplidog.core.modelstore import save_model
 
     torch.manual_seed(2)
     network = nudged(build_model("msrn", "small", 4, 4, temporal_frames=1, **TINY), seed=2)

@@ -97,7 +97,7 @@ def test_the_reach_is_where_the_windows_error_falls_below_the_threshold():
 def test_chunks_of_a_tiled_shot_tile_alike_and_the_summary_says_how(tmp_path):
     from duplidog import colour
     from duplidog.infer import infer_frames
-    from duplidog.modelstore import save_model
+    from duplidog.core.modelstore import save_model
     from shotdata import PLAN_FRAMES as FRAMES, write_plan_shot
 
     plan = write_plan_shot(tmp_path, size=(176, 112))

@@ -338,7 +338,8 @@ def test_a_validation_keyframe_holding_nan_is_refused_naming_its_file(tmp_path):
 def test_model_cards_and_summaries_are_standard_json_even_for_an_infinite_psnr(tmp_path):
     from duplidog.atomic import atomic_write_json
     from duplidog.model import build_model
-    from duplidog.modelstore import CARD_NAME, save_model
+    from duplidog.core.card import CARD_NAME
+    from duplidog.core.modelstore import save_model
 
     card = save_model(tmp_path / "model", build_model(width=4, levels=2, stages=1, depth=1),
                       {"metrics": {"psnr": float("inf"), "ssim": float("nan")}})
@@ -420,7 +421,7 @@ def test_training_learns_and_saves_the_model_with_its_card(shot, tmp_path):
     assert {"loss/total", "loss/charbonnier", "train/lr", "validation/psnr"} <= set(tags)
     assert "activations/stem/std" in tags and any(t.startswith("activations/head/") for t in tags)
 
-    from duplidog.modelstore import load_model
+    from duplidog.core.modelstore import load_model
 
     model, card = load_model(tmp_path / "model", "cpu")
     assert card["input_channels"] == ["R", "G", "B"] and card["output_channels"] == ["R", "G", "B"]

@@ -139,7 +139,7 @@ def test_keyframes_of_another_size_than_scale_times_the_plate_are_refused_naming
 
 
 def test_training_learns_an_upscale_and_refuses_to_warm_start_another_scale(tmp_path):
-    from duplidog.modelstore import read_card
+    from duplidog.core.card import read_card
     from duplidog.train import train
 
     shot = upscaled_shot(tmp_path, 2, train_steps=6)
@@ -170,7 +170,7 @@ def test_a_pool_of_another_scale_than_the_model_is_refused(tmp_path):
 # -- frames and exports ---------------------------------------------------------------------------------
 def save_upscaler(model_dir: Path, scale: int) -> Path:
     from duplidog import colour
-    from duplidog.modelstore import save_model
+    from duplidog.core.modelstore import save_model
 
     torch.manual_seed(scale)
     network = nudged(build_model("msrn", "small", 3, 3, scale=scale, **TINY), seed=scale)

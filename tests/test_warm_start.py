@@ -91,7 +91,7 @@ def test_shot_b_from_shot_a_reaches_the_psnr_in_fewer_steps(tmp_path, record_pro
     print(summary)
     record_property("warm_start", summary)
 
-    from duplidog.modelstore import read_card
+    from duplidog.core.card import read_card
 
     card = read_card(tmp_path / "b_warm/model")
     assert card["training"]["init_from"] == str(tmp_path / "train_a/model")

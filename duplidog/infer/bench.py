@@ -29,7 +29,8 @@ import torch
 
 from duplidog import colour, imageio
 from duplidog.core.mirror import mirror_index
-from duplidog.infer.frames import infer_frames, resolve_device
+from duplidog.core.runtime import choose_device
+from duplidog.infer.frames import infer_frames
 from duplidog.infer.runner import model_geometry, splits_levels, tile_geometry
 from duplidog.infer.tiling import default_overlap, round_up
 
@@ -79,9 +80,9 @@ def bench_infer(preset: str = "small", frames: int = 2, device: str | None = Non
     if threads:
         torch.set_num_threads(threads)
     from duplidog.model import build_model, count_parameters
-    from duplidog.modelstore import load_model, save_model
+    from duplidog.core.modelstore import load_model, save_model
 
-    torch_device = resolve_device(device)
+    torch_device = choose_device(device, key="infer.device")
     with tempfile.TemporaryDirectory(dir=workdir, prefix="duplidog-bench-") as tmp:
         root = Path(tmp)
         for i in range(frames):
@@ -90,15 +91,14 @@ def bench_infer(preset: str = "small", frames: int = 2, device: str | None = Non
             torch.manual_seed(0)
             net = build_model(preset=preset)
             model_dir = root / "model"
-            save_model(model_dir, net, {"input_channels": ["R", "G", "B"], "output_channels": ["R", "G", "B"],
-                                        "colorspace": colour.describe("linear")})
-            card = json.loads((model_dir / "model.json").read_text())
+            card = save_model(model_dir, net, {"input_channels": ["R", "G", "B"], "output_channels": ["R", "G", "B"],
+                                               "colorspace": colour.describe("linear")})
             what = f"MSRN {preset}, UNTRAINED (a fresh network's reach is not a trained one's: pass --model)"
         else:
             model_dir = Path(model)
             net, card = load_model(model_dir)
-            what = f"model {model_dir} ({card.get('model', {}).get('preset', 'custom')}, trained)"
-        space = card.get("colorspace") or colour.describe("linear")
+            what = f"model {model_dir} ({card.network.get('preset', 'custom')}, trained)"
+        space = card.colorspace
         numbers = list(range(1001, 1001 + frames))
         plan = {"shot": "bench", "source": str(root / "plate/plate.%04d.exr"), "output": str(root / "out/o.%04d.exr"),
                 "frames": numbers, "keyframes": [], "colorspace": space.get("name", "linear"),
@@ -126,7 +126,7 @@ def bench_infer(preset: str = "small", frames: int = 2, device: str | None = Non
     tiling = runs["tiled"].get("tiling")
     reference = megapixels / io_seconds
     results = {
-        "device": str(torch_device), "preset": preset if model is None else card.get("model", {}).get("preset"),
+        "device": str(torch_device), "preset": preset if model is None else card.network.get("preset"),
         "trained": model is not None, "parameters": count_parameters(net),
         "threads": torch.get_num_threads(), "reach": int(net.reach), "frame": f"{width}x{height}", "frames": frames,
         "tile": tile, "read_write_mpix_per_s": round(reference, 3),

@@ -46,6 +46,9 @@ import torch
 import duplidog
 from duplidog import colour, imageio, temporal
 from duplidog.atomic import atomic_write_json, remove_stale_temporaries
+from duplidog.core.card import CARD_NAME, ModelCard
+from duplidog.core.modelstore import load_model
+from duplidog.core.runtime import choose_device
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import model_copies
 from duplidog.infer.runner import apply_model, measure_tile_reach, plan_run
@@ -60,25 +63,6 @@ def infer_settings(given: dict | None) -> dict[str, Any]:
     from duplidog.settings import defaults
 
     return {**defaults()["infer"], **(given or {})}
-
-
-def resolve_device(setting: str | torch.device | None) -> torch.device:
-    """``auto``/None: the first of cuda, mps, cpu that is available; otherwise the named device."""
-    if setting is None or setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError:
-        raise DuplidogError(f"infer.device: {setting!r} is not a device (auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DuplidogError(f"infer.device: {setting!r} asked for, but this machine has no usable CUDA GPU")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DuplidogError(f"infer.device: {setting!r} asked for, but MPS is not available here")
-    return device
 
 
 @dataclass(frozen=True)
@@ -99,31 +83,15 @@ class ChannelRoute:
         return list(self.output) + list(self.passthrough)
 
 
-def check_route_against_card(route: ChannelRoute, card: dict, model_dir: str | Path) -> None:
-    """The plan's channels must be the ones the model was trained with (names where the card has them)."""
-    for what, planned in (("input", route.input), ("output", route.output)):
-        trained = card.get(f"{what}_channels")
-        if trained is None:
-            continue
-        if isinstance(trained, int):
-            matches = trained == len(planned)
-        else:
-            matches = list(trained) == list(planned)
-        if not matches:
+def check_route_against_card(route: ChannelRoute, card: ModelCard, model_dir: str | Path) -> None:
+    """The plan's channels must be the ones the model was trained with."""
+    for what, planned, trained in (("input", route.input, card.input_channels),
+                                   ("output", route.output, card.output_channels)):
+        if trained != planned:
             raise DuplidogError(
-                f"{Path(model_dir) / 'model.json'}: the model was trained with {what} channels {trained}, "
+                f"{Path(model_dir) / CARD_NAME}: the model was trained with {what} channels {list(trained)}, "
                 f"but this shot has {', '.join(planned)}"
             )
-
-
-def card_space(card: dict, fallback: str | None = None) -> colour.WorkingSpace:
-    """The working space the model was trained in, from its card ('colorspace' or 'colour')."""
-    description = card.get("colorspace", card.get("colour"))
-    if description is None:
-        if fallback is None:
-            raise DuplidogError("the model card records no colour space and none was given")
-        return colour.as_space(fallback)
-    return colour.as_space(description)
 
 
 def frame_space(info: imageio.ImageInfo, plate: dict, colorspace: Any = None) -> str | None:
@@ -132,10 +100,6 @@ def frame_space(info: imageio.ImageInfo, plate: dict, colorspace: Any = None) ->
     nothing names one."""
     return (colour.file_space(info) or plate.get("plate_colorspace")
             or colour.ocio_name(plate.get("colorspace") or colorspace))
-
-
-def model_id(card: dict) -> str:
-    return str(card.get("id") or card.get("model_id") or "unknown")
 
 
 class _Stop(Exception):
@@ -247,7 +211,7 @@ def check_like_plate(info: imageio.ImageInfo, plate: dict) -> None:
 
 def run_frames(
     model: torch.nn.Module,
-    card: dict,
+    card: ModelCard,
     frames: Sequence[int],
     source_pattern: str,
     output_pattern: str,
@@ -263,20 +227,21 @@ def run_frames(
 
     ``settings``: the ``infer`` section (see config.schema.yaml); missing keys take the defaults.
     ``nonfinite``: "error" (a NaN/inf in a source frame stops the chunk, naming the frame) or
-    "replace" (zeroed with a warning), as ``ingest.nonfinite``. ``colorspace``: the working space if
-    the card records none (the card's, which training used, always wins). ``plate``: what ingest found
-of the plate (the plan's width, height, channel_names, format_name, pixel_type; those present are
-checked): a frame replaced since by another kind is an error naming it. ``ends``: the shot's first
+    "replace" (zeroed with a warning), as ``ingest.nonfinite``. ``colorspace``: the shot's working
+    space, the OCIO space of source frames nothing else names (the network works in the card's).
+    ``plate``: what ingest found of the plate (the plan's width, height, channel_names, format_name,
+    pixel_type; those present are checked): a frame replaced since by another kind is an error naming
+    it. ``ends``: the shot's first
     and last frame, where a temporal model's neighbours mirror (default: the plan's in ``plate``, else
     the first and last of ``frames``). Returns the timing summary.
     """
     settings = infer_settings(settings)
-    device = device if device is not None else resolve_device(settings["device"])
-    space = card_space(card, fallback=colorspace)
+    device = device if device is not None else choose_device(settings["device"], key="infer.device")
+    space = card.space()
     source, output = FramePattern(source_pattern), FramePattern(output_pattern)
     frames = list(frames)
     depth = max(1, int(settings["read_ahead"]))
-    attributes = {"duplidog:model_id": model_id(card), "duplidog:version": duplidog.__version__}
+    attributes = {"duplidog:model_id": card.id, "duplidog:version": duplidog.__version__}
     read_channels = route.read
     n_input = len(route.input)
     passthrough_index = [read_channels.index(c) for c in route.passthrough]
@@ -457,7 +422,7 @@ checked): a frame replaced since by another kind is an error naming it. ``ends``
         "wait_read_seconds": round(wait_read, 4),
         "wait_write_seconds": round(wait_write, 4),
         "device": str(device),
-        "model_id": model_id(card),
+        "model_id": card.id,
         "tiling": tiling,
     }
 
@@ -485,19 +450,17 @@ def infer_frames(
     Returns the summary: frames, seconds, fps and where the time went.
     """
     from duplidog.ingest import read_plan
-    from duplidog.modelstore import load_model
-
     plan = read_plan(plan_path)
     settings = infer_settings(settings)
     frames = list(plan["frames"] if frames is None else frames)
     route = ChannelRoute(tuple(plan["input_channels"]), tuple(plan["output_channels"]),
                          tuple(plan.get("passthrough_channels", ())))
-    device = resolve_device(settings["device"])
+    device = choose_device(settings["device"], key="infer.device")
     t0 = time.perf_counter()
     model, card = load_model(model_dir, device)
     check_route_against_card(route, card, model_dir)
     load_seconds = time.perf_counter() - t0
-    log.info("model %s loaded on %s in %.2fs; frames %s", model_id(card), device, load_seconds,
+    log.info("model %s loaded on %s in %.2fs; frames %s", card.id, device, load_seconds,
              format_frame_list(frames))
     output_pattern = output_pattern or plan.get("output")
     if not output_pattern:
@@ -528,8 +491,6 @@ def infer_sequence(
     space than the card's is refused, or converted (and written back in its own) with ``convert_colorspace``.
     """
     from duplidog.ingest import check_output_pattern, neighbour_frames
-    from duplidog.modelstore import load_model
-
     settings = infer_settings(settings)  # tile and device, where given, override the settings' own
     if tile is not None:
         settings["tile"] = tile
@@ -544,24 +505,22 @@ def infer_sequence(
     if missing:
         raise DuplidogError(f"{source_pattern}: frames {format_frame_list(missing)} missing")
     check_output_pattern(output_pattern, source_pattern, source_pattern, frames)  # never over the plates
-    torch_device = resolve_device(settings["device"])
+    torch_device = choose_device(settings["device"], key="infer.device")
     model, card = load_model(model_dir, torch_device)
     info = imageio.read_info(source.path(frames[0]))
     route = route_from_card(card, info)
     # A temporal model's neighbours mirror at the ends of the sequence on disk, whichever frames run.
     ends = (min(existing[0], min(frames)), max(existing[-1], max(frames))) if existing else None
     if ends is not None:
-        neighbour_frames(source, frames, int(card.get("temporal_frames", 0) or 0), ends)
+        neighbour_frames(source, frames, card.temporal_frames, ends)
     return run_frames(model, card, frames, source_pattern, output_pattern, route, settings, torch_device,
                       plate={"convert_colorspace": bool(convert_colorspace)}, ends=ends)
 
 
-def route_from_card(card: dict, info: imageio.ImageInfo) -> ChannelRoute:
+def route_from_card(card: ModelCard, info: imageio.ImageInfo) -> ChannelRoute:
     """Channels for a plan-less run: the card's input and output names, the rest of the source copied."""
     names = list(info.channel_names)
-    inputs, outputs = card.get("input_channels"), card.get("output_channels")
-    if not isinstance(inputs, list) or not isinstance(outputs, list):
-        raise DuplidogError(f"{info.path}: the model card names no input/output channels; run with a shot plan")
+    inputs, outputs = card.input_channels, card.output_channels
     missing = [c for c in inputs if c not in names]
     if missing:
         raise DuplidogError(

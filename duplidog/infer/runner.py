@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from duplidog.core.mirror import mirror_pad
+from duplidog.core.runtime import autocast, choose_precision, free_bytes
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import TRANSFORMS, model_copies, run_ensemble, transform, untransform
 from duplidog.infer.tiling import (
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 FALLBACK_CPU_PIXEL_BUDGET = 4_194_304
 # The share of free device memory a batch of tiles (or a whole frame) may plan to use.
 DEFAULT_MEMORY_FRACTION = 0.7
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # How much a tile's missing context may still change the pixels it delivers: an eighth of half float's
 # rounding step at 1.0 (2**-11), so tiled and whole-frame outputs round to the same half values, or to
 # neighbours where a value sits on a rounding boundary.
@@ -60,7 +59,7 @@ class RunPlan:
 
 def resolve_edge_context(model: torch.nn.Module, setting: str | int) -> int:
     """The mirrored context around each frame: ``"auto"`` is the context the model was trained with
-    (``model.edge_context``, which ``modelstore.load_model`` sets from the card; 0 when unknown)."""
+    (``model.edge_context``, which ``duplidog.core.card.configure_inference`` sets; 0 when unset)."""
     if setting == "auto":
         return int(getattr(model, "edge_context", 0) or 0)
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
@@ -148,27 +147,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """The compute dtype: reduced precision on GPUs ("auto": bf16 where supported, else fp16), fp32 on CPU."""
-    if precision not in PRECISIONS:
-        raise DuplidogError(f"infer.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if precision == "fp32" or device.type == "cpu":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float16  # mps and other accelerators
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Memory: how many bytes of activations a pixel costs, measured once per model, device and dtype.
 
@@ -196,7 +174,7 @@ def activation_bytes_per_pixel(model: torch.nn.Module, channels: int, device: to
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode(), autocast(device.type, dtype):
             model(probe)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - before
@@ -210,7 +188,7 @@ def activation_bytes_per_pixel(model: torch.nn.Module, channels: int, device: to
 
         handles = [m.register_forward_hook(watch) for m in model.modules()]
         try:
-            with torch.inference_mode(), _autocast(device, dtype):
+            with torch.inference_mode(), autocast(device.type, dtype):
                 model(probe)
         finally:
             for handle in handles:
@@ -218,34 +196,6 @@ def activation_bytes_per_pixel(model: torch.nn.Module, channels: int, device: to
         value = max(12.0 * widest[0] / pixels, 64.0)
     cache[key] = value
     return value
-
-
-def free_host_bytes() -> int | None:
-    """Memory the system could give this process now (Linux MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        return None
-
-
-def free_device_bytes(device: torch.device) -> int | None:
-    """Memory the next run may use on an accelerator (free plus cached-but-unused); None on CPU."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + cached)
-    if device.type == "mps":
-        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
-    return None
 
 
 def plan_run(
@@ -276,7 +226,8 @@ def plan_run(
     runs in tiles with its analytic reach.
     """
     device = torch.device(device) if device is not None else model_device(model)
-    dtype = autocast_dtype(device, precision)
+    # Inference's policy: the CPU computes in float32 whatever the setting.
+    dtype = choose_precision(device, precision, key="infer.precision", reduced_on_cpu=False).dtype
     multiple, _, scale = model_geometry(model)
     _, channels, height, width = image_shape
     edge_context = resolve_edge_context(model, edge_context)
@@ -305,7 +256,7 @@ def plan_run(
     if device.type == "cpu" and cpu_pixel_budget is not None:
         budget_pixels = int(cpu_pixel_budget)
     else:
-        free = free_host_bytes() if device.type == "cpu" else free_device_bytes(device)
+        free = free_bytes(device)
         if free is None:
             budget_pixels = FALLBACK_CPU_PIXEL_BUDGET
         else:
@@ -340,7 +291,7 @@ def _check_image(image: torch.Tensor) -> None:
 
 
 def _run_whole(model, padded: torch.Tensor, padding, height, width, scale, device, dtype, copies) -> torch.Tensor:
-    with _autocast(device, dtype):
+    with autocast(device.type, dtype):
         out = run_ensemble(model, padded.to(device), copies)
     top, left = scale * padding.top, scale * padding.left
     out = out[..., top: top + scale * height, left: left + scale * width]
@@ -360,7 +311,7 @@ def _run_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width, scale
         )
         if pin:
             inputs = inputs.pin_memory()
-        with _autocast(device, dtype):
+        with autocast(device.type, dtype):
             outputs = run_ensemble(model, inputs.to(device, non_blocking=pin), copies)
         output = _blend(output, outputs, batch, grid, height, width, scale)
     return output
@@ -394,7 +345,7 @@ def _run_split_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width,
     """
     frame = padded.to(device)
     copy_parts = []
-    with _autocast(device, dtype):
+    with autocast(device.type, dtype):
         for k in TRANSFORMS[copies]:
             parts = model.coarse_pass(transform(frame, k))
             copy_parts.append((k, {name: None if t is None else untransform(t, k) for name, t in parts.items()}))
@@ -426,7 +377,7 @@ def _run_split_tiles(model, padded: torch.Tensor, grid: TileGrid, height, width,
     tiles = list(grid.tiles())
     for start in range(0, len(tiles), batch_size):
         batch = tiles[start: start + batch_size]
-        with _autocast(device, dtype):
+        with autocast(device.type, dtype):
             outputs = finest(batch)
         output = _blend(output, outputs, batch, grid, height, width, scale)
     return output

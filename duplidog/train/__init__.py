@@ -4,7 +4,7 @@
 ``bench_train()`` measures the data path and each preset's speed (``bench``). Modules: ``data``
 (which tiles, and how they reach the device), ``losses``, ``schedule``, ``ema``, ``checkpoint``,
 ``monitor`` (progress, convergence, TensorBoard, metrics.csv, loss plot), ``validate`` (whole-frame
-validation through production inference), ``device`` (device and precision).
+validation through production inference); device and precision come from ``duplidog.core.runtime``.
 """
 
 from duplidog.train.loop import TrainingInterrupted, train

@@ -27,8 +27,8 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import torch
 
+from duplidog.core.runtime import choose_device, choose_precision
 from duplidog.train.data import DeviceBatches, EpochPlan, StreamedBatches, load_pool, pool_bytes
-from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
 from duplidog.train.loop import StepRunner, parameter_groups
@@ -129,8 +129,8 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
     config = config or defaults()
     settings = dict(config["train"])
     model_settings = dict(config.get("model", {}))
-    device = choose_device(device or settings["device"])
-    precision = choose_precision(device, settings["precision"])
+    device = choose_device(device or settings["device"], key="train.device")
+    precision = choose_precision(device, settings["precision"], key="train.precision", reduced_on_cpu=True)
     data_steps = steps or max(20 if device.type != "cpu" else 3, DATA_PATH_STEPS)
     steps = steps or (20 if device.type != "cpu" else 3)
     warmup = warmup if warmup is not None else (3 if device.type != "cpu" else 1)

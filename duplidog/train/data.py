@@ -36,6 +36,8 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from duplidog.core.runtime import free_bytes
+
 log = logging.getLogger(__name__)
 
 Batch = Tuple[torch.Tensor, torch.Tensor]  # (source, target), float32 on the training device
@@ -143,19 +145,9 @@ def pool_bytes(group) -> int:
 
 
 def memory_budget(device: torch.device, fraction: float) -> int:
-    """Bytes the pool may occupy on ``device``: a share of what is free there now."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * fraction)
-    if device.type == "mps":
-        return int((torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()) * fraction)
-    try:
-        import psutil
-
-        available = psutil.virtual_memory().available
-    except ImportError:  # Linux without psutil
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return int(available * fraction)
+    """Bytes the pool may occupy on ``device``: a share of what is free there now, not counting what
+    the allocator holds (the pool stays resident beside the run's own tensors); 0 where unknown."""
+    return int((free_bytes(device, count_cached=False) or 0) * fraction)
 
 
 def _to_device(source: torch.Tensor, target: torch.Tensor, device: torch.device) -> Batch:

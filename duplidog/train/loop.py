@@ -42,12 +42,14 @@ import torch
 
 from duplidog import temporal
 from duplidog.atomic import atomic_write_json
+from duplidog.core.card import ModelCard, configure_inference, read_card
+from duplidog.core.modelstore import load_model, save_model
+from duplidog.core.runtime import choose_device, choose_precision
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
 from duplidog.train.colour_fit import (BUDGET_SHARE, KEEP_SHARE, STEPS_PER_NETWORK_STEP, colour_path_held,
                                       explained_share, fit_colour_path, hold_colour_path, sample_pixels)
 from duplidog.train.data import EpochPlan, make_batches, value_range
-from duplidog.train.device import choose_device, choose_precision
 from duplidog.train.distributed import QuietMonitor, Ranks, StepForward
 from duplidog.train.ema import WeightAverage
 from duplidog.train.losses import LossMix
@@ -142,18 +144,16 @@ def keyframe_fingerprint(manifest_path: str | os.PathLike, frames) -> str:
     return digest.hexdigest()
 
 
-def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> dict:
+def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> ModelCard:
     """Copy the weights of the model in ``model_dir`` into ``model``; every tensor must match in shape."""
-    from duplidog.modelstore import load_model
-
     previous, card = load_model(model_dir, "cpu")
-    theirs_scale, mine_scale = int(card.get("scale", 1)), int(getattr(model, "scale", 1))
+    theirs_scale, mine_scale = card.scale, int(getattr(model, "scale", 1))
     if theirs_scale != mine_scale:
         raise DuplidogError(
             f"{model_dir}: train.init_from model upscales x{theirs_scale}, this shot's network x{mine_scale} "
             f"(model.scale): a model cannot warm-start a network of another scale"
         )
-    theirs_frames, mine_frames = int(card.get("temporal_frames", 0) or 0), int(getattr(model, "temporal_frames", 0))
+    theirs_frames, mine_frames = card.temporal_frames, int(getattr(model, "temporal_frames", 0))
     if theirs_frames != mine_frames:
         raise DuplidogError(
             f"{model_dir}: train.init_from model reads {2 * theirs_frames + 1} frame(s) (temporal_frames "
@@ -166,7 +166,7 @@ def warm_start(model: torch.nn.Module, model_dir: str | os.PathLike) -> dict:
     if differing:
         raise DuplidogError(
             f"{model_dir}: train.init_from model does not fit this shot's network ({len(differing)} weights differ, "
-            f"first {differing[0]}; its network {_describe(card.get('model', {}))}, this one {_describe(model.config)})"
+            f"first {differing[0]}; its network {_describe(card.network)}, this one {_describe(model.config)})"
         )
     model.load_state_dict(theirs)
     return card
@@ -289,7 +289,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
         pool_path: the Zarr tile pool (``duplidog.pool``).
         plan_path, manifest_path: ingest's plan.json and manifest.csv (channels, colour space,
             validation keyframes and their files).
-        model_dir: where the finished model and its card go (``duplidog.modelstore``).
+        model_dir: where the finished model and its card go (``duplidog.core.modelstore``).
         work_dir: checkpoints, metrics.csv, tensorboard/, loss.png and contact sheets.
         config: the whole resolved shot config (``model``, ``train``, ``infer`` sections, ``seed``).
 
@@ -299,7 +299,6 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     from duplidog import colour
     from duplidog.ingest import read_plan
     from duplidog.model import build_model
-    from duplidog.modelstore import read_card, save_model
     from duplidog.pool import open_pool, pool_fingerprint, pool_temporal_frames
 
     called = time.monotonic()
@@ -347,8 +346,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
             f"{pool_path}: pool has {in_channels} -> {out_channels} channels but the plan {plan_path} says "
             f"{len(plan['input_channels'])} -> {len(plan['output_channels'])} (rebuild the pool)"
         )
-    device = ranks.place(choose_device(settings["device"]))
-    precision = choose_precision(device, settings["precision"])
+    device = ranks.place(choose_device(settings["device"], key="train.device"))
+    precision = choose_precision(device, settings["precision"], key="train.precision", reduced_on_cpu=True)
 
     # -- how the run begins: resumed, trained further, fine-tuned or from scratch -----------------------
     init_from = settings.get("init_from") or ""
@@ -371,7 +370,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     if start.state is not None:
         previous = json.loads(start.state.get("model_config") or "{}")
     else:
-        previous = read_card(warm_from).get("model", {}) if warm_from else {}
+        previous = read_card(warm_from).network if warm_from else {}
     if "curve_range" not in overrides:
         overrides["curve_range"] = previous.get("curve_range") or value_range(group)
     if "output_activation" not in overrides and previous:
@@ -379,7 +378,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
                         in_channels=in_channels, out_channels=out_channels,
                         **{**overrides, "scale": scale, "temporal_frames": temporal_frames})
-    model.edge_context = border  # validation, like production, mirrors this much around each frame
+    configure_inference(model, edge_context=border)  # validation, like production, mirrors this much
     if tile_size % model.size_multiple:
         raise DuplidogError(
             f"{pool_path}: pool tiles of {tile_size} px are not a multiple of the network's size_multiple "

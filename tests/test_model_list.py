@@ -12,22 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from duplidog import colour, models
+from duplidog import colour, model_list
 from duplidog.cli import main
 from duplidog.errors import DuplidogError
 from duplidog.model import build_model
-from duplidog.modelstore import save_model
+from duplidog.core.card import ModelCard
+from duplidog.core.modelstore import save_model
 
 TINY = dict(levels=2, stages=1, width=4, depth=1, block="res")
 
 
-def save_shot_model(model_dir: Path, shot: str, psnr: float, steps: int, channels=("R", "G", "B")) -> dict:
+def save_shot_model(model_dir: Path, shot: str, psnr: float, steps: int, channels=("R", "G", "B")) -> ModelCard:
     """A model folder with a card like the trainer's (shot, channels, colour, training, metrics)."""
     network = build_model("msrn", "small", in_channels=len(channels), out_channels=len(channels), **TINY)
     card = {
         "input_channels": list(channels), "output_channels": list(channels), "passthrough_channels": [],
-        "colorspace": colour.describe("linear"), "reach": int(network.reach),
-        "size_multiple": int(network.size_multiple),
+        "colorspace": colour.describe("linear"),
         "training": {"shot": shot, "steps": steps, "stopped_by": "steps", "seed": 0, "device": "cpu",
                      "precision": "fp32", "tile_size": 16, "border": 3, "pool_tiles": 48,
                      "keyframe_fingerprint": "ab" * 32, "pool_fingerprint": "cd" * 32, "train_frames": [1001, 1002],
@@ -50,57 +50,57 @@ def results(tmp_path) -> dict:
 
 
 def test_find_models_lists_every_model_under_results(results):
-    cards = models.find_models([results["root"]])
-    assert [c["id"] for c in cards] == [c["id"] for c in results["cards"]]
-    assert {Path(c["path"]).parent.name for c in cards} == {"sh010", "sh020"}
-    table = models.format_table(cards)
+    cards = model_list.find_models([results["root"]])
+    assert [c.card.id for c in cards] == [c.id for c in results["cards"]]
+    assert {Path(c.path).parent.name for c in cards} == {"sh010", "sh020"}
+    table = model_list.format_table(cards)
     lines = table.splitlines()
     assert len(lines) == 3 and lines[0].split()[:4] == ["id", "shot", "created", "preset"]
     row = next(line for line in lines if "sh010" in line)
-    assert results["cards"][0]["id"] in row and "31.23" in row and "400" in row and "RGB>RGB" in row
+    assert results["cards"][0].id in row and "31.23" in row and "400" in row and "RGB>RGB" in row
     assert "msrn/small" in row
     assert "RGBA>RGBA" in next(line for line in lines if "sh020" in line)
 
 
 def test_a_model_folder_itself_and_a_missing_path(results, tmp_path):
-    cards = models.find_models([results["root"] / "sh020/model"])
-    assert len(cards) == 1 and cards[0]["training"]["shot"] == "sh020"
-    assert models.find_models([tmp_path / "results/sh010"])[0]["id"] == results["cards"][0]["id"]
+    cards = model_list.find_models([results["root"] / "sh020/model"])
+    assert len(cards) == 1 and cards[0].card.shot == "sh020"
+    assert model_list.find_models([tmp_path / "results/sh010"])[0].card == results["cards"][0]
     with pytest.raises(DuplidogError, match="no such folder"):
-        models.find_models([tmp_path / "elsewhere"])
+        model_list.find_models([tmp_path / "elsewhere"])
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert models.format_table(models.find_models([empty])) == "no models found"
+    assert model_list.format_table(model_list.find_models([empty])) == "no models found"
 
 
 def test_an_unreadable_card_is_listed_with_its_reason(results):
     broken = results["root"] / "sh040/model"
     broken.mkdir(parents=True)
     (broken / "model.json").write_text("{ not json")
-    cards = models.find_models([results["root"]])
+    cards = model_list.find_models([results["root"]])
     assert len(cards) == 3
-    bad = next(c for c in cards if "error" in c)
-    assert "not valid JSON" in bad["error"] and bad["path"] == str(broken)
-    assert "unreadable" in models.format_table(cards)
+    bad = next(c for c in cards if c.error)
+    assert "not valid JSON" in bad.error and bad.path == str(broken) and bad.card is None
+    assert "unreadable" in model_list.format_table(cards)
 
 
 def test_cli_models_list_and_show(results, capsys):
     assert main(["models", "list", str(results["root"])]) == 0
     out = capsys.readouterr().out
     for card in results["cards"]:
-        assert card["id"] in out
+        assert card.id in out
     assert main(["models", "show", str(results["root"] / "sh010/model")]) == 0
     out = capsys.readouterr().out
-    assert results["cards"][0]["id"] in out and "31.23 dB" in out
+    assert results["cards"][0].id in out and "31.23 dB" in out
 
 
 def test_format_card_says_what_the_model_is_and_how_it_was_made(results):
     card = results["cards"][0]
-    text = models.format_card(results["root"] / "sh010/model")
-    for expected in (card["id"], "sh010", "msrn preset small", "RGB -> RGB",
+    text = model_list.format_card(results["root"] / "sh010/model")
+    for expected in (card.id, "sh010", "msrn preset small", "RGB -> RGB",
                      "linear (asinh shaper, softness 0.05)", "checksum ok", "steps:           400",
                      "validation PSNR: 31.23 dB", "torch " + torch.__version__, "keyframe print:  abababab",
-                     card["created"], f"{card['weights']['parameters']} parameters"):
+                     card.created, f"{card.weights.parameters} parameters"):
         assert expected in text, expected
 
 
@@ -108,35 +108,35 @@ def test_damaged_or_missing_weights_are_reported(results):
     folder = results["root"] / "sh010/model"
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
-    assert "DAMAGED" in models.format_card(folder)
+    assert "DAMAGED" in model_list.format_card(folder)
     weights.unlink()
-    assert "MISSING" in models.format_card(folder)
+    assert "MISSING" in model_list.format_card(folder)
 
 
 def test_missing_corrupt_and_newer_cards_are_clear_errors(tmp_path):
     with pytest.raises(DuplidogError, match="model folder not found"):
-        models.format_card(tmp_path / "nothing")
+        model_list.format_card(tmp_path / "nothing")
     folder = tmp_path / "m"
     folder.mkdir()
     with pytest.raises(DuplidogError, match="model card missing"):
-        models.format_card(folder)
+        model_list.format_card(folder)
     (folder / "model.json").write_text("[1, 2")
     with pytest.raises(DuplidogError, match="not valid JSON"):
-        models.format_card(folder)
+        model_list.format_card(folder)
     (folder / "model.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(DuplidogError, match="not a duplidog model card"):
-        models.format_card(folder)
+        model_list.format_card(folder)
     save_shot_model(folder, "sh050", 30.0, 10)
     card = json.loads((folder / "model.json").read_text())
     card["format_version"] = 99
     (folder / "model.json").write_text(json.dumps(card))
     with pytest.raises(DuplidogError, match="newer"):
-        models.format_card(folder)
+        model_list.format_card(folder)
     assert main(["models", "show", str(folder)]) == 2  # the CLI prints the one-line error, no traceback
 
 
 def test_incompatible_network_is_a_clear_error_on_load(tmp_path):
-    from duplidog.modelstore import load_model
+    from duplidog.core.modelstore import load_model
 
     folder = tmp_path / "m"
     save_shot_model(folder, "sh060", 30.0, 10)

@@ -1,6 +1,7 @@
 """Finding and describing trained models: ``duplidog models list`` and ``duplidog models show``.
 
-A model is a folder holding ``model.json`` (its card) and ``model.safetensors`` (``duplidog.modelstore``);
+A model is a folder holding ``model.json`` (its card, ``duplidog.core.card``) and ``model.safetensors``
+(``duplidog.core.modelstore``);
 the pipeline puts one at ``results/<shot>/model/``, and people copy them elsewhere to reuse them
 (``train.init_from``) or to export them (``duplidog.export``). So listing scans folders for cards
 rather than trusting a naming scheme, and reads cards only -- never weights -- so that listing a farm's
@@ -15,14 +16,24 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from duplidog.core.card import CARD_NAME, ModelCard, read_card
 from duplidog.core.previews import file_sha256
 from duplidog.errors import DuplidogError
 
-CARD_NAME = "model.json"
 TABLE_COLUMNS = ("id", "shot", "created", "preset", "channels", "val PSNR", "steps", "path")
+
+
+@dataclass(frozen=True)
+class FoundModel:
+    """A model folder found by ``find_models``: its card, or why the card could not be read."""
+
+    path: str
+    card: Optional[ModelCard] = None
+    error: Optional[str] = None
 
 
 def _is_hidden(path: Path, root: Path) -> bool:
@@ -43,16 +54,13 @@ def _card_files(root: Path) -> Iterable[Path]:
             dirnames[:] = []  # a model folder holds only its two files: nothing below it
 
 
-def find_models(paths: Sequence[Union[str, os.PathLike]]) -> List[Dict[str, Any]]:
-    """The cards of every model found in or under ``paths`` (folders, e.g. ``["results"]``).
+def find_models(paths: Sequence[Union[str, os.PathLike]]) -> List[FoundModel]:
+    """Every model found in or under ``paths`` (folders, e.g. ``["results"]``), oldest first.
 
-    Each card is returned as stored plus ``path`` (the model folder). A folder whose card cannot be
-    read gives ``{"path": ..., "error": "<why>"}`` instead. Sorted by creation time, oldest first.
+    A folder whose card cannot be read is listed with the reason (``error``) instead of its card.
     Raises DuplidogError when a path does not exist.
     """
-    from duplidog.modelstore import read_card
-
-    found: Dict[str, Dict[str, Any]] = {}
+    found: Dict[str, FoundModel] = {}
     for given in paths:
         root = Path(given)
         if not root.exists():
@@ -67,78 +75,43 @@ def find_models(paths: Sequence[Union[str, os.PathLike]]) -> List[Dict[str, Any]
             if key in found:
                 continue
             try:
-                card = dict(read_card(folder))
+                found[key] = FoundModel(str(folder), card=read_card(folder))
             except DuplidogError as exc:
-                card = {"error": str(exc)}
-            card["path"] = str(folder)
-            found[key] = card
-    return sorted(found.values(), key=lambda c: (str(c.get("created", "")), c["path"]))
+                found[key] = FoundModel(str(folder), error=str(exc))
+    return sorted(found.values(), key=lambda m: (m.card.created if m.card else "", m.path))
 
 
-# -- reading a card's fields (cards from older trainers may lack some) ---------------------------------------
-
-
-def _get(card: Dict[str, Any], *keys: str) -> Any:
-    value: Any = card
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
-def card_shot(card: Dict[str, Any]) -> Optional[str]:
-    return card.get("shot") or _get(card, "training", "shot")
-
-
-def card_steps(card: Dict[str, Any]) -> Optional[int]:
-    steps = _get(card, "training", "steps")
-    return steps if steps is not None else card.get("steps")
-
-
-def card_psnr(card: Dict[str, Any]) -> Optional[float]:
-    for keys in (("metrics", "validation", "psnr"), ("metrics", "validation_psnr"), ("metrics", "psnr")):
-        value = _get(card, *keys)
-        if isinstance(value, (int, float)):
-            return float(value)
-    return None
-
-
-def _channel_text(names: Any) -> str:
+def _channel_text(names: Sequence[str]) -> str:
     if not names:
         return "?"
-    names = [str(n) for n in names]
     return "".join(names) if all(len(n) == 1 for n in names) else ",".join(names)
 
 
-def card_channels(card: Dict[str, Any]) -> str:
-    return f"{_channel_text(card.get('input_channels'))}>{_channel_text(card.get('output_channels'))}"
+def card_channels(card: ModelCard) -> str:
+    return f"{_channel_text(card.input_channels)}>{_channel_text(card.output_channels)}"
 
 
-def _created(card: Dict[str, Any]) -> str:
-    text = str(card.get("created") or "")
-    return text[:16].replace("T", " ") if text else "?"
+def _created(card: ModelCard) -> str:
+    return card.created[:16].replace("T", " ") if card.created else "?"
 
 
 def _number(value: Optional[float], digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def format_table(cards: Sequence[Dict[str, Any]]) -> str:
-    """A plain-text table, one row per card: id, shot, created, preset, channels, val PSNR, steps, path."""
-    if not cards:
+def format_table(models: Sequence[FoundModel]) -> str:
+    """A plain-text table, one row per model: id, shot, created, preset, channels, val PSNR, steps, path."""
+    if not models:
         return "no models found"
     rows = []
-    for card in cards:
-        if "error" in card:
-            rows.append(["?", "?", "?", "?", "?", "-", "-", f"{card['path']}  (unreadable: {card['error']})"])
+    for found in models:
+        card = found.card
+        if card is None:
+            rows.append(["?", "?", "?", "?", "?", "-", "-", f"{found.path}  (unreadable: {found.error})"])
             continue
-        model = card.get("model") or {}
-        preset = f"{model.get('arch', '?')}/{model.get('preset', '?')}"
-        steps = card_steps(card)
-        rows.append([str(card.get("id", "?")), str(card_shot(card) or "?"), _created(card), preset,
-                     card_channels(card), _number(card_psnr(card)), "-" if steps is None else str(steps),
-                     card["path"]])
+        preset = f"{card.network.get('arch', '?')}/{card.network.get('preset', '?')}"
+        rows.append([card.id, str(card.shot or "?"), _created(card), preset, card_channels(card),
+                     _number(card.validation_psnr), "-" if card.steps is None else str(card.steps), found.path])
     widths = [max(len(TABLE_COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(TABLE_COLUMNS) - 1)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths)) + "  " + TABLE_COLUMNS[-1]]
     for row in rows:
@@ -149,22 +122,16 @@ def format_table(cards: Sequence[Dict[str, Any]]) -> str:
 # -- one model in full ---------------------------------------------------------------------------------------
 
 
-def _weights_status(folder: Path, card: Dict[str, Any]) -> str:
-    weights = card.get("weights") or {}
-    path = folder / str(weights.get("file", "model.safetensors"))
+def _weights_status(folder: Path, card: ModelCard) -> str:
+    path = folder / card.weights.file
     if not path.is_file():
         return f"{path.name}: MISSING"
     size = path.stat().st_size
-    expected = weights.get("sha256")
-    if not expected:
-        return f"{path.name}: {size / 1e6:.2f} MB (no checksum on the card)"
-    state = "checksum ok" if file_sha256(path) == expected else "DAMAGED (SHA-256 differs from the card)"
-    return f"{path.name}: {size / 1e6:.2f} MB, {weights.get('parameters', '?')} parameters, {state}"
+    state = "checksum ok" if file_sha256(path) == card.weights.sha256 else "DAMAGED (SHA-256 differs from the card)"
+    return f"{path.name}: {size / 1e6:.2f} MB, {card.weights.parameters} parameters, {state}"
 
 
-def _describe_space(space: Any) -> str:
-    if not isinstance(space, dict):
-        return "? (not on the card)"
+def _describe_space(space: Dict[str, Any]) -> str:
     ocio = space.get("ocio") if isinstance(space.get("ocio"), dict) else {}
     named = (f"OpenColorIO {ocio.get('colorspace')!r} of config {ocio.get('config') or ocio.get('config_path') or '?'}, "
              if ocio.get("colorspace") else "")
@@ -183,33 +150,27 @@ def format_card(model_dir: Union[str, os.PathLike]) -> str:
     Raises DuplidogError (naming the file) when the folder or card is missing or the card is not a
     duplidog card this version reads; reports missing or damaged weights in the text.
     """
-    from duplidog.modelstore import read_card
-
     folder = Path(model_dir)
     card = read_card(folder)
-    model = card.get("model") or {}
-    training = card.get("training") or {}
-    metrics = card.get("metrics") or {}
+    model, training, metrics = card.network, card.training, card.metrics
     validation = metrics.get("validation") or {}
     settings = {k: v for k, v in model.items() if k not in ("arch", "preset")}
+    optional = lambda value: "?" if value is None else value  # noqa: E731
     lines = [
-        f"model {card.get('id', '?')}  ({folder})",
-        f"  shot:            {card_shot(card) or '?'}",
-        f"  created:         {card.get('created', '?')}",
+        f"model {card.id}  ({folder})",
+        f"  shot:            {card.shot or '?'}",
+        f"  created:         {card.created}",
         f"  network:         {model.get('arch', '?')} preset {model.get('preset', '?')}",
         f"  settings:        {json.dumps(settings, sort_keys=True)}",
-        f"  scale:           {card.get('scale', '?')}   size multiple: {card.get('size_multiple', '?')}   "
-        f"reach: {card.get('reach', '?')} px",
-        f"  frames read:     {2 * int(card.get('temporal_frames', 0) or 0) + 1} (t-N..t+N, temporal_frames "
-        f"{int(card.get('temporal_frames', 0) or 0)})",
-        f"  channels:        {_channel_text(card.get('input_channels'))} -> "
-        f"{_channel_text(card.get('output_channels'))}"
-        + (f"   passthrough: {_channel_text(card.get('passthrough_channels'))}"
-           if card.get("passthrough_channels") else ""),
-        f"  working space:   {_describe_space(card.get('colorspace') or card.get('colour'))}",
+        f"  scale:           {card.scale}   size multiple: {optional(card.size_multiple)}   "
+        f"reach: {optional(card.reach)} px",
+        f"  frames read:     {2 * card.temporal_frames + 1} (t-N..t+N, temporal_frames {card.temporal_frames})",
+        f"  channels:        {_channel_text(card.input_channels)} -> {_channel_text(card.output_channels)}"
+        + (f"   passthrough: {_channel_text(card.passthrough_channels)}" if card.passthrough_channels else ""),
+        f"  working space:   {_describe_space(card.colorspace)}",
         f"  weights:         {_weights_status(folder, card)}",
         "training",
-        f"  steps:           {card_steps(card) if card_steps(card) is not None else '?'}"
+        f"  steps:           {optional(card.steps)}"
         + (f" (stopped by {training['stopped_by']})" if training.get("stopped_by") else ""),
         f"  device:          {training.get('device', '?')} {training.get('precision', '')}".rstrip(),
         f"  tiles:           {training.get('pool_tiles', '?')} of {training.get('tile_size', '?')} px, "
@@ -221,12 +182,12 @@ def format_card(model_dir: Union[str, os.PathLike]) -> str:
         f"  started from:    {training.get('init_from') or ('scratch' if training else '?')}",
         f"  seed:            {training.get('seed', '?')}",
         "metrics",
-        f"  validation PSNR: {_number(card_psnr(card))} dB (identity {_number(validation.get('psnr_identity'))} dB), "
+        f"  validation PSNR: {_number(card.validation_psnr)} dB (identity {_number(validation.get('psnr_identity'))} dB), "
         f"SSIM {_number(validation.get('ssim'), 4)}",
         f"  best PSNR:       {_number(metrics.get('best_validation_psnr'))} dB at step "
         f"{metrics.get('best_validation_step', '?')}",
         f"  final loss:      {_number(metrics.get('loss'), 5)}",
-        "versions:          " + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items()),
+        "versions:          " + ", ".join(f"{k} {v}" for k, v in card.versions.items()),
     ]
     if training.get("settings"):
         lines.append("train settings:    " + json.dumps(training["settings"], sort_keys=True, default=str))
