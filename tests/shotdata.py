@@ -135,6 +135,18 @@ def make_model(model_dir: Path, in_names, out_names, space="linear"):
                                        "colorspace": colour.describe(space)})
 
 
+def model_card(**fields):
+    """A ``ModelCard`` with stand-in values for every field a test does not give (no folder behind it)."""
+    from duplidog import colour
+    from duplidog.core.card import ModelCard, Weights
+
+    values = dict(network={"arch": "msrn", "preset": "small"}, input_channels=("R", "G", "B"),
+                  output_channels=("R", "G", "B"), colorspace=colour.describe("linear"), id="abc",
+                  created="2026-12-03T10:00:00+00:00", versions={},
+                  weights=Weights("model.safetensors", "0" * 64, tensors=0, parameters=0))
+    return ModelCard(**{**values, **fields})
+
+
 def snakemake(*args, cwd, check=True):
     """Run the repository's Snakefile in ``cwd`` with this interpreter's Snakemake; fails loudly unless told."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

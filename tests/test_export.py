@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from duplidog import colour
+from duplidog.core.modelstore import load_model, save_model
 from duplidog.errors import DuplidogError
 from duplidog.export import check_frames, export, flame_layout, flame_sidecar
 from duplidog.infer import apply_model
 from duplidog.model import build_model
-from duplidog.core.modelstore import load_model, save_model
-from shotdata import DEVICES
+from shotdata import DEVICES, model_card
 
 torch.set_num_threads(1)
 
@@ -66,9 +66,10 @@ def scaled_difference(got, expected) -> float:
 
 def duplidog_result(model_dir: Path, frame: torch.Tensor) -> torch.Tensor:
     network, card = load_model(model_dir)
-    space = card["colorspace"]
-    working = colour.encode(frame, space, card["input_channels"])  # as inference: an alpha is not shaped
-    return colour.decode(apply_model(network, working, tile="none", precision="fp32"), space, card["output_channels"])
+    space = card.colorspace
+    working = colour.encode(frame, space, list(card.input_channels))  # as inference: an alpha is not shaped
+    return colour.decode(apply_model(network, working, tile="none", precision="fp32"), space,
+                         list(card.output_channels))
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +255,8 @@ def test_flame_layout_puts_colour_before_alpha_and_names_a_matte():
     assert flame_layout(["matte"], "output", card_path) == ("", True, [0])
     with pytest.raises(DuplidogError, match="R, G, B and A.*Z"):
         flame_layout(["R", "G", "Z"], "input", card_path)
-    sidecar = flame_sidecar({"colorspace": colour.describe("display"), "scale": 1, "id": "abc"},
-                            ("RGB", False), ("", True))["ModelDescription"]
+    sidecar = flame_sidecar(model_card(colorspace=colour.describe("display")), ("RGB", False),
+                            ("", True))["ModelDescription"]
     assert sidecar["SupportsSceneLinear"] is False
     assert [o["Type"] for o in sidecar["Outputs"]] == ["OutMatte"]
 

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from duplidog import imageio
-from duplidog.core.modelstore import load_model, save_model
+from duplidog.core.modelstore import CALLER_KEYS, load_model, save_model
 from shotdata import ROOT, TINY, native, random_pixels, snakemake, write_frame
 
 pytestmark = pytest.mark.pipeline
@@ -90,7 +90,7 @@ def zero_the_head(model_dir: Path) -> None:
         path.curves.values.copy_(torch.linspace(path.curves.low, path.curves.high, knots).repeat(channels, 1))
         path.mlp[-1].weight.zero_()
         path.mlp[-1].bias.zero_()
-    save_model(model_dir, model, {k: v for k, v in card.items() if k not in ("weights",)})
+    save_model(model_dir, model, {k: v for k, v in card.to_document().items() if k in CALLER_KEYS})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from duplidog import colour, imageio, ocio, settings
 from duplidog.errors import DuplidogError
 from duplidog.ingest import ingest
-from shotdata import write_frame
+from shotdata import model_card, write_frame
 
 FRAMES = [1001, 1002, 1003]
 
@@ -167,7 +167,7 @@ def test_a_plate_in_another_space_is_refused_naming_file_and_spaces(tmp_path):
         ingest(config, tmp_path / "m/ingest")
 
 
-def identity_model(model_dir: Path, space) -> dict:
+def identity_model(model_dir: Path, space):
     """A tiny network whose output is its input to within ~0.002 in the working space, saved like
     training saves one (the card's colorspace is ``colour.describe`` of the plan's)."""
     import torch
@@ -198,7 +198,7 @@ def test_conversion_on_request_round_trips_an_acescg_plate_through_a_rec709_mode
     assert not np.allclose(converted, source, atol=0.05)
     assert converted[0, 0, 0] > 40.0  # unclamped: a bright red highlight stays bright
     card = identity_model(tmp_path / "model", plan["colorspace"])
-    assert card["colorspace"]["ocio"]["colorspace"] == "Linear Rec.709 (sRGB)"
+    assert card.colorspace["ocio"]["colorspace"] == "Linear Rec.709 (sRGB)"
     infer_frames(tmp_path / "model", tmp_path / "ingest/plan.json", FRAMES, None, {"device": "cpu"})
     for frame in FRAMES:
         out = imageio.read_info(tmp_path / f"out/out.{frame}.exr")
@@ -316,8 +316,7 @@ def test_plan_less_inference_refuses_or_converts_on_request(tmp_path):
 def test_the_flame_sidecar_names_the_models_ocio_space():
     from duplidog.export import flame_sidecar
 
-    sidecar = flame_sidecar({"colorspace": colour.describe("ACEScg"), "scale": 1, "id": "abc"},
-                            ("RGB", False), ("RGB", False))
+    sidecar = flame_sidecar(model_card(colorspace=colour.describe("ACEScg")), ("RGB", False), ("RGB", False))
     description = sidecar["ModelDescription"]
     assert description["SupportsSceneLinear"] is True
     assert description["Inputs"][0]["Description"] == "plate, ACEScg, scene-linear"

@@ -6,6 +6,7 @@ Tiny networks on tiny frames: each test takes seconds on one CPU core.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from shotdata import ROOT, TINY as PIPELINE_TINY, jobs_in, make_shot, nudged, snakemake, write_frame
+from shotdata import ROOT, TINY as PIPELINE_TINY, jobs_in, make_shot, model_card, nudged, snakemake, write_frame
 from trainshot import TINY_MODEL, TINY_POOL, TINY_TRAIN
 
 from duplidog import temporal
@@ -213,8 +214,8 @@ def test_training_a_temporal_network_and_refusing_to_warm_start_another_temporal
     result = train(root / "pool.zarr", root / "ingest/plan.json", root / "ingest/manifest.csv", root / "model",
                    root / "train", shot["config"])
     card = read_card(root / "model")
-    assert card["temporal_frames"] == 1 and card["model"]["temporal_frames"] == 1 and result["steps"] == 4
-    assert card["model"]["in_channels"] == 3 and card["input_channels"] == ["R", "G", "B"]
+    assert card.temporal_frames == 1 and card.network["temporal_frames"] == 1 and result["steps"] == 4
+    assert card.network["in_channels"] == 3 and card.input_channels == ("R", "G", "B")
     assert np.isfinite(result["validation_psnr"]) and result["validation_psnr_identity"] is not None
 
     other = temporal_shot(tmp_path / "b", 0, steps=2)
@@ -388,7 +389,7 @@ def test_the_flame_sidecar_lists_the_neighbour_frames_after_the_frame_itself():
     from duplidog import colour
     from duplidog.export import flame_sidecar
 
-    card = {"id": "abc", "temporal_frames": 1, "colorspace": colour.describe("linear")}
+    card = model_card(temporal_frames=1, colorspace=colour.describe("linear"))
     described = flame_sidecar(card, ("RGB", True), ("RGB", False))["ModelDescription"]
     inputs = [(e["Type"], e["Channels"], e["Description"]) for e in described["Inputs"]]
     assert inputs == [("Front", "RGB", "plate, scene-linear"), ("Matte", "A", "plate alpha"),
@@ -396,7 +397,7 @@ def test_the_flame_sidecar_lists_the_neighbour_frames_after_the_frame_itself():
                       ("Aux", "RGB", "plate frame t+1, scene-linear"), ("Aux", "A", "plate alpha, frame t+1")]
     assert {e["Name"] for e in described["Inputs"]} == {"input_image"}
     assert "reads 3 frames (t, t-1, t+1)" in described["Description"]
-    plain = flame_sidecar({**card, "temporal_frames": 0}, ("RGB", True), ("RGB", False))["ModelDescription"]
+    plain = flame_sidecar(dataclasses.replace(card, temporal_frames=0), ("RGB", True), ("RGB", False))["ModelDescription"]
     assert len(plain["Inputs"]) == 2 and "frames" not in plain["Description"]
 
 

@@ -336,14 +336,17 @@ def test_a_validation_keyframe_holding_nan_is_refused_naming_its_file(tmp_path):
 
 
 def test_model_cards_and_summaries_are_standard_json_even_for_an_infinite_psnr(tmp_path):
+    from duplidog import colour
     from duplidog.atomic import atomic_write_json
-    from duplidog.model import build_model
     from duplidog.core.card import CARD_NAME
     from duplidog.core.modelstore import save_model
+    from duplidog.model import build_model
 
     card = save_model(tmp_path / "model", build_model(width=4, levels=2, stages=1, depth=1),
-                      {"metrics": {"psnr": float("inf"), "ssim": float("nan")}})
-    assert card["metrics"] == {"psnr": None, "ssim": None}
+                      {"input_channels": ["R", "G", "B"], "output_channels": ["R", "G", "B"],
+                       "colorspace": colour.describe("linear"),
+                       "metrics": {"validation": {"psnr": float("inf"), "ssim": float("nan")}}})
+    assert card.metrics == {"validation": {"psnr": None, "ssim": None}} and card.validation_psnr is None
     text = (tmp_path / "model" / CARD_NAME).read_text()
     assert "Infinity" not in text and "NaN" not in text
     json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
@@ -424,15 +427,15 @@ def test_training_learns_and_saves_the_model_with_its_card(shot, tmp_path):
     from duplidog.core.modelstore import load_model
 
     model, card = load_model(tmp_path / "model", "cpu")
-    assert card["input_channels"] == ["R", "G", "B"] and card["output_channels"] == ["R", "G", "B"]
-    assert card["colorspace"]["name"] == "log"
-    assert card["training"]["steps"] == 60 and len(card["training"]["keyframe_fingerprint"]) == 64
-    assert card["training"]["pool_fingerprint"] and card["metrics"]["validation"]["psnr"] == result["validation_psnr"]
-    assert card["model"]["width"] == 8
+    assert card.input_channels == ("R", "G", "B") and card.output_channels == ("R", "G", "B")
+    assert card.colorspace["name"] == "log"
+    assert card.steps == 60 and len(card.training["keyframe_fingerprint"]) == 64
+    assert card.training["pool_fingerprint"] and card.validation_psnr == result["validation_psnr"]
+    assert card.network["width"] == 8
     # Inference gives frames the context the tiles gave training; the curves span the pool's values.
     border = open_pool_attrs(shot["pool"])["border"]
-    assert card["edge_context"] == border > 0 and model.edge_context == border
-    assert card["model"]["curve_range"][0] < card["model"]["curve_range"][1]
+    assert card.edge_context == border > 0 and model.edge_context == border
+    assert card.network["curve_range"][0] < card.network["curve_range"][1]
     # The saved weights are the weight average of the final checkpoint.
     ema = final_state(tmp_path)["ema"]["model"]
     for key, value in model.state_dict().items():
@@ -687,17 +690,25 @@ def test_a_matte_gets_its_own_edge_weight():
     assert edged > plain
 
 
-def test_a_cpu_trains_in_bf16_only_where_it_runs_bf16_natively(monkeypatch):
-    from duplidog.train import device as devices
+def test_a_cpu_trains_in_bf16_only_where_it_runs_bf16_natively_and_infers_in_fp32(monkeypatch):
+    from duplidog.core import runtime
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
-    assert devices.choose_precision(cpu, "auto").name == "bf16"
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
-    assert devices.choose_precision(cpu, "auto").name == "fp32"  # emulated bf16 is slower, not faster
-    assert devices.choose_precision(cpu, "bf16").name == "bf16"  # asked for, it is used
-    with pytest.raises(DuplidogError, match="fp16 training is not supported on the CPU"):
-        devices.choose_precision(cpu, "fp16")
+
+    def train(setting):
+        return runtime.choose_precision(cpu, setting, key="train.precision", reduced_on_cpu=True).name
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert train("auto") == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert train("auto") == "fp32"  # emulated bf16 is slower, not faster
+    assert train("bf16") == "bf16"  # asked for, it is used
+    with pytest.raises(DuplidogError, match="train.precision: fp16 training is not supported on the CPU"):
+        train("fp16")
+    for setting in ("auto", "bf16", "fp16", "fp32"):  # inference on the CPU: float32 whatever the setting
+        assert runtime.choose_precision(cpu, setting, key="infer.precision", reduced_on_cpu=False).name == "fp32"
+    with pytest.raises(DuplidogError, match="infer.precision: 'fp8' is not one of"):
+        runtime.choose_precision(cpu, "fp8", key="infer.precision", reduced_on_cpu=False)
 
 
 def test_the_contact_sheet_shows_each_panel_whatever_the_tensors_memory_layout(tmp_path):

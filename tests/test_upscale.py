@@ -147,7 +147,7 @@ def test_training_learns_an_upscale_and_refuses_to_warm_start_another_scale(tmp_
     result = train(root / "pool.zarr", root / "ingest/plan.json", root / "ingest/manifest.csv", root / "model",
                    root / "train", config)
     card = read_card(root / "model")
-    assert card["scale"] == 2 and card["model"]["scale"] == 2 and result["steps"] == 6
+    assert card.scale == 2 and card.network["scale"] == 2 and result["steps"] == 6
     assert np.isfinite(result["validation_psnr"]) and "validation_psnr_identity" in result  # against bicubic
 
     other = upscaled_shot(tmp_path / "x3", 3, train_steps=2)
@@ -219,6 +219,7 @@ def test_tiled_upscaling_equals_the_whole_frame(tmp_path, scale):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_nuke_exports_upscale_like_duplidog_at_every_scale(tmp_path, scale):
+    from duplidog.core.card import read_card
     from duplidog.export import export, flame_sidecar
 
     model_dir = save_upscaler(tmp_path / "model", scale)
@@ -228,7 +229,7 @@ def test_nuke_exports_upscale_like_duplidog_at_every_scale(tmp_path, scale):
     module = torch.jit.load(str(tmp_path / "up.pt"))
     with torch.no_grad():
         assert tuple(module(torch.rand(1, 3, 13, 21)).shape) == (1, 3, 13 * scale, 21 * scale)
-    sidecar = flame_sidecar({**json.loads((model_dir / "model.json").read_text())}, ("RGB", False), ("RGB", False))
+    sidecar = flame_sidecar(read_card(model_dir), ("RGB", False), ("RGB", False))
     assert {o["ScalingFactor"] for o in sidecar["ModelDescription"]["Outputs"]} == {float(scale)}
 
 

@@ -94,7 +94,7 @@ def test_shot_b_from_shot_a_reaches_the_psnr_in_fewer_steps(tmp_path, record_pro
     from duplidog.core.card import read_card
 
     card = read_card(tmp_path / "b_warm/model")
-    assert card["training"]["init_from"] == str(tmp_path / "train_a/model")
+    assert card.training["init_from"] == str(tmp_path / "train_a/model")
     assert steps_warm is not None, summary
     assert steps_warm < steps_scratch, summary
     assert warm["val_psnr"].iloc[0] > scratch["val_psnr"].iloc[0], summary
