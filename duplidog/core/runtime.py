@@ -16,7 +16,6 @@ ran on.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -117,7 +116,7 @@ def choose_precision(device: torch.device, setting: str, *, key: str, reduced_on
     return Precision(setting, device.type)
 
 
-def free_host_bytes() -> Optional[int]:
+def _free_host_bytes() -> Optional[int]:
     """Memory the system could give this process now (Linux MemAvailable), or None if unknown."""
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -147,5 +146,5 @@ def free_bytes(device: torch.device, count_cached: bool = True) -> Optional[int]
     if device.type == "mps":
         return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
     if device.type == "cpu":
-        return free_host_bytes()
+        return _free_host_bytes()
     return None
