@@ -43,6 +43,7 @@ from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, atomic_write_text
 from duplidog.core.previews import (DIFFERENCE_GAIN, block_psnrs, file_sha256, psnr, psnr_of_mse, thumbnail,
                                      view_transform, write_contact_sheet)
+from duplidog.core.card import read_card
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list
 
@@ -86,12 +87,9 @@ def _check_frame(frame: int, path: str, width: int, height: int, channels: Seque
 
 
 def _model_scale(out_dir: Path) -> int:
-    """The model's scale from results/<shot>/model/model.json beside out_dir, else 1."""
-    card = out_dir.parent / "model" / "model.json"
-    try:
-        return int(json.loads(card.read_text(encoding="utf-8")).get("scale", 1))
-    except (OSError, ValueError):
-        return 1
+    """The model's scale, from the card of results/<shot>/model beside out_dir (a missing or unreadable
+    card is an error: the output frames' size depends on it)."""
+    return read_card(out_dir.parent / "model").scale
 
 
 def load_infer_summaries(infer_summaries: Iterable[dict | str | Path] | None, out_dir: Path) -> list[dict]:

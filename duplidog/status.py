@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from duplidog.core.card import ModelCard, read_card
+from duplidog.errors import DuplidogError
+
 #: The stages in pipeline order, each named by what its finished output says.
 STAGES = ("not started", "ingested", "pooled", "training", "trained", "inferring", "delivered")
 
@@ -42,6 +45,14 @@ def _json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+
+
+def _card(model_dir: Path) -> Optional[ModelCard]:
+    """The model's card, or None while there is none (or none this version reads)."""
+    try:
+        return read_card(model_dir)
+    except DuplidogError:
         return None
 
 
@@ -90,11 +101,11 @@ def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
     if step is not None:
         status.stage, status.steps = "training", step
     result = _json(root / "train/result.json")
-    card = _json(root / "model/model.json")
+    card = _card(root / "model")
     if card is not None:
         status.stage, status.model = "trained", str(root / "model")
-        status.steps = card.get("training", {}).get("steps", status.steps)
-        validation = card.get("metrics", {}).get("validation") or {}
+        status.steps = card.training.get("steps", status.steps)
+        validation = card.metrics.get("validation") or {}
         status.validation_psnr = validation.get("psnr")
         status.nothing_psnr = validation.get("psnr_identity")
         if result is not None:

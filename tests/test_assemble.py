@@ -14,7 +14,7 @@ from duplidog import imageio, settings
 from duplidog.assemble import assemble, contact_frames
 from duplidog.errors import DuplidogError
 from duplidog.ingest import ingest
-from shotdata import make_shot, write_frame
+from shotdata import make_model, make_shot, write_frame
 
 FRAMES = list(range(1001, 1007))
 
@@ -29,6 +29,7 @@ def shot(tmp_path):
         source = imageio.read_info(tmp_path / f"plate/plate.{frame:04d}.exr")
         pixels = imageio.read_pixels(source.path) * 0.8 + 0.05 + (0.02 if frame == 1004 else 0.0)
         imageio.write_pixels(plan["output"] % frame if "%" in plan["output"] else None, pixels, like=source)
+    make_model(tmp_path / "results/t1/model", ("R", "G", "B"), ("R", "G", "B"))  # its card gives the scale
     return tmp_path, plan
 
 
@@ -67,6 +68,15 @@ def test_infer_summaries_are_found_beside_the_assemble_folder(shot):
     (root / "results/t1/infer/chunk_001.json").write_text(json.dumps({"frames": 6, "seconds": 2.0}))
     summary = run(root)
     assert summary["chunks"] == 1 and summary["frames_per_second"] == 3.0
+
+
+def test_a_shot_without_its_model_card_is_refused(shot):
+    import shutil
+
+    root, _ = shot
+    shutil.rmtree(root / "results/t1/model")
+    with pytest.raises(DuplidogError, match="model folder not found"):
+        run(root)
 
 
 def test_every_bad_frame_is_named_in_one_error(shot):

@@ -12,7 +12,7 @@ import pytest
 from duplidog import colour, imageio, ocio, settings
 from duplidog.errors import DuplidogError
 from duplidog.ingest import ingest
-from shotdata import model_card, write_frame
+from shotdata import make_model, model_card, write_frame
 
 FRAMES = [1001, 1002, 1003]
 
@@ -277,6 +277,7 @@ def test_qc_pictures_go_through_the_display_view(tmp_path):
     for frame in FRAMES:
         info = imageio.read_info(tmp_path / f"plate/plate.{frame}.exr")
         imageio.write_pixels(plan["output"] % frame, imageio.read_pixels(info.path), like=info)
+    make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))  # its card gives the output's scale
     summary = assemble(tmp_path / "ingest/plan.json", tmp_path / "ingest/manifest.csv", None,
                        tmp_path / "assemble", settings=config["assemble"])
     assert Path(summary["contact_sheet"]).exists()
