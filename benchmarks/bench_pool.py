@@ -1,4 +1,4 @@
-"""Tile pool benchmark: sampler placement quality and build cost (see duplidog.pool.bench).
+"""Tile pool benchmark: sampler placement quality and build cost (see duplidog.bench.pool).
 
     python benchmarks/bench_pool.py [--height 540 --width 960 --repeats 5 --keyframes 2]
 
@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from duplidog.pool.bench import bench_pool
+from duplidog.bench.pool import bench_pool
 
 
 def main() -> None:

@@ -149,22 +149,22 @@ def cmd_bench(args) -> None:
         _bench_quality(args)
         return
     if args.what == "shot":
-        from duplidog.shot_bench import bench_shot
+        from duplidog.bench.shot import bench_shot
 
         bench_shot(width=args.width, height=args.height, frames=args.frames or 100, keyframes=args.keyframes,
                    minutes=args.minutes, preset=args.preset, device=args.device, out=args.out or "results/bench_shot",
                    settings=_apply_sets({}, args.set))
         return
     if args.what == "infer":
-        from duplidog.infer.bench import bench_infer
+        from duplidog.bench.infer import bench_infer
 
         bench_infer(preset=args.preset, frames=args.frames or 2, device=args.device, tile=args.tile,
                     width=args.width, height=args.height, threads=args.threads, model=args.model)
         return
     if args.what == "train":
-        from duplidog.train.bench import bench_train as bench
+        from duplidog.bench.train import bench_train as bench
     else:
-        from duplidog.pool.bench import bench_pool as bench
+        from duplidog.bench.pool import bench_pool as bench
     bench()
 
 

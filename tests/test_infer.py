@@ -362,7 +362,7 @@ def test_infer_sequence_refuses_to_write_over_its_source(shot):
 
 
 def test_the_benchmark_runs_and_prints_ratios_against_read_write(capsys):
-    from duplidog.infer.bench import bench_infer
+    from duplidog.bench.infer import bench_infer
 
     results = bench_infer(frames=1, width=96, height=64, threads=1)
     printed = capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 from duplidog import imageio
 from duplidog.cli import main
 from duplidog.errors import DuplidogError
-from duplidog.shot_bench import SHOT, spread_keyframes
+from duplidog.bench.shot import SHOT, spread_keyframes
 
 pytestmark = pytest.mark.pipeline
 

@@ -228,7 +228,7 @@ def test_training_a_temporal_network_and_refusing_to_warm_start_another_temporal
 
 def test_the_train_bench_times_the_network_a_temporal_pool_trains(tmp_path):
     # It built an in -> in network from the pool's stacked channels (9 -> 9 for RGB with N = 1).
-    from duplidog.train.bench import bench_train
+    from duplidog.bench.train import bench_train
 
     shot = temporal_shot(tmp_path, 1)
     config = {**shot["config"], "train": {**shot["config"]["train"], "batch_size": 2, "num_workers": 1}}

@@ -95,7 +95,7 @@ def test_make_batches_follows_the_setting(pool):
 
 def test_bench_times_the_data_path_alone(pool):
     from duplidog.settings import defaults
-    from duplidog.train.bench import bench_train
+    from duplidog.bench.train import bench_train
 
     config = defaults()
     config["model"] = {"arch": "msrn", "preset": "small",

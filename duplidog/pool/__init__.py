@@ -3,7 +3,7 @@
 ``build_pool(manifest_path, plan_path, pool_path, settings, seed)`` writes it, ``open_pool(path)``
 opens it read-only, ``pool_fingerprint(path)`` names its content (training refuses to resume a
 checkpoint made from another pool). Modules: ``sampling`` (where tiles are drawn), ``augment`` (how
-some are varied), ``store`` (the on-disk layout), ``build`` (the loop), ``bench`` (the measurements).
+some are varied), ``store`` (the on-disk layout), ``build`` (the loop); its bench is ``duplidog.bench.pool``.
 
 The defaults are chosen by measurement (``benchmarks/bench_pool.py``; the figures are in ``docs/speed.md``):
 ``sampler: full``, because the 2D sampler puts several times more tiles on the fix than the product of

@@ -37,7 +37,7 @@ from duplidog.errors import DuplidogError
 
 SHOT = "bench_shot"
 FIRST_FRAME = 1001
-ROOT = Path(__file__).resolve().parents[1]  # the checkout: Snakefile, profiles/
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: Snakefile, profiles/
 STAMP = "bench_shot.json"
 STAGES = ("ingest", "pool", "train", "infer", "assemble")
 #: Frames this large are rendered in processes, one per CPU (a process's start is then worth it).
