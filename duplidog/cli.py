@@ -107,7 +107,7 @@ def cmd_train(args) -> None:
                         work_dir=root / "train", config=config)
     if launch is not None and launch.rank != 0:
         return
-    from duplidog.train.loop import summary_line
+    from duplidog.train.finish import summary_line
 
     print(f"{summary_line(metrics)} (details: {root / 'train/result.json'})")
 

@@ -144,7 +144,7 @@ def test_vgg_absent_is_a_clear_error(shot, tmp_path, monkeypatch):
 def test_curves_take_their_own_step_without_weight_decay_and_span_the_pool():
     from duplidog.model import build_model
     from duplidog.train.data import value_range
-    from duplidog.train.loop import parameter_groups
+    from duplidog.train.setup import parameter_groups
 
     model = build_model(preset="small")
     weights, curves = parameter_groups(model, 1e-3, 1e-4, 10.0)
@@ -242,7 +242,7 @@ def test_the_colour_fit_learns_a_grade_from_the_pools_untouched_pixels_within_it
 
     from duplidog.model import build_model
     from duplidog.train.colour_fit import fit_colour_path, sample_pixels
-    from duplidog.train.loop import parameter_groups
+    from duplidog.train.setup import parameter_groups
 
     generator = torch.Generator().manual_seed(0)
     source = torch.rand(6, 3, 24, 24, generator=generator)
@@ -291,7 +291,7 @@ def test_a_colour_fit_that_explains_little_of_the_change_is_undone_and_held(tmp_
     from duplidog.model import build_model
     from duplidog.train.colour_fit import colour_path_held
     from duplidog.train.ema import WeightAverage
-    from duplidog.train.loop import fit_colour_path_first
+    from duplidog.train.start import fit_colour_path_first
 
     generator = torch.Generator().manual_seed(0)
     clean = torch.rand(6, 3, 24, 24, generator=generator)

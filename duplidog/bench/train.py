@@ -9,7 +9,9 @@ Two measurements, both printed as ratios or rates rather than asserted (speed de
   decoding, or the readers take the training's cores. Beside it, the seconds to decode the whole pool up front, which
   is what ``train.data_on_device: auto`` pays instead when the pool fits;
 * **steps/s per preset**, with batches in memory: the real training step (forward over every pyramid
-  level, the loss mix, backward, clipping, AdamW, schedule, weight average) from ``loop.StepRunner``.
+  level, the loss mix, backward, clipping, AdamW, schedule, weight average): ``train.step.StepRunner``
+  over the network and parts that ``train.setup`` builds for a run (the VGG loss left out: its weights
+  are a download).
 
 Without a ``pool_path`` a synthetic pool with the default tile size is written to a temporary folder
 with the pool's own writer, so the reads are real reads of sharded, compressed chunks.
@@ -28,16 +30,17 @@ import numpy as np
 import torch
 
 from duplidog.core.runtime import choose_device, choose_precision
-from duplidog.train.data import DeviceBatches, EpochPlan, StreamedBatches, load_pool, pool_bytes
-from duplidog.train.ema import WeightAverage
-from duplidog.train.losses import LossMix
-from duplidog.train.loop import StepRunner, parameter_groups
-from duplidog.train.schedule import TrainingSchedule
+from duplidog.train.data import DeviceBatches, StreamedBatches, load_pool, pool_bytes
+from duplidog.train.setup import (PoolShape, RunLength, build_network, build_parts, epoch_plan, network_overrides,
+                                  seed_everything)
+from duplidog.train.step import StepRunner
 
 log = logging.getLogger(__name__)
 
 #: Fewest timed steps of each kind for the data-path ratio (a handful of CPU steps is mostly noise).
 DATA_PATH_STEPS = 20
+#: The length of run whose schedule the timed steps follow (the learning rate does not change a step's cost).
+SCHEDULE = RunLength(max_minutes=None, budget_seconds=None, total_steps=1000)
 
 
 def synthetic_pool(path: Path, tiles: int, tile_size: int, border: int, channels: int = 3) -> Path:
@@ -61,27 +64,15 @@ def synthetic_pool(path: Path, tiles: int, tile_size: int, border: int, channels
     return path
 
 
-def _runner(model_settings: dict, settings: dict, shape: dict, border: int, tile_size: int, device, precision):
-    """A step runner for a pool of ``shape`` (read from the pool by ``bench_train``): its channels per
-    frame, scale and neighbour frames."""
-    from duplidog.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(model_settings.get("arch", "msrn"), model_settings.get("preset", "small"),
-                        shape["in_channels"], shape["out_channels"], scale=shape["scale"],
-                        temporal_frames=shape["temporal_frames"], **(model_settings.get("overrides") or {})
-                        ).to(device=device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(parameter_groups(model, float(settings["lr"]), float(settings["weight_decay"]),
-                                                   float(settings["curve_lr_scale"])),
-                                  betas=tuple(float(b) for b in settings["betas"]))
-    scheduler = TrainingSchedule(optimizer, 1000, 10, float(settings["min_lr"]))
-    loss_mix = LossMix({k: v for k, v in settings["losses"].items() if k != "vgg"}, border,
-                       float(settings["coarse_level_weight"]), float(settings["charbonnier_eps"]),
-                       change_weight=float(settings["change_weight"]),
-                       colour_split=bool(settings["colour_split"])).to(device)
-    return StepRunner(model, model, loss_mix, optimizer, scheduler, precision.scaler(),
-                      WeightAverage(model, float(settings["ema_decay"])), precision, int(settings["accumulate"]),
-                      float(settings["grad_clip"]), tile_size)
+def _runner(model_settings: dict, settings: dict, group, pool_path, device, precision) -> StepRunner:
+    """A step runner built as a fresh run builds one (``train.setup``) for the pool ``group``."""
+    shape = PoolShape.of(group)
+    seed_everything(0)
+    model = build_network(model_settings, shape, network_overrides(model_settings, {}, group), pool_path)
+    model.to(device=device, memory_format=torch.channels_last)
+    settings = {**settings, "losses": {k: v for k, v in settings["losses"].items() if k != "vgg"}}
+    parts = build_parts(model, settings, float(settings["lr"]), precision, device, shape.border, SCHEDULE)
+    return StepRunner(parts, model, settings, shape.tile_size)
 
 
 def _seconds_per_step(runner: StepRunner, batches: Iterable, steps: int, warmup: int) -> float:
@@ -123,7 +114,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         device: override ``train.device``.
     """
     from duplidog.model import PRESETS
-    from duplidog.pool import open_pool, pool_temporal_frames
+    from duplidog.pool import open_pool
     from duplidog.settings import defaults
 
     config = config or defaults()
@@ -144,14 +135,9 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
             pool_path = synthetic_pool(Path(tmp) / "pool.zarr", tiles, int(pool_config.get("tile_size", 128)),
                                        int(pool_config.get("border", 16)))
         group = open_pool(pool_path)
-        n, stacked_channels, tile_size, _ = group["source"].shape
-        frames = pool_temporal_frames(group)
-        shape = {"in_channels": stacked_channels // (2 * frames + 1), "out_channels": int(group["target"].shape[1]),
-                 "scale": int(group["target"].shape[2]) // int(tile_size), "temporal_frames": frames}
-        border = int(group.attrs.get("border", 0))
+        n, _, tile_size, _ = group["source"].shape
         batch = int(settings["batch_size"]) * int(settings["accumulate"])
-        plan = EpochPlan(n, int(settings["batch_size"]), float(settings["epoch_fraction"]), 0,
-                         bool(settings["augment_dihedral"]))
+        plan = epoch_plan(n, settings, 0)
         print_fn(f"train bench on {device} ({precision.name}): pool of {n} tiles of {tile_size} px, "
                  f"batch {batch}, {steps} timed steps after {warmup}")
 
@@ -165,7 +151,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         del loaded
         streamed = StreamedBatches(str(pool_path), plan, device, workers, ahead)
         try:
-            runners = {name: _runner(model_settings, settings, shape, border, tile_size, device, precision)
+            runners = {name: _runner(model_settings, settings, group, pool_path, device, precision)
                        for name in ("streamed", "in memory")}
             streams = {"streamed": iter(streamed.batches(0)), "in memory": iter(in_memory)}
             times = {name: [] for name in runners}
@@ -193,8 +179,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         # Steps per second of each preset, batches in memory.
         per_preset = {}
         for preset in presets:
-            runner = _runner({**model_settings, "preset": preset}, settings, shape, border, tile_size, device,
-                             precision)
+            runner = _runner({**model_settings, "preset": preset}, settings, group, pool_path, device, precision)
             seconds = _seconds_per_step(runner, in_memory, steps, warmup)
             per_preset[preset] = 1.0 / seconds
             parameters = sum(p.numel() for p in runner.model.parameters())

@@ -8,7 +8,7 @@ duplidog.train.launch <file>`` and waits. Each process joins the group torchrun 
 ``result.json``, which is what this returns.
 
 Signals sent to the job reach torchrun, which passes them on to the processes; each finishes its step,
-rank 0 writes a checkpoint, and the job fails so that a rerun resumes (``loop.StopRequest``).
+rank 0 writes a checkpoint, and the job fails so that a rerun resumes (``stop.StopRequest``).
 """
 
 from __future__ import annotations
