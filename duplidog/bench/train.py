@@ -98,6 +98,29 @@ def _load_seconds(group, device: torch.device) -> float:
     return seconds
 
 
+def _first_batches(group, plan, device: torch.device, count: int) -> list:
+    """The first ``count`` batches of ``plan``, decoded onto ``device`` (the batches held in memory)."""
+    return list(itertools.islice(DeviceBatches(group, plan, device).batches(0), count))
+
+
+def _time_data_path(make_runner, streamed: StreamedBatches, in_memory: list, warmup: int, steps: int) -> dict:
+    """Seconds of each step on batches ``streamed`` from the pool by reading threads, and on the same
+    batches held ``in_memory``, each by a runner of its own.
+
+    One step of each in turn (which goes first alternating), so a change in the machine's load falls on
+    both alike; the caller takes the median of each, so a burst of someone else's work counts for neither.
+    """
+    runners = {name: make_runner() for name in ("streamed", "in memory")}
+    streams = {"streamed": iter(streamed.batches(0)), "in memory": iter(in_memory)}
+    times = {name: [] for name in runners}
+    for step in range(-warmup, steps):
+        for name in sorted(runners, reverse=step % 2 == 1):
+            seconds = _seconds_per_step(runners[name], streams[name], 1, 0)
+            if step >= 0:
+                times[name].append(seconds)
+    return times
+
+
 def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, presets=None,
                 steps: Optional[int] = None, warmup: Optional[int] = None, tiles: int = 256, device: Optional[str] = None,
                 print_fn=print) -> Dict[str, object]:
@@ -141,25 +164,14 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         print_fn(f"train bench on {device} ({precision.name}): pool of {n} tiles of {tile_size} px, "
                  f"batch {batch}, {steps} timed steps after {warmup}")
 
-        # Data path: streamed from the pool by reading threads vs the same batches held in memory, one
-        # step of each in turn (which goes first alternating), so a change in the machine's load falls
-        # on both alike; the median step of each, so a burst of someone else's work counts for neither.
+        def make_runner(preset: str = model_settings.get("preset", "small")) -> StepRunner:
+            return _runner({**model_settings, "preset": preset}, settings, group, pool_path, device, precision)
+
         workers, ahead = int(settings["num_workers"]), int(settings["prefetch_batches"])
-        total = (warmup + data_steps) * int(settings["accumulate"])
-        loaded = DeviceBatches(group, plan, device)
-        in_memory = list(itertools.islice(loaded.batches(0), total))
-        del loaded
+        in_memory = _first_batches(group, plan, device, (warmup + data_steps) * int(settings["accumulate"]))
         streamed = StreamedBatches(str(pool_path), plan, device, workers, ahead)
         try:
-            runners = {name: _runner(model_settings, settings, group, pool_path, device, precision)
-                       for name in ("streamed", "in memory")}
-            streams = {"streamed": iter(streamed.batches(0)), "in memory": iter(in_memory)}
-            times = {name: [] for name in runners}
-            for step in range(-warmup, data_steps):
-                for name in sorted(runners, reverse=step % 2 == 1):
-                    seconds = _seconds_per_step(runners[name], streams[name], 1, 0)
-                    if step >= 0:
-                        times[name].append(seconds)
+            times = _time_data_path(make_runner, streamed, in_memory, warmup, data_steps)
         finally:
             streamed.close()
         read_seconds, memory_seconds = float(np.median(times["streamed"])), float(np.median(times["in memory"]))
@@ -179,7 +191,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         # Steps per second of each preset, batches in memory.
         per_preset = {}
         for preset in presets:
-            runner = _runner({**model_settings, "preset": preset}, settings, group, pool_path, device, precision)
+            runner = make_runner(preset)
             seconds = _seconds_per_step(runner, in_memory, steps, warmup)
             per_preset[preset] = 1.0 / seconds
             parameters = sum(p.numel() for p in runner.model.parameters())
