@@ -277,7 +277,7 @@ class Trainer:
         metrics = validate(self.parts.ema.model, self.frames, self.run_settings.config.get("infer", {}))
         progress.results = metrics["_results"]
         picture = write_validation_sheet(self.run_settings.work_dir / f"contact_{step:08d}.png", self.frames,
-                                      progress.results, title=f"step {step}")
+                                         progress.results, title=f"step {step}")
         self.monitor.image("validation/contact_sheet", picture, step)
         progress.validation = _scores_only(metrics)
         self.monitor.validation(step, {k: v for k, v in progress.validation.items() if k != "frames"})
@@ -297,7 +297,7 @@ class Trainer:
         save_model(self.run_settings.model_dir, self.parts.ema.model, model_card(self))
         if progress.results:
             write_validation_sheet(work_dir / "contact_final.png", self.frames, progress.results,
-                                title=f"final model, step {progress.step}")
+                                   title=f"final model, step {progress.step}")
         return final_checkpoint
 
 
