@@ -41,6 +41,8 @@ import numpy as np
 
 from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, atomic_write_text
+from duplidog.core.layout import ShotLayout
+from duplidog.core.plan import read_manifest, read_plan
 from duplidog.core.previews import (DIFFERENCE_GAIN, block_psnrs, file_sha256, psnr, psnr_of_mse, thumbnail,
                                      view_transform, write_contact_sheet)
 from duplidog.core.card import read_card
@@ -86,16 +88,14 @@ def _check_frame(frame: int, path: str, width: int, height: int, channels: Seque
     return frame, "; ".join(faults) or None, file_sha256(path) if not faults else None
 
 
-def _model_scale(out_dir: Path) -> int:
-    """The model's scale, from the card of results/<shot>/model beside out_dir (a missing or unreadable
-    card is an error: the output frames' size depends on it)."""
-    return read_card(out_dir.parent / "model").scale
+def _model_scale(model_dir: Path) -> int:
+    """The model's scale, from the card in ``model_dir`` (a missing or unreadable card is an error: the
+    output frames' size depends on it)."""
+    return read_card(model_dir).scale
 
 
-def load_infer_summaries(infer_summaries: Iterable[dict | str | Path] | None, out_dir: Path) -> list[dict]:
-    """The chunks' summaries: dicts or JSON paths as given, or (None) every results/<shot>/infer/*.json."""
-    if infer_summaries is None:
-        infer_summaries = sorted((out_dir.parent / "infer").glob("*.json"))
+def load_infer_summaries(infer_summaries: Iterable[dict | str | Path]) -> list[dict]:
+    """The chunks' summaries, given as dicts or JSON paths."""
     summaries = []
     for item in infer_summaries:
         if isinstance(item, dict):
@@ -208,41 +208,38 @@ def _display_channels(names: Sequence[str]) -> list[str]:
 
 
 def assemble(
-    plan_path: str | Path,
-    manifest_path: str | Path,
+    layout: ShotLayout,
     output_pattern: str | None,
-    out_dir: str | Path,
     infer_summaries: Iterable[dict | str | Path] | None = None,
     settings: dict | None = None,
 ) -> dict:
-    """Check every output frame, then write checksums.tsv, contact_sheet.png and summary.json to ``out_dir``.
+    """Check every output frame of the shot in ``layout``, then write its checksums, contact sheet and summary.
+
+    Reads the shot's plan, manifest and model card (for its scale) from ``layout``.
 
     Args:
         output_pattern: the output frames (default: the plan's ``output``).
-        infer_summaries: the chunks' summaries (dicts or JSON files); default every JSON file in
-            results/<shot>/infer/ (the folder beside ``out_dir``).
+        infer_summaries: the chunks' summaries (dicts or JSON files); default every chunk summary in
+            the layout's infer folder.
         settings: the ``assemble`` section of the shot config (contact_frames, contact_width).
     Raises one DuplidogError naming every missing or faulty frame. Returns the summary.
     """
-    from duplidog.ingest import read_manifest, read_plan
-
     start = time.perf_counter()
     from duplidog.settings import defaults
 
     settings = {**defaults()["assemble"], **(settings or {})}
-    out_dir = Path(out_dir)
-    plan = read_plan(plan_path)
-    manifest = read_manifest(manifest_path)
-    if not (output_pattern or plan.get("output")):
-        raise DuplidogError(f"{plan_path}: the plan records no output pattern; give one")
-    output = FramePattern(output_pattern or plan["output"])
-    source = FramePattern(plan["source"])
-    frames = [int(f) for f in plan["frames"]]
-    scale = _model_scale(out_dir)
-    width, height = int(plan["width"]) * scale, int(plan["height"]) * scale
-    channels = list(plan["output_channels"]) + list(plan.get("passthrough_channels") or [])
+    plan = read_plan(layout.plan)
+    manifest = read_manifest(layout.manifest)
+    if not (output_pattern or plan.output):
+        raise DuplidogError(f"{layout.plan}: the plan records no output pattern; give one")
+    output = FramePattern(output_pattern or plan.output)
+    source = FramePattern(plan.source)
+    frames = [int(f) for f in plan.frames]
+    scale = _model_scale(layout.model_dir)
+    width, height = int(plan.width) * scale, int(plan.height) * scale
+    channels = list(plan.output_channels) + list(plan.passthrough_channels)
     # The source's pixel type carries over when the output is the same kind of file.
-    pixel_type = plan.get("pixel_type") if output.extension == source.extension else None
+    pixel_type = plan.pixel_type if output.extension == source.extension else None
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda f: _check_frame(f, output.path(f), width, height, channels, pixel_type),
@@ -257,9 +254,9 @@ def assemble(
         )
 
     lines = ["frame\tpath\tsha256"] + [f"{frame}\t{output.path(frame)}\t{digest}" for frame, _, digest in results]
-    atomic_write_text(out_dir / "checksums.tsv", "\n".join(lines) + "\n")
+    atomic_write_text(layout.checksums, "\n".join(lines) + "\n")
 
-    space = plan.get("colorspace", "display")
+    space = plan.colorspace if plan.colorspace is not None else "display"
     display, view = settings.get("display"), settings.get("view")
     # The space pictures are shown from: an OCIO one, or untagged scene-linear values as linear Rec.709,
     # through the display/view; display-referred values (an sRGB PNG plate) as they are unless a display
@@ -273,29 +270,29 @@ def assemble(
     elif ocio.picture_space(working):
         display, view = ocio.check_display_view(display, view)
         log.info("assemble %s: contact sheet from %s through OpenColorIO display %r, view %r",
-                 plan.get("shot"), ocio.picture_space(working), display, view)
+                 plan.shot, ocio.picture_space(working), display, view)
     # Every file in the working space first (the output is in the plate's space, keyframes in theirs).
-    in_plate = lambda x, names, path: colour.plan_to_working(x, names, plan, "plate", path)  # noqa: E731
-    keyframes = [int(f) for f in plan.get("keyframes", [])]
+    in_plate = lambda x, names, path: plan.to_working(x, names, "plate", path)  # noqa: E731
+    keyframes = [int(f) for f in plan.keyframes]
     targets = {int(r.frame): r.target for r in manifest.itertuples() if getattr(r, "target", "")}
     keyframe_error, warnings, rows = {}, [], []
-    held_out = [int(f) for f in plan.get("validation_frames") or []]
+    held_out = [int(f) for f in plan.validation_frames]
     chosen = dict(contact_frames(frames, keyframes, int(settings["contact_frames"]), held_out,
                                  [int(f) for f in settings.get("frames") or []]))
     thumb = int(settings["contact_width"])
-    shown = _display_channels(plan["output_channels"])
-    index = [plan["output_channels"].index(c) for c in shown]
-    plate_channels = _display_channels(plan["input_channels"])
+    shown = _display_channels(plan.output_channels)
+    index = [plan.output_channels.index(c) for c in shown]
+    plate_channels = _display_channels(plan.input_channels)
     picture = lambda x: thumbnail(view_transform(x, shown_space, display, view), thumb)  # noqa: E731
     for frame in frames:
         target_path = targets.get(frame) if frame in keyframes else None
         if frame not in chosen and not target_path:
             continue
-        result = in_plate(imageio.read_pixels(output.path(frame), plan["output_channels"]), plan["output_channels"],
+        result = in_plate(imageio.read_pixels(output.path(frame), plan.output_channels), plan.output_channels,
                           output.path(frame))
-        target = imageio.read_pixels(target_path, plan["output_channels"]) if target_path else None
+        target = imageio.read_pixels(target_path, plan.output_channels) if target_path else None
         if target is not None:
-            target = colour.plan_to_working(target, plan["output_channels"], plan, "target", target_path)
+            target = plan.to_working(target, plan.output_channels, "target", target_path)
         size = max(16, min(result.shape[0], result.shape[1]) // 8)  # the zoomed square: an eighth of the frame
         if target is not None and target.shape == result.shape:
             error = _keyframe_error(colour.encode(result, space), colour.encode(target, space), frame in held_out)
@@ -335,8 +332,8 @@ def assemble(
             pictures.append((f"zoom: {label}", _zoom(view_transform(image, shown_space, display, view), top, left, size, thumb)))
         rows.append((f"{frame}: {chosen[frame]}; zoom on {where} at x {left}, y {top}", pictures))
     for warning in warnings:
-        log.warning("assemble %s: %s", plan.get("shot"), warning)
-    write_contact_sheet(out_dir / "contact_sheet.png", rows)
+        log.warning("assemble %s: %s", plan.shot, warning)
+    write_contact_sheet(layout.contact_sheet, rows)
 
     # Flicker: where the output has the plate's colour channels (not a matte from RGB).
     temporal = None
@@ -348,10 +345,10 @@ def assemble(
             lambda f: colour.encode(in_plate(imageio.read_pixels(source.path(f), shown), shown, source.path(f)),
                                     space, shown))
 
-    chunks = load_infer_summaries(infer_summaries, out_dir)
+    chunks = load_infer_summaries(layout.chunk_summaries() if infer_summaries is None else infer_summaries)
     infer_seconds = sum(float(c.get("seconds", 0.0)) for c in chunks) if chunks else None
     summary: dict[str, Any] = {
-        "shot": plan.get("shot"),
+        "shot": plan.shot,
         "frames": len(frames),
         "seconds": round(infer_seconds, 3) if infer_seconds else None,
         "frames_per_second": round(len(frames) / infer_seconds, 3) if infer_seconds else None,
@@ -365,10 +362,10 @@ def assemble(
         "keyframe_error": keyframe_error,
         "temporal": temporal,
         "warnings": warnings,
-        "checksums": str(out_dir / "checksums.tsv"),
-        "contact_sheet": str(out_dir / "contact_sheet.png"),
+        "checksums": str(layout.checksums),
+        "contact_sheet": str(layout.contact_sheet),
     }
     summary["assemble_seconds"] = round(time.perf_counter() - start, 3)
-    atomic_write_json(out_dir / "summary.json", summary)
-    log.info("assemble %s: %d frames checked, contact sheet of %d frames", plan.get("shot"), len(frames), len(rows))
+    atomic_write_json(layout.summary, summary)
+    log.info("assemble %s: %d frames checked, contact sheet of %d frames", plan.shot, len(frames), len(rows))
     return summary

@@ -1,7 +1,7 @@
 """The ``duplidog`` command: every pipeline stage, usable without Snakemake.
 
-Stage commands take a shot file (``--shot``) and derive the same paths as the Snakefile
-(``results/<shot>/...``), so ``duplidog pool --shot sh010.yaml`` after ``duplidog ingest --shot
+Stage commands take a shot file (``--shot``) and find their files in the same layout as the Snakefile
+(``duplidog.core.layout``: ``results/<shot>/...``), so ``duplidog pool --shot sh010.yaml`` after ``duplidog ingest --shot
 sh010.yaml`` does exactly what the pipeline's rules do. User errors print one line and exit 2.
 """
 
@@ -47,8 +47,10 @@ def _number_if_written_as_one(value):
     return value
 
 
-def _results(args, config) -> Path:
-    return Path(args.results or "results") / config["shot"]
+def _layout(args, config):
+    from duplidog.core.layout import ShotLayout
+
+    return ShotLayout(args.results or "results", config["shot"])
 
 
 def cmd_demo(args) -> None:
@@ -80,17 +82,16 @@ def cmd_ingest(args) -> None:
     from duplidog.ingest import ingest
 
     config = _shot_config(args)
-    plan = ingest(config, _results(args, config) / "ingest")
-    print(f"{config['shot']}: {len(plan['frames'])} frames, keyframes {plan['keyframes']}")
+    plan = ingest(config, _layout(args, config).ingest_dir)
+    print(f"{config['shot']}: {len(plan.frames)} frames, keyframes {plan.keyframes}")
 
 
 def cmd_pool(args) -> None:
     from duplidog.pool import build_pool
 
     config = _shot_config(args)
-    root = _results(args, config)
-    stats = build_pool(root / "ingest/manifest.csv", root / "ingest/plan.json", root / "pool/pool.zarr",
-                       config["pool"], seed=config["seed"])
+    layout = _layout(args, config)
+    stats = build_pool(layout.manifest, layout.plan, layout.pool, config["pool"], seed=config["seed"])
     print(json.dumps(stats, indent=2, default=str))
 
 
@@ -99,17 +100,16 @@ def cmd_train(args) -> None:
     from duplidog.train.distributed import process_group
 
     config = _shot_config(args)
-    root = _results(args, config)
+    layout = _layout(args, config)
     # Under torchrun (or srun with a task per GPU) each process joins the run and takes its share of every batch.
     with process_group() as launch:
-        metrics = train(pool_path=root / "pool/pool.zarr", plan_path=root / "ingest/plan.json",
-                        manifest_path=root / "ingest/manifest.csv", model_dir=root / "model",
-                        work_dir=root / "train", config=config)
+        metrics = train(pool_path=layout.pool, plan_path=layout.plan, manifest_path=layout.manifest,
+                        model_dir=layout.model_dir, work_dir=layout.train_dir, config=config)
     if launch is not None and launch.rank != 0:
         return
     from duplidog.train.finish import summary_line
 
-    print(f"{summary_line(metrics)} (details: {root / 'train/result.json'})")
+    print(f"{summary_line(metrics)} (details: {layout.train_result})")
 
 
 def cmd_infer(args) -> None:
@@ -134,13 +134,10 @@ def cmd_infer(args) -> None:
 
 def cmd_assemble(args) -> None:
     from duplidog.assemble import assemble
-    from duplidog.settings import shot_output_pattern
+    from duplidog.core.layout import shot_output_pattern
 
     config = _shot_config(args)
-    root = _results(args, config)
-    summary = assemble(plan_path=root / "ingest/plan.json", manifest_path=root / "ingest/manifest.csv",
-                       output_pattern=shot_output_pattern(config), out_dir=root / "assemble",
-                       settings=config["assemble"])
+    summary = assemble(_layout(args, config), output_pattern=shot_output_pattern(config), settings=config["assemble"])
     print(json.dumps(summary, indent=2, default=str))
 
 

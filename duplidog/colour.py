@@ -327,10 +327,3 @@ def from_working(pixels: np.ndarray, channels: Sequence[str] | None, file_space:
     wanted = ocio.canonical(wanted) or wanted
     found = ocio.canonical(file_space) or file_space
     return pixels if found == wanted else ocio.convert(pixels, channels, wanted, found)
-
-
-def plan_to_working(pixels: np.ndarray, channels: Sequence[str] | None, plan: dict, role: str, path: Any) -> np.ndarray:
-    """A plate (``role`` 'plate') or keyframe ('target') frame read for a shot, in the plan's working
-    OCIO space: converted when ingest found it in another one and ``ingest.convert_colorspace`` allowed it."""
-    return to_working(pixels, channels, plan.get(f"{role}_colorspace"), plan.get("colorspace"),
-                      bool(plan.get("convert_colorspace")), path)

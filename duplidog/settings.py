@@ -140,14 +140,3 @@ def read_shot_yaml(path: str | Path):
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise DuplidogError(f"{path}: not valid YAML{where}: {problem}") from None
-
-
-def shot_output_pattern(config: dict) -> str:
-    """The shot's output pattern: its ``output``, else the contract's default
-    results/<shot>/output/<shot>.%04d.<source extension>."""
-    from duplidog.sequence import FramePattern
-
-    if config.get("output"):
-        return config["output"]
-    extension = FramePattern(config["source"]).extension
-    return f"results/{config['shot']}/output/{config['shot']}.%04d.{extension}"

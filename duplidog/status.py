@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from duplidog.core.card import ModelCard, read_card
+from duplidog.core.layout import ShotLayout, list_checkpoints
+from duplidog.core.plan import Plan, read_plan
 from duplidog.errors import DuplidogError
 
 #: The stages in pipeline order, each named by what its finished output says.
@@ -56,26 +58,28 @@ def _card(model_dir: Path) -> Optional[ModelCard]:
         return None
 
 
-def _newest_checkpoint_step(directory: Path) -> Optional[int]:
-    from duplidog.train.checkpoint import list_checkpoints
+def _plan(path: Path) -> Optional[Plan]:
+    try:
+        return read_plan(path)
+    except (OSError, DuplidogError):
+        return None
 
+
+def _newest_checkpoint_step(directory: Path) -> Optional[int]:
     found = list_checkpoints(directory)
     return found[-1][0] if found else None
 
 
-def _output_pattern(plan: dict) -> Optional[str]:
+def _output_pattern(plan: Plan) -> Optional[str]:
     """The plan's output, or (a shot that names none) the contract's default."""
-    from duplidog.sequence import FramePattern
+    from duplidog.core.layout import shot_output_pattern
 
-    if plan.get("output"):
-        return plan["output"]
-    if not plan.get("source"):
+    if not plan.output and not plan.source:
         return None
-    shot = plan.get("shot")
-    return f"results/{shot}/output/{shot}.%04d.{FramePattern(plan['source']).extension}"
+    return shot_output_pattern({"output": plan.output, "source": plan.source, "shot": plan.shot})
 
 
-def _delivered(plan: dict, frames: List[int], run_dir: Path) -> int:
+def _delivered(plan: Plan, frames: List[int], run_dir: Path) -> int:
     """Output frames on disk (a relative pattern is taken from ``run_dir``, where the run was started)."""
     from duplidog.sequence import FramePattern
 
@@ -89,21 +93,22 @@ def _delivered(plan: dict, frames: List[int], run_dir: Path) -> int:
 def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
     """The status of the shot whose results are in ``shot_dir`` (``results/<shot>``)."""
     root = Path(shot_dir)
+    layout = ShotLayout(root.parent, root.name)
     status = ShotStatus(shot=root.name, stage="not started")
-    plan = _json(root / "ingest/plan.json")
+    plan = _plan(layout.plan)
     if plan is None:
         return status
-    frames = [int(f) for f in plan.get("frames", [])]
+    frames = [int(f) for f in plan.frames]
     status.frames, status.stage = len(frames), "ingested"
-    if (root / "pool/pool.zarr/zarr.json").is_file():
+    if (layout.pool / "zarr.json").is_file():
         status.stage = "pooled"
-    step = _newest_checkpoint_step(root / "train/checkpoints")
+    step = _newest_checkpoint_step(layout.checkpoints)
     if step is not None:
         status.stage, status.steps = "training", step
-    result = _json(root / "train/result.json")
-    card = _card(root / "model")
+    result = _json(layout.train_result)
+    card = _card(layout.model_dir)
     if card is not None:
-        status.stage, status.model = "trained", str(root / "model")
+        status.stage, status.model = "trained", str(layout.model_dir)
         status.steps = card.training.get("steps", status.steps)
         validation = card.metrics.get("validation") or {}
         status.validation_psnr = validation.get("psnr")
@@ -115,7 +120,7 @@ def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
         status.output = _output_pattern(plan)
         if status.delivered:
             status.stage = "inferring"
-        summary = _json(root / "assemble/summary.json")
+        summary = _json(layout.summary)
         if summary is not None and status.delivered == status.frames:
             status.stage, status.contact_sheet = "delivered", summary.get("contact_sheet")
             status.warnings = [str(w) for w in summary.get("warnings") or []]
@@ -133,9 +138,9 @@ def find_shots(results: str | os.PathLike = "results") -> List[ShotStatus]:
     root = Path(results)
     if not root.is_dir():
         return []
-    shots = [d for d in sorted(root.iterdir())
-             if d.is_dir() and ((d / "ingest/plan.json").is_file() or (d / "model/model.json").is_file())]
-    return [shot_status(d) for d in shots]
+    layouts = [ShotLayout(root, d.name) for d in sorted(root.iterdir()) if d.is_dir()]
+    return [shot_status(layout.root) for layout in layouts
+            if layout.plan.is_file() or layout.model_card.is_file()]
 
 
 def _psnr(status: ShotStatus) -> str:
@@ -205,7 +210,7 @@ class ReportFigures:
         self.shots, self.results = list(shots), str(results)
 
     def __iter__(self):
-        return iter([report_figures(shot_status(Path(self.results) / shot)) for shot in self.shots])
+        return iter([report_figures(shot_status(ShotLayout(self.results, shot).root)) for shot in self.shots])
 
     def __len__(self) -> int:
         return len(self.shots)

@@ -8,8 +8,8 @@ working on frame t itself; only the network's spatial branch reads the rest.
 
 At the ends of the shot the frames are mirrored, the frame itself not repeated: at the first frame F,
 frame F-1 is F+1, and at the last frame L, frame L+1 is L-1 (the folding of ``core.mirror``'s mirror
-padding, in time). The shot's ends are the first and last of its frames and keyframes (``shot_ends``),
-so the pool, validation and every inference chunk pick the same neighbours for a frame, and a chunk
+padding, in time). The shot's ends are the first and last of its frames and keyframes (the plan's
+``ends``), so the pool, validation and every inference chunk pick the same neighbours for a frame, and a chunk
 reads the frames just outside its own range from the plate.
 
 This module is the one owner of that rule (core: it imports no stage); it knows frame numbers and
@@ -48,19 +48,6 @@ def window(frame: int, temporal_frames: int, first: int, last: int) -> List[int]
     n = int(temporal_frames)
     offsets = list(range(-n, 0)) + list(range(1, n + 1))
     return [int(frame)] + [mirrored(int(frame) + offset, first, last) for offset in offsets]
-
-
-def shot_ends(plan: dict) -> Tuple[int, int]:
-    """The first and last frame of a shot's plan (its frames and keyframes): where neighbours mirror."""
-    frames = [int(f) for f in list(plan.get("frames") or []) + list(plan.get("keyframes") or [])]
-    if not frames:
-        raise ValueError("the plan names no frames")
-    return min(frames), max(frames)
-
-
-def plan_temporal_frames(plan: dict) -> int:
-    """``temporal_frames`` of a plan (ingest's; plans written before neighbour frames: 0)."""
-    return int(plan.get("temporal_frames", 0) or 0)
 
 
 def needed_frames(frames: Iterable[int], temporal_frames: int, first: int, last: int) -> List[int]:

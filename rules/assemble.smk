@@ -3,19 +3,19 @@
 rule assemble:
     input:
         frames=output_frames,
-        manifest="results/{shot}/ingest/manifest.csv",
-        plan="results/{shot}/ingest/plan.json",
-        model="results/{shot}/model/model.json",
+        manifest=LAYOUT.manifest,
+        plan=LAYOUT.plan,
+        model=LAYOUT.model_card,
     output:
-        checksums="results/{shot}/assemble/checksums.tsv",
+        checksums=LAYOUT.checksums,
         summary=report(
-            "results/{shot}/assemble/summary.json",
+            LAYOUT.summary,
             caption="../report/summary.rst",
             category="Output",
             subcategory="{shot}",
         ),
         contact_sheet=report(
-            "results/{shot}/assemble/contact_sheet.png",
+            LAYOUT.contact_sheet,
             caption="../report/contact_sheet.rst",
             category="Output",
             subcategory="{shot}",
@@ -25,6 +25,7 @@ rule assemble:
     benchmark:
         "benchmarks/{shot}/assemble.tsv"
     params:
+        results=RESULTS,
         output=output_pattern,
         settings=section("assemble"),
     conda:

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from duplidog import demo, temporal
+from duplidog.core.layout import ShotLayout, shot_output_pattern
+from duplidog.core.shotframes import (ingest_settings, check_output_pattern, check_output_writable, discover_frames,
+                                      neighbour_frames, ShotFrames)
 from duplidog.errors import DuplidogError
-from duplidog.ingest import (ingest_settings, check_output_pattern, check_output_writable, discover_frames,
-                             neighbour_frames, ShotFrames)
 from duplidog.sequence import FramePattern
 from duplidog.status import ReportFigures
-from duplidog.settings import shot_output_pattern, merge_settings, read_shot_yaml, resolve
+from duplidog.settings import merge_settings, read_shot_yaml, resolve
 
 # The config is checked against config/schema.yaml by duplidog's resolver, which names the key in one
 # line (Snakemake's own validate prints the whole schema after its message).
@@ -20,6 +21,10 @@ try:
     resolve(config, origin="config")
 except DuplidogError as error:
     raise WorkflowError(str(error)) from None
+
+# Every shot's files under results/ (rules name them with the {shot} wildcard); RESULTS holds the shots.
+RESULTS = "results"
+LAYOUT = ShotLayout(RESULTS, "{shot}")
 
 # Keys of a batch config that describe one shot; everything else is shared by all its shots.
 SHOT_KEYS = ("shot", "source", "target", "output", "frames")
@@ -50,6 +55,10 @@ class Shot:
     frames: ShotFrames
     output: str
     is_demo: bool
+
+    @property
+    def layout(self):
+        return ShotLayout(RESULTS, self.name)
 
     @property
     def chunks(self):
@@ -106,7 +115,7 @@ def load_shots(config):
                                  shot_config["model"]["temporal_frames"])
             except DuplidogError as error:
                 raise DuplidogError(f"shot {name}: {error}") from None
-        output = shot_output_pattern(shot_config)
+        output = shot_output_pattern(shot_config, RESULTS)
         check_output_pattern(output, shot_config["source"], shot_config["target"], frames.frames, writable=False)
         check_output_writable(output, frames.frames)
         shots[name] = Shot(name, shot_config, frames, output, is_demo)
@@ -196,13 +205,13 @@ def section(name):
 def init_model(wildcards):
     """A previous shot's model to start training from (train.init_from), as an input so a change reruns."""
     init_from = shot_of(wildcards).config["train"].get("init_from")
-    if not init_from or Path(init_from).resolve() == Path(f"results/{wildcards.shot}/model").resolve():
+    if not init_from or Path(init_from).resolve() == ShotLayout(RESULTS, wildcards.shot).model_dir.resolve():
         return []  # nothing, or the shot's own model: training continues from its checkpoints
     card = Path(init_from) / "model.json"
     # Another shot's model under results/ looks like this run's train output; unless that shot is in this
     # run (then it is trained first), name it by its absolute path so Snakemake takes it as a plain file.
     parts = card.parts
-    in_this_run = len(parts) == 4 and parts[0] == "results" and parts[2] == "model" and parts[1] in SHOTS
+    in_this_run = card.parent.parent.name in SHOTS and card == SHOTS[card.parent.parent.name].layout.model_card
     return [str(card if in_this_run else card.resolve())]
 
 
@@ -228,19 +237,15 @@ def all_outputs():
     targets = []
     for shot in SHOTS.values():
         targets += [FramePattern(shot.output).path(f) for f in shot.frames.frames]
-        targets += [
-            f"results/{shot.name}/model/model.safetensors",
-            f"results/{shot.name}/model/model.json",
-            f"results/{shot.name}/assemble/summary.json",
-            f"results/{shot.name}/assemble/contact_sheet.png",
-        ]
+        layout = shot.layout
+        targets += [layout.model_weights, layout.model_card, layout.summary, layout.contact_sheet]
     return targets
 
 
 # The report opens on each shot's figures (report/workflow.rst). Snakemake renders that page with Jinja and
 # gives it only `snakemake.config`, so they go there under a key no setting uses; they are read from
 # results/ when the page is rendered (a shot not run yet reads "not run yet"), never by a dry run or a job.
-config["_report_shots"] = ReportFigures(SHOTS)
+config["_report_shots"] = ReportFigures(SHOTS, RESULTS)
 
 
 def sweep_stale_temporaries():
@@ -251,7 +256,7 @@ def sweep_stale_temporaries():
     from duplidog.atomic import sweep_stale_temporaries as sweep
 
     for shot in SHOTS.values():
-        for stale in sweep(f"results/{shot.name}"):
+        for stale in sweep(shot.layout.root):
             print(f"duplidog: removed {stale}, left by an earlier run that was killed", file=sys.stderr)
 
 
@@ -262,7 +267,7 @@ def print_run_summary():
     from duplidog.status import shot_status, summary_line
 
     for shot in SHOTS.values():
-        print(f"duplidog: {summary_line(shot_status(f'results/{shot.name}'))}", file=sys.stderr)
+        print(f"duplidog: {summary_line(shot_status(shot.layout.root))}", file=sys.stderr)
 
 
 def stale_lock_hint():

@@ -9,8 +9,8 @@ for _shot in SHOTS.values():
             name:
                 _chunk.rule_name
             input:
-                model=f"results/{_shot.name}/model/model.json",
-                plan=f"results/{_shot.name}/ingest/plan.json",
+                model=_shot.layout.model_card,
+                plan=_shot.layout.plan,
                 # with model.temporal_frames, also the neighbours just outside the chunk
                 frames=[FramePattern(_shot.config["source"]).path(f) for f in _shot.reads(_chunk.frames)],
             output:
@@ -23,7 +23,7 @@ for _shot in SHOTS.values():
                 frames=list(_chunk.frames),
                 output=_shot.output,
                 settings=_shot.config["infer"],
-                summary=f"results/{_shot.name}/infer/{_chunk.name}.json",
+                summary=_shot.layout.chunk_summary(_chunk.name),
             threads: profile_threads("infer_chunk", default=2)
             resources:
                 gpu=1,

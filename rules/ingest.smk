@@ -5,8 +5,8 @@ rule ingest:
         source=keyframe_sources,
         target=target_frames,
     output:
-        manifest="results/{shot}/ingest/manifest.csv",
-        plan="results/{shot}/ingest/plan.json",
+        manifest=LAYOUT.manifest,
+        plan=LAYOUT.plan,
     log:
         "logs/{shot}/ingest.log",
     benchmark:

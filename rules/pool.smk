@@ -2,10 +2,10 @@
 
 rule pool:
     input:
-        manifest="results/{shot}/ingest/manifest.csv",
-        plan="results/{shot}/ingest/plan.json",
+        manifest=LAYOUT.manifest,
+        plan=LAYOUT.plan,
     output:
-        pool=directory("results/{shot}/pool/pool.zarr"),
+        pool=directory(LAYOUT.pool),
     log:
         "logs/{shot}/pool.log",
     benchmark:

@@ -2,22 +2,22 @@
 
 rule train:
     input:
-        pool="results/{shot}/pool/pool.zarr",
-        manifest="results/{shot}/ingest/manifest.csv",
-        plan="results/{shot}/ingest/plan.json",
+        pool=LAYOUT.pool,
+        manifest=LAYOUT.manifest,
+        plan=LAYOUT.plan,
         init=init_model,
     output:
-        weights="results/{shot}/model/model.safetensors",
-        card="results/{shot}/model/model.json",
+        weights=LAYOUT.model_weights,
+        card=LAYOUT.model_card,
         loss=report(
-            "results/{shot}/train/loss.png",
+            LAYOUT.loss_plot,
             caption="../report/loss.rst",
             category="Training",
             subcategory="{shot}",
         ),
         # The last picture training draws: the final model on the validation keyframes.
         contact_sheet=report(
-            "results/{shot}/train/contact_final.png",
+            LAYOUT.train_contact_sheet,
             caption="../report/training_sheet.rst",
             category="Training",
             subcategory="{shot}",

@@ -12,6 +12,7 @@ import pytest
 
 from duplidog import imageio, settings
 from duplidog.assemble import assemble, contact_frames
+from duplidog.core.layout import ShotLayout
 from duplidog.errors import DuplidogError
 from duplidog.ingest import ingest
 from shotdata import make_model, make_shot, write_frame
@@ -28,14 +29,13 @@ def shot(tmp_path):
     for frame in FRAMES:
         source = imageio.read_info(tmp_path / f"plate/plate.{frame:04d}.exr")
         pixels = imageio.read_pixels(source.path) * 0.8 + 0.05 + (0.02 if frame == 1004 else 0.0)
-        imageio.write_pixels(plan["output"] % frame if "%" in plan["output"] else None, pixels, like=source)
+        imageio.write_pixels(plan.output % frame if "%" in plan.output else None, pixels, like=source)
     make_model(tmp_path / "results/t1/model", ("R", "G", "B"), ("R", "G", "B"))  # its card gives the scale
     return tmp_path, plan
 
 
 def run(root: Path, **kwargs):
-    return assemble(root / "results/t1/ingest/plan.json", root / "results/t1/ingest/manifest.csv", None,
-                    root / "results/t1/assemble", **kwargs)
+    return assemble(ShotLayout(root / "results", "t1"), None, **kwargs)
 
 
 def test_checksums_contact_sheet_and_summary(shot):
@@ -49,7 +49,7 @@ def test_checksums_contact_sheet_and_summary(shot):
     for line in lines[1:]:
         frame, path, digest = line.split("\t")
         assert digest == hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        assert path == plan["output"] % int(frame)
+        assert path == plan.output % int(frame)
 
     sheet = imageio.read_info(out / "contact_sheet.png")
     assert sheet.pixel_type == "uint8" and sheet.width > 4 * 100 and sheet.height > 3 * 50
@@ -81,7 +81,7 @@ def test_a_shot_without_its_model_card_is_refused(shot):
 
 def test_every_bad_frame_is_named_in_one_error(shot):
     root, plan = shot
-    output = plan["output"]
+    output = plan.output
     Path(output % 1002).unlink()                                              # missing
     data = Path(output % 1003).read_bytes()
     Path(output % 1003).write_bytes(data[: len(data) // 2])                   # cut short
@@ -101,7 +101,7 @@ def test_nan_in_an_output_frame_is_a_fault(shot):
     source = imageio.read_info(root / "plate/plate.1002.exr")
     pixels = imageio.read_pixels(source.path)
     pixels[3, 4, 1] = np.nan
-    imageio.write_pixels(plan["output"] % 1002, pixels, like=source)
+    imageio.write_pixels(plan.output % 1002, pixels, like=source)
     with pytest.raises(DuplidogError, match="1002 1 NaN/inf values"):
         run(root)
 
@@ -119,10 +119,10 @@ def test_a_local_failure_is_warned_of_and_zoomed_on_although_the_whole_frame_is_
     source = imageio.read_info(root / "plate/plate.1004.exr")
     pixels = imageio.read_pixels(source.path) * 0.8 + 0.05
     pixels[8:12, 34:38] += 1.0  # a blemish left in
-    imageio.write_pixels(plan["output"] % 1004, pixels, like=source)
+    imageio.write_pixels(plan.output % 1004, pixels, like=source)
     summary = run(root, settings={"contact_frames": 3, "contact_width": 200, "frames": [1002]})
     error = summary["keyframe_error"]["1004"]
-    assert error["held_out"] is (1004 in plan["validation_frames"])
+    assert error["held_out"] is (1004 in plan.validation_frames)
     assert error["psnr"] > error["worst_block_psnr"] + 5 and error["worst_block_psnr"] < 25
     assert error["worst_block_at"] == [0, 32]
     assert len(summary["warnings"]) == 1 and summary["warnings"][0].startswith("frame 1004")
@@ -138,7 +138,7 @@ def test_the_summary_has_a_flicker_figure_against_the_plates_own_change(shot):
         for frame in FRAMES:
             source = imageio.read_info(root / f"plate/plate.{frame:04d}.exr")
             pixels = imageio.read_pixels(source.path) * 0.98 + (jump if frame == 1004 else 0.0)
-            imageio.write_pixels(plan["output"] % frame, pixels, like=source)
+            imageio.write_pixels(plan.output % frame, pixels, like=source)
 
     write_outputs(0.0)
     steady = run(root)["temporal"]
@@ -165,12 +165,12 @@ def test_inference_then_assembly_end_to_end(tmp_path):
         path = tmp_path / f"fixed/fixed.{frame:04d}.exr"
         write_frame(path, imageio.read_pixels(path, ["R", "G", "B"]))
     plan = ingest(settings.load_shot_file(shot_file), tmp_path / "results/t1/ingest")
-    assert plan["passthrough_channels"] == ["A"]
+    assert plan.passthrough_channels == ["A"]
     torch.manual_seed(0)
     net = build_model(preset="small", levels=2, stages=1, width=4, depth=1, block="res")
     save_model(tmp_path / "results/t1/model", net, {"input_channels": ["R", "G", "B"],
                                                      "output_channels": ["R", "G", "B"],
-                                                     "colorspace": colour.describe(plan["colorspace"])})
+                                                     "colorspace": colour.describe(plan.colorspace)})
     for k, chunk in enumerate((FRAMES[:3], FRAMES[3:])):
         infer_frames(tmp_path / "results/t1/model", tmp_path / "results/t1/ingest/plan.json", chunk, None,
                      {"device": "cpu"}, summary_path=tmp_path / f"results/t1/infer/chunk_{k}.json")

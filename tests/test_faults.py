@@ -282,6 +282,7 @@ def disk_full_frame(tmp_path, monkeypatch):
 def disk_full_checkpoint(tmp_path, monkeypatch):
     import torch
 
+    from duplidog.core.layout import list_checkpoints
     from duplidog.train import checkpoint as ckpt
 
     folder = tmp_path / "checkpoints"
@@ -297,7 +298,7 @@ def disk_full_checkpoint(tmp_path, monkeypatch):
                       r"step_00000006.pt: disk full", before)
     monkeypatch.undo()
     # Nothing half-written is left, so the rerun after space is freed resumes from step 3.
-    if [step for step, _ in ckpt.list_checkpoints(folder)] != [3] or len(list(folder.iterdir())) != 1:
+    if [step for step, _ in list_checkpoints(folder)] != [3] or len(list(folder.iterdir())) != 1:
         outcome.lost.append("the resumable checkpoint state")
     return outcome
 

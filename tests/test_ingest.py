@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from duplidog import settings
+from duplidog.core.plan import read_plan
 from duplidog.errors import DuplidogError
 from duplidog.ingest import choose_validation_frames, ingest
 from shotdata import make_shot, write_frame
@@ -30,9 +31,15 @@ def test_manifest_and_plan(tmp_path):
     assert roles[1005] == "validation" and roles[1001] == roles[1010] == "train" and roles[1002] == "infer"
     row = manifest.set_index("frame").loc[1001]
     assert (row["width"], row["height"], row["nchannels"], row["pixel_type"]) == (48, 40, 3, "half")
-    assert json.loads((tmp_path / "out/plan.json").read_text()) == plan
-    assert plan["colorspace"] == "linear" and plan["input_channels"] == ["R", "G", "B"]
-    assert plan["output"].endswith("results/t1/output/t1.%04d.exr") or plan["output"] == "results/t1/output/t1.%04d.exr"
+    written = json.loads((tmp_path / "out/plan.json").read_text())
+    assert written == plan.to_dict() and read_plan(tmp_path / "out/plan.json") == plan
+    assert list(written) == ["shot", "source", "target", "output", "frames", "keyframes", "train_frames",
+                             "validation_frames", "colorspace", "plate_colorspace", "target_colorspace",
+                             "convert_colorspace", "input_channels", "output_channels", "passthrough_channels",
+                             "width", "height", "scale", "temporal_frames", "pixel_type", "format_name",
+                             "channel_names", "nonfinite", "seed"]
+    assert plan.colorspace == "linear" and plan.input_channels == ["R", "G", "B"]
+    assert plan.output.endswith("results/t1/output/t1.%04d.exr") or plan.output == "results/t1/output/t1.%04d.exr"
 
 
 def test_validation_keyframes_are_held_out_from_the_middle():

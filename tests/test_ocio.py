@@ -3,6 +3,7 @@ model card, and QC pictures through a display/view. Every test makes its own sma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from duplidog import colour, imageio, ocio, settings
+from duplidog.core.layout import ShotLayout
+from duplidog.core.plan import write_plan
 from duplidog.errors import DuplidogError
 from duplidog.ingest import ingest
 from shotdata import make_model, model_card, write_frame
@@ -140,12 +143,12 @@ def test_a_broken_OCIO_is_one_line_naming_it(tmp_path, monkeypatch):
 
 def test_auto_takes_the_plates_tag(tmp_path):
     plan = ingest(make_tagged_shot(tmp_path, "lin_ap1_scene"), tmp_path / "ingest")
-    assert plan["colorspace"]["name"] == "linear" and plan["colorspace"]["ocio"]["colorspace"] == "ACEScg"
-    assert plan["plate_colorspace"] == plan["target_colorspace"] == "ACEScg"
-    assert plan["convert_colorspace"] is False
+    assert plan.colorspace["name"] == "linear" and plan.colorspace["ocio"]["colorspace"] == "ACEScg"
+    assert plan.plate_colorspace == plan.target_colorspace == "ACEScg"
+    assert plan.convert_colorspace is False
     # untagged float EXR under auto: as before
     plan = ingest(make_tagged_shot(tmp_path / "plain", None), tmp_path / "plain/ingest")
-    assert plan["colorspace"] == "linear" and plan["plate_colorspace"] is None
+    assert plan.colorspace == "linear" and plan.plate_colorspace is None
 
 
 def test_a_plate_in_another_space_is_refused_naming_file_and_spaces(tmp_path):
@@ -189,15 +192,15 @@ def test_conversion_on_request_round_trips_an_acescg_plate_through_a_rec709_mode
 
     config = make_tagged_shot(tmp_path, "ACEScg", colorspace="lin_rec709", ingest={"convert_colorspace": True})
     plan = ingest(config, tmp_path / "ingest")
-    assert plan["plate_colorspace"] == "ACEScg" and plan["convert_colorspace"] is True
-    assert plan["colorspace"]["ocio"]["colorspace"] == "Linear Rec.709 (sRGB)"
+    assert plan.plate_colorspace == "ACEScg" and plan.convert_colorspace is True
+    assert plan.colorspace["ocio"]["colorspace"] == "Linear Rec.709 (sRGB)"
     # the pool and validation read keyframes converted into the working space
     source = imageio.read_pixels(tmp_path / "plate/plate.1001.exr")
-    converted = colour.plan_to_working(source, ["R", "G", "B"], plan, "plate", "p")
+    converted = plan.to_working(source, ["R", "G", "B"], "plate", "p")
     assert np.allclose(converted, ocio.convert(source, None, "ACEScg", "lin_rec709"))
     assert not np.allclose(converted, source, atol=0.05)
     assert converted[0, 0, 0] > 40.0  # unclamped: a bright red highlight stays bright
-    card = identity_model(tmp_path / "model", plan["colorspace"])
+    card = identity_model(tmp_path / "model", plan.colorspace)
     assert card.colorspace["ocio"]["colorspace"] == "Linear Rec.709 (sRGB)"
     infer_frames(tmp_path / "model", tmp_path / "ingest/plan.json", FRAMES, None, {"device": "cpu"})
     for frame in FRAMES:
@@ -219,8 +222,7 @@ def test_inference_refuses_a_model_trained_in_another_space_unless_asked(tmp_pat
     message = str(caught.value)
     assert "\n" not in message and "plate.1001.exr: in colour space 'ACEScg'" in message
     assert "'Linear Rec.709 (sRGB)'" in message and "convert_colorspace" in message
-    plan["convert_colorspace"] = True
-    (tmp_path / "ingest/plan.json").write_text(json.dumps(plan))
+    write_plan(tmp_path / "ingest/plan.json", dataclasses.replace(plan, convert_colorspace=True))
     infer_frames(tmp_path / "model", tmp_path / "ingest/plan.json", FRAMES[:1], None, {"device": "cpu"})
     assert np.allclose(imageio.read_pixels(tmp_path / "out/out.1001.exr"), plate_pixels(1001), rtol=0.02, atol=0.01)
     # an old card (no OCIO name) keeps working on a tagged plate, unconverted
@@ -276,14 +278,13 @@ def test_qc_pictures_go_through_the_display_view(tmp_path):
     plan = ingest(config, tmp_path / "ingest")
     for frame in FRAMES:
         info = imageio.read_info(tmp_path / f"plate/plate.{frame}.exr")
-        imageio.write_pixels(plan["output"] % frame, imageio.read_pixels(info.path), like=info)
+        imageio.write_pixels(plan.output % frame, imageio.read_pixels(info.path), like=info)
     make_model(tmp_path / "model", ("R", "G", "B"), ("R", "G", "B"))  # its card gives the output's scale
-    summary = assemble(tmp_path / "ingest/plan.json", tmp_path / "ingest/manifest.csv", None,
-                       tmp_path / "assemble", settings=config["assemble"])
+    layout = ShotLayout(tmp_path.parent, tmp_path.name)  # the shot's files are under tmp_path
+    summary = assemble(layout, None, settings=config["assemble"])
     assert Path(summary["contact_sheet"]).exists()
     with pytest.raises(DuplidogError, match="assemble.view: 'Filmic' is not a view"):
-        assemble(tmp_path / "ingest/plan.json", tmp_path / "ingest/manifest.csv", None, tmp_path / "assemble",
-                 settings={**config["assemble"], "view": "Filmic"})
+        assemble(layout, None, settings={**config["assemble"], "view": "Filmic"})
 
 
 def test_training_contact_sheet_panels_use_the_default_view():

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from duplidog import settings
+from duplidog.core.layout import shot_output_pattern
 from duplidog.errors import DuplidogError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_empty_or_unreadable_shot_files(tmp_path):
 
 def test_default_output_follows_the_contract():
     config = settings.resolve({"shot": "sh010", "source": "plates/p.%04d.dpx", "target": "f.%04d.dpx"})
-    assert settings.shot_output_pattern(config) == "results/sh010/output/sh010.%04d.dpx"
+    assert shot_output_pattern(config) == "results/sh010/output/sh010.%04d.dpx"
 
 
 def test_a_command_lines_set_reads_an_exponent_without_a_dot_as_a_number():

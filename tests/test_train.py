@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
+from duplidog.core.layout import list_checkpoints
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
 from duplidog.train.data import DeviceBatches, EpochPlan, StreamedBatches, dihedral
@@ -320,7 +321,7 @@ def test_a_colour_fit_that_explains_little_of_the_change_is_undone_and_held(tmp_
 
 def test_a_validation_keyframe_holding_nan_is_refused_naming_its_file(tmp_path):
     from duplidog import imageio
-    from duplidog.ingest import read_manifest, read_plan
+    from duplidog.core.plan import read_manifest, read_plan
     from duplidog.train.validate import load_validation_frames
 
     tiny = build_tiny_shot(tmp_path)
@@ -467,7 +468,7 @@ def test_ten_steps_sigterm_and_ten_more_give_the_same_weights_as_twenty(shot, tm
     with pytest.raises(TrainingInterrupted, match=f"{signal.Signals(signum).name} at step 10"):
         run(shot, tmp_path / "resumed", steps=20, checkpoint_every=0)
     monkeypatch.undo()
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "resumed/train/checkpoints")] == [10]
+    assert [s for s, _ in list_checkpoints(tmp_path / "resumed/train/checkpoints")] == [10]
     result = run(shot, tmp_path / "resumed", steps=20, checkpoint_every=0)
     assert result["resumed_from"] == 10 and result["steps"] == 20
     resumed = final_state(tmp_path / "resumed")
@@ -516,7 +517,7 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_where_the_setting_ke
     # identity lacks them, is the network they default to, so an upgrade does not train from scratch.
     work = tmp_path / "work"
     run(shot, work, steps=4, checkpoint_every=2, validate_every=0)
-    path = ckpt.list_checkpoints(work / "train/checkpoints")[-1][1]
+    path = list_checkpoints(work / "train/checkpoints")[-1][1]
     state = ckpt.load_checkpoint(path)
     identity = json.loads(state["identity"])
     assert {"scale", "temporal_frames"} <= set(identity["model"])
@@ -544,7 +545,7 @@ def test_new_keyframes_fine_tune_the_shots_model_unless_told_to_start_over(shot,
     scratch = run(shifted, tmp_path / "scratch", steps=20, validate_every=0)
     assert first_losses(tmp_path / "work") < 0.5 * first_losses(tmp_path / "scratch")
     # A fine-tune killed before its first checkpoint resumes as a fine-tune, not from scratch.
-    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "work/train/checkpoints")][0] == 0
+    assert [s for s, _ in list_checkpoints(tmp_path / "work/train/checkpoints")][0] == 0
     again = run(shifted, tmp_path / "work", steps=20, validate_every=0, start_over=True)
     assert again["start"] == "fresh" and scratch["start"] == "fresh"
 
@@ -585,7 +586,7 @@ def test_init_from_the_shots_own_model_fine_tunes_it_whatever_changed(shot, tmp_
         (tmp_path / "model" / name).unlink()
     result = run(shot, tmp_path, steps=20, validate_every=0, lr=0.002, init_from=own, checkpoint_every=0)
     assert result["start"] == "fine-tune"
-    started = ckpt.load_checkpoint(ckpt.list_checkpoints(tmp_path / "train/checkpoints")[0][1])
+    started = ckpt.load_checkpoint(list_checkpoints(tmp_path / "train/checkpoints")[0][1])
     assert started["step"] == 0
     for name, value in trained.items():
         if not name.startswith("colour."):  # the colour path is fitted to the pool again first
@@ -624,7 +625,7 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_within_max_minutes(shot, tmp_pa
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode != 0
     assert "stopped by SIGTERM" in output and "training data streamed" in output, output
-    found = ckpt.list_checkpoints(tmp_path / "train/checkpoints")
+    found = list_checkpoints(tmp_path / "train/checkpoints")
     assert len(found) == 1 and found[0][0] >= 3
     assert not (tmp_path / "model").exists()
 
@@ -641,7 +642,7 @@ def test_sigterm_checkpoints_and_a_rerun_resumes_within_max_minutes(shot, tmp_pa
 def test_checkpoints_are_plain_data_and_pruned(shot, tmp_path, device):
     result = run(shot, tmp_path, steps=8, checkpoint_every=2, keep_checkpoints=2, validate_every=4, device=device)
     assert result["device"].startswith(device) and result["steps"] == 8
-    steps = [s for s, _ in ckpt.list_checkpoints(tmp_path / "train/checkpoints")]
+    steps = [s for s, _ in list_checkpoints(tmp_path / "train/checkpoints")]
     state = final_state(tmp_path)  # weights_only=True load
     best = state["best_step"]
     assert steps[-2:] == [6, 8] and set(steps) <= {6, 8, best}

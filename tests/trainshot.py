@@ -27,6 +27,7 @@ def build_tiny_shot(root: Path, pool_overrides: dict | None = None, seed: int = 
     ``local_edit``: the keyframes are graded on their left half only (a fix that leaves some pixels alone,
     so the change-weighted loss terms weight pixels unevenly).
     """
+    from duplidog.core.layout import ShotLayout
     from duplidog.imageio import read_pixels
     from duplidog.ingest import ingest
     from duplidog.pool import build_pool
@@ -46,11 +47,10 @@ def build_tiny_shot(root: Path, pool_overrides: dict | None = None, seed: int = 
     user.update({"model": TINY_MODEL, "pool": {**TINY_POOL, **(pool_overrides or {})}, "train": TINY_TRAIN,
                  "seed": seed, "colorspace": "log"})
     config = resolve(user)
-    ingest(config, root / "ingest")
-    build_pool(root / "ingest/manifest.csv", root / "ingest/plan.json", root / "pool.zarr", config["pool"],
-               seed=config["seed"])
-    return {"config": config, "pool": root / "pool.zarr", "plan": root / "ingest/plan.json",
-            "manifest": root / "ingest/manifest.csv"}
+    layout = ShotLayout(root / "results", config["shot"])
+    ingest(config, layout.ingest_dir)
+    build_pool(layout.manifest, layout.plan, layout.pool, config["pool"], seed=config["seed"])
+    return {"config": config, "pool": layout.pool, "plan": layout.plan, "manifest": layout.manifest}
 
 
 def with_train(config: dict, **train) -> dict:
@@ -60,7 +60,8 @@ def with_train(config: dict, **train) -> dict:
 
 
 def final_state(work: Path) -> dict:
-    """The newest checkpoint a training run under ``work`` wrote."""
-    from duplidog.train import checkpoint as ckpt
+    """The newest checkpoint a training run under ``work`` wrote (``work`` laid out like a shot's results)."""
+    from duplidog.core.layout import ShotLayout, list_checkpoints
+    from duplidog.train.checkpoint import load_checkpoint
 
-    return ckpt.load_checkpoint(ckpt.list_checkpoints(work / "train/checkpoints")[-1][1])
+    return load_checkpoint(list_checkpoints(ShotLayout(work.parent, work.name).checkpoints)[-1][1])

@@ -49,6 +49,8 @@ from duplidog.atomic import atomic_write_json, remove_stale_temporaries
 from duplidog.core.card import CARD_NAME, ModelCard
 from duplidog.core.modelstore import load_model
 from duplidog.core.runtime import choose_device
+from duplidog.core.plan import Plan, read_plan
+from duplidog.core.shotframes import check_output_pattern, neighbour_frames
 from duplidog.errors import DuplidogError
 from duplidog.infer.ensemble import model_copies
 from duplidog.infer.runner import apply_model, measure_tile_reach, plan_run
@@ -94,12 +96,12 @@ def check_route_against_card(route: ChannelRoute, card: ModelCard, model_dir: st
             )
 
 
-def frame_space(info: imageio.ImageInfo, plate: dict, colorspace: Any = None) -> str | None:
+def frame_space(info: imageio.ImageInfo, plate: Plan, colorspace: Any = None) -> str | None:
     """The OCIO space a source frame is in: its ``oiio:ColorSpace`` tag when the active config knows
     it, else the plate's at ingest (``plate_colorspace``), else the shot's working space; None when
     nothing names one."""
-    return (colour.file_space(info) or plate.get("plate_colorspace")
-            or colour.ocio_name(plate.get("colorspace") or colorspace))
+    return (colour.file_space(info) or plate.plate_colorspace
+            or colour.ocio_name(plate.colorspace or colorspace))
 
 
 class _Stop(Exception):
@@ -194,19 +196,19 @@ def _tiling_summary(model, image: torch.Tensor, settings: dict, device: torch.de
             "pixel_overhead": round(len(grid) * grid.tile_width * grid.tile_height / (width * height), 3)}
 
 
-def check_like_plate(info: imageio.ImageInfo, plate: dict) -> None:
+def check_like_plate(info: imageio.ImageInfo, plate: Plan) -> None:
     """Refuse a frame that is no longer what ingest found (replaced since): another size, other channels
-    (an alpha would silently be dropped), another file format or pixel type. Checks what ``plate`` holds."""
-    if "width" in plate and (info.width, info.height) != (plate["width"], plate["height"]):
+    (an alpha would silently be dropped), another file format or pixel type. Checks what ``plate`` knows."""
+    if plate.width is not None and (info.width, info.height) != (plate.width, plate.height):
         raise DuplidogError(f"{info.path}: {info.width}x{info.height}, but the plate is "
-                            f"{plate['width']}x{plate['height']} (every frame of a shot has one size)")
-    if "channel_names" in plate and list(info.channel_names) != list(plate["channel_names"]):
+                            f"{plate.width}x{plate.height} (every frame of a shot has one size)")
+    if plate.channel_names is not None and list(info.channel_names) != list(plate.channel_names):
         raise DuplidogError(f"{info.path}: channels {','.join(info.channel_names)}, but the plate's were "
-                            f"{','.join(plate['channel_names'])} at ingest (rerun ingest if the plate changed)")
+                            f"{','.join(plate.channel_names)} at ingest (rerun ingest if the plate changed)")
     for key, what in (("format_name", "file format"), ("pixel_type", "pixel type")):
-        if key in plate and getattr(info, key) != plate[key]:
-            raise DuplidogError(f"{info.path}: {what} {getattr(info, key)}, but the plate's was {plate[key]} at "
-                                "ingest (rerun ingest if the plate changed)")
+        if getattr(plate, key) is not None and getattr(info, key) != getattr(plate, key):
+            raise DuplidogError(f"{info.path}: {what} {getattr(info, key)}, but the plate's was {getattr(plate, key)} "
+                                "at ingest (rerun ingest if the plate changed)")
 
 
 def run_frames(
@@ -220,7 +222,7 @@ def run_frames(
     device: torch.device | None = None,
     nonfinite: str = "error",
     colorspace: str | None = None,
-    plate: dict | None = None,
+    plate: Plan = Plan(),
     ends: tuple[int, int] | None = None,
 ) -> dict:
     """Run ``model`` (already loaded) over ``frames`` from ``source_pattern`` to ``output_pattern``.
@@ -230,7 +232,7 @@ def run_frames(
     "replace" (zeroed with a warning), as ``ingest.nonfinite``. ``colorspace``: the shot's working
     space, the OCIO space of source frames nothing else names (the network works in the card's).
     ``plate``: what ingest found of the plate (the plan's width, height, channel_names, format_name,
-    pixel_type; those present are checked): a frame replaced since by another kind is an error naming
+    pixel_type; those it knows are checked): a frame replaced since by another kind is an error naming
     it. ``ends``: the shot's first
     and last frame, where a temporal model's neighbours mirror (default: the plan's in ``plate``, else
     the first and last of ``frames``). Returns the timing summary.
@@ -247,7 +249,7 @@ def run_frames(
     passthrough_index = [read_channels.index(c) for c in route.passthrough]
     n = int(getattr(model, "temporal_frames", 0))  # neighbour frames on each side the network reads
     if ends is None:
-        ends = (temporal.shot_ends(plate) if (plate or {}).get("frames")
+        ends = (plate.ends if plate.frames
                 else (min(frames), max(frames)) if frames else (0, 0))
 
     stop = threading.Event()
@@ -259,7 +261,7 @@ def run_frames(
         """One source frame: its header, network channels (checked) and passthrough channels."""
         path = source.path(frame)
         info = imageio.read_info(path)
-        check_like_plate(info, plate or {})
+        check_like_plate(info, plate)
         pixels = imageio.read_pixels(path, read_channels)
         network_input = imageio.check_finite(pixels[:, :, :n_input], path, nonfinite)
         return info, network_input, pixels[:, :, passthrough_index]
@@ -292,9 +294,9 @@ def run_frames(
         """The frame's OCIO space and its network channels in the working space, (H, W, C)."""
         # The frame's OCIO space (its tag, else the plate's at ingest, else the shot's) against the
         # model's: the same, or converted when ingest.convert_colorspace allows it, else refused.
-        in_space = frame_space(info, plate or {}, colorspace) if space.ocio_name else None
+        in_space = frame_space(info, plate, colorspace) if space.ocio_name else None
         network_input = colour.to_working(network_input, route.input, in_space, space,
-                                          bool((plate or {}).get("convert_colorspace")), info.path)
+                                          bool(plate.convert_colorspace), info.path)
         return in_space, colour.encode(network_input, space, route.input)
 
     def as_image(pixels: np.ndarray) -> torch.Tensor:
@@ -324,7 +326,7 @@ def run_frames(
     def shot_tile_reach(image: torch.Tensor) -> int | None:
         """The finest level's reach measured on the shot's first frame (the plan's; this chunk's first
         without a plan), so that every chunk of a shot tiles alike."""
-        reference = (plate or {}).get("frames") or frames
+        reference = plate.frames or frames
         if reference[0] != frames[0] and Path(source.path(reference[0])).is_file():
             def working(number: int) -> np.ndarray:
                 info = imageio.read_info(source.path(number))
@@ -449,12 +451,10 @@ def infer_frames(
         summary_path: if given, the summary is also written there as JSON (atomically).
     Returns the summary: frames, seconds, fps and where the time went.
     """
-    from duplidog.ingest import read_plan
     plan = read_plan(plan_path)
     settings = infer_settings(settings)
-    frames = list(plan["frames"] if frames is None else frames)
-    route = ChannelRoute(tuple(plan["input_channels"]), tuple(plan["output_channels"]),
-                         tuple(plan.get("passthrough_channels", ())))
+    frames = list(plan.frames if frames is None else frames)
+    route = ChannelRoute(tuple(plan.input_channels), tuple(plan.output_channels), tuple(plan.passthrough_channels))
     device = choose_device(settings["device"], key="infer.device")
     t0 = time.perf_counter()
     model, card = load_model(model_dir, device)
@@ -462,11 +462,11 @@ def infer_frames(
     load_seconds = time.perf_counter() - t0
     log.info("model %s loaded on %s in %.2fs; frames %s", card.id, device, load_seconds,
              format_frame_list(frames))
-    output_pattern = output_pattern or plan.get("output")
+    output_pattern = output_pattern or plan.output
     if not output_pattern:
         raise DuplidogError(f"{plan_path}: the plan records no output pattern; give one")
-    summary = run_frames(model, card, frames, plan["source"], output_pattern, route,
-                         settings, device, plan.get("nonfinite", "error"), plan.get("colorspace"), plan)
+    summary = run_frames(model, card, frames, plan.source, output_pattern, route,
+                         settings, device, plan.nonfinite, plan.colorspace, plan)
     summary["load_seconds"] = round(load_seconds, 4)
     _write_summary(summary, summary_path)
     log.info("%d frames in %.1fs (%.2f frames/s)", summary["frames"], summary["seconds"], summary["fps"])
@@ -490,7 +490,6 @@ def infer_sequence(
     to every source frame found on disk. A frame whose ``oiio:ColorSpace`` names another OpenColorIO
     space than the card's is refused, or converted (and written back in its own) with ``convert_colorspace``.
     """
-    from duplidog.ingest import check_output_pattern, neighbour_frames
     settings = infer_settings(settings)  # tile and device, where given, override the settings' own
     if tile is not None:
         settings["tile"] = tile
@@ -514,7 +513,7 @@ def infer_sequence(
     if ends is not None:
         neighbour_frames(source, frames, card.temporal_frames, ends)
     return run_frames(model, card, frames, source_pattern, output_pattern, route, settings, torch_device,
-                      plate={"convert_colorspace": bool(convert_colorspace)}, ends=ends)
+                      plate=Plan(convert_colorspace=bool(convert_colorspace)), ends=ends)
 
 
 def route_from_card(card: ModelCard, info: imageio.ImageInfo) -> ChannelRoute:

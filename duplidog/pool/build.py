@@ -29,7 +29,7 @@ import numpy as np
 from duplidog import colour, imageio, temporal
 from duplidog.atomic import atomic_path
 from duplidog.errors import DuplidogError
-from duplidog.ingest import read_manifest, read_plan
+from duplidog.core.plan import Plan, read_manifest, read_plan
 from duplidog.pool import augment, sampling, store
 from duplidog.sequence import FramePattern
 
@@ -100,15 +100,15 @@ def _training_rows(manifest_path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def _read_keyframe(row: dict, plan: dict, settings: dict) -> tuple[np.ndarray, np.ndarray]:
+def _read_keyframe(row: dict, plan: Plan, settings: dict) -> tuple[np.ndarray, np.ndarray]:
     """Scene-value source and target of one keyframe, (H, W, C) float32, checked for size and NaN."""
-    policy = plan.get("nonfinite", "error")
-    source = imageio.check_finite(imageio.read_pixels(row["source"], plan["input_channels"]), row["source"], policy)
-    target = imageio.check_finite(imageio.read_pixels(row["target"], plan["output_channels"]), row["target"], policy)
+    policy = plan.nonfinite
+    source = imageio.check_finite(imageio.read_pixels(row["source"], plan.input_channels), row["source"], policy)
+    target = imageio.check_finite(imageio.read_pixels(row["target"], plan.output_channels), row["target"], policy)
     # In the plan's colour space (ingest refused or allowed a plate or keyframe in another one).
-    source = colour.plan_to_working(source, plan["input_channels"], plan, "plate", row["source"])
-    target = colour.plan_to_working(target, plan["output_channels"], plan, "target", row["target"])
-    scale = plan_scale(plan)
+    source = plan.to_working(source, plan.input_channels, "plate", row["source"])
+    target = plan.to_working(target, plan.output_channels, "target", row["target"])
+    scale = plan.scale
     if target.shape[:2] != (scale * source.shape[0], scale * source.shape[1]):
         raise DuplidogError(
             f"{row['target']}: keyframe {row['frame']} is {target.shape[1]}x{target.shape[0]}, its source "
@@ -126,32 +126,27 @@ def _read_keyframe(row: dict, plan: dict, settings: dict) -> tuple[np.ndarray, n
     return source, target
 
 
-def read_neighbours(frame: int, plan: dict, source: np.ndarray) -> np.ndarray:
+def read_neighbours(frame: int, plan: Plan, source: np.ndarray) -> np.ndarray:
     """The keyframe's source ``source`` (H, W, C scene values) with its neighbour plate frames stacked
     after it (``duplidog.temporal``), each read and checked like it; itself when the plan reads one frame."""
-    n = temporal.plan_temporal_frames(plan)
+    n = plan.temporal_frames
     if n == 0:
         return source
-    pattern = FramePattern(plan["source"])
-    policy = plan.get("nonfinite", "error")
+    pattern = FramePattern(plan.source)
+    policy = plan.nonfinite
 
     def read(number: int) -> np.ndarray:
         if number == frame:
             return source
         path = pattern.path(number)
-        pixels = imageio.check_finite(imageio.read_pixels(path, plan["input_channels"]), path, policy)
-        pixels = colour.plan_to_working(pixels, plan["input_channels"], plan, "plate", path)
+        pixels = imageio.check_finite(imageio.read_pixels(path, plan.input_channels), path, policy)
+        pixels = plan.to_working(pixels, plan.input_channels, "plate", path)
         if pixels.shape != source.shape:
             raise DuplidogError(f"{path}: neighbour frame {number} is {pixels.shape[1]}x{pixels.shape[0]}, its "
                                 f"keyframe {frame} {source.shape[1]}x{source.shape[0]}")
         return pixels
 
-    return temporal.stacked_frame(frame, n, temporal.shot_ends(plan), read)
-
-
-def plan_scale(plan: dict) -> int:
-    """The keyframes' size over the plate's (ingest's ``scale``; plans written before upscaling: 1)."""
-    return int(plan.get("scale", 1))
+    return temporal.stacked_frame(frame, n, plan.ends, read)
 
 
 def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -166,16 +161,16 @@ def _tiles_of_keyframe(
     frame: int,
     source: np.ndarray,
     target: np.ndarray,
-    plan: dict,
+    plan: Plan,
     settings: dict,
     seed: int,
     writer: store.TileWriter,
 ) -> dict[str, int]:
     """Draw, cut, augment and queue one keyframe's tiles; returns its counts."""
-    space = plan["colorspace"]
-    source_names, target_names = list(plan["input_channels"]), list(plan["output_channels"])
+    space = plan.colorspace
+    source_names, target_names = list(plan.input_channels), list(plan.output_channels)
     # A temporal shot's source is the keyframe with its neighbours stacked: each frame's channels alike.
-    stacked_names = temporal.stacked_names(source_names, temporal.plan_temporal_frames(plan))
+    stacked_names = temporal.stacked_names(source_names, plan.temporal_frames)
     channels = len(source_names)
     tile, border, margin = int(settings["tile_size"]), int(settings["border"]), edge_margin(settings)
     rng = np.random.default_rng([seed, frame])
@@ -188,7 +183,7 @@ def _tiles_of_keyframe(
 
     source_ws = np.asarray(encode_source(source), dtype=np.float32)
     target_ws = np.asarray(encode_target(target), dtype=np.float32)
-    s = plan_scale(plan)  # upscaling: target tiles are s times the source tiles' size and position
+    s = plan.scale  # upscaling: target tiles are s times the source tiles' size and position
     # Where the fix changes most, judged at the source's size (an upscaled target averaged down to it).
     # Where tiles go is decided on the keyframe itself (a temporal source's first channels).
     keyframe_ws = source_ws[:, :, :channels]
@@ -243,20 +238,20 @@ def build_pool(
     plan = read_plan(plan_path)
     rows = _training_rows(manifest_path)
     tile = int(settings["tile_size"])
-    source_names, target_names = list(plan["input_channels"]), list(plan["output_channels"])
-    frames = temporal.frame_count(temporal.plan_temporal_frames(plan))  # stacked in each source tile
+    source_names, target_names = list(plan.input_channels), list(plan.output_channels)
+    frames = temporal.frame_count(plan.temporal_frames)  # stacked in each source tile
     capacity = len(rows) * int(settings["tiles_per_keyframe"])
     attributes = {
         "duplidog_pool": store.POOL_FORMAT,
         "seed": int(seed),
         "tile_size": tile,
         "border": int(settings["border"]),
-        "scale": plan_scale(plan),  # target tiles are this many times tile_size (and border)
+        "scale": plan.scale,  # target tiles are this many times tile_size (and border)
         # source tiles carry 2N + 1 frames' channels, the keyframe's first (duplidog.temporal)
-        "temporal_frames": temporal.plan_temporal_frames(plan),
+        "temporal_frames": plan.temporal_frames,
         "source_channels": source_names,
         "target_channels": target_names,
-        "colorspace": plan["colorspace"],
+        "colorspace": plan.colorspace,
         "frames": [int(r["frame"]) for r in rows],
         "sampling": {k: settings[k] for k in SAMPLING_KEYS},
         "augmentation": {k: settings[k] for k in AUGMENTATION_KEYS},
@@ -267,7 +262,7 @@ def build_pool(
     with atomic_path(pool_path) as tmp:
         writer = store.TileWriter(
             tmp, capacity, len(source_names) * frames, len(target_names), tile, int(settings["shard_tiles"]),
-            store.compressor(settings), attributes, target_scale=plan_scale(plan),
+            store.compressor(settings), attributes, target_scale=plan.scale,
             range_channels=len(source_names) if frames > 1 else None,
         )
         for row in rows:
@@ -296,7 +291,7 @@ def build_pool(
             "redraws": sum(c["redraws"] for c in per_keyframe.values()),
             "tiles_per_keyframe": {f: c["tiles"] for f, c in per_keyframe.items()},
             "bytes": store.bytes_on_disk(tmp),
-            "uncompressed_bytes": (tiles * (len(source_names) * frames + len(target_names) * plan_scale(plan) ** 2)
+            "uncompressed_bytes": (tiles * (len(source_names) * frames + len(target_names) * plan.scale ** 2)
                                    * tile * tile * 2),
             "seconds": round(time.perf_counter() - started, 3),
         }

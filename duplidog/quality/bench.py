@@ -135,10 +135,12 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
 
     ``settings`` is a partial shot config (as a shot file would hold it), merged with
     ``train.max_minutes = minutes``, ``train.steps = steps`` (only when given) and ``train.progress =
-    False``. Everything goes into ``<shot>/duplidog_<tag>/``, cleared first so the run starts afresh;
-    its scores also into ``scores.json`` there. Returns "tag", "scores" (``score_shot``), "steps",
+    False``. Everything goes into ``<shot>/duplidog_<tag>/`` (the pipeline's layout of a shot, with
+    ``<shot>`` as the results folder), cleared first so the run starts afresh; its scores also into
+    ``scores.json`` there. Returns "tag", "scores" (``score_shot``), "steps",
     "train_seconds", "steps_per_second", "stopped_by", "infer_seconds", "settings" and "dir".
     """
+    from duplidog.core.layout import ShotLayout
     from duplidog.infer import infer_frames
     from duplidog.ingest import ingest
     from duplidog.pool import build_pool
@@ -148,7 +150,8 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
     if not isinstance(shot, dict):
         shot = load_shot(shot)
     meta, kind = shot["meta"], shot["kind"]
-    work = Path(shot["directory"]) / f"duplidog_{_tag_name(tag)}"
+    layout = ShotLayout(shot["directory"], f"duplidog_{_tag_name(tag)}")
+    work = layout.root
     shutil.rmtree(work, ignore_errors=True)
     forced = {"progress": False}
     if minutes:  # 0 or None with ``steps``: a step count alone (comparisons that a loaded CPU cannot skew)
@@ -158,19 +161,17 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
     user = merge_settings(settings or {}, {"train": forced})
     shot_config = {**shot["config"], "output": str(work / f"out/out.%04d.{meta['ext']}")}
     config = resolve(merge_settings(user, shot_config), origin=f"quality shot {kind} ({tag})")
-    plan = ingest(config, work / "ingest")
+    plan = ingest(config, layout.ingest_dir)
     unseen = unseen_frames(meta)
-    if sorted(plan["keyframes"]) != sorted(meta["keyframes"]) or not set(unseen) <= set(plan["frames"]):
-        raise RuntimeError(f"quality shot {kind}: ingest found keyframes {plan['keyframes']}, "
+    if sorted(plan.keyframes) != sorted(meta["keyframes"]) or not set(unseen) <= set(plan.frames):
+        raise RuntimeError(f"quality shot {kind}: ingest found keyframes {plan.keyframes}, "
                            f"shot.json says {meta['keyframes']}")
-    build_pool(work / "ingest/manifest.csv", work / "ingest/plan.json", work / "pool.zarr", config["pool"],
-               seed=config["seed"])
+    build_pool(layout.manifest, layout.plan, layout.pool, config["pool"], seed=config["seed"])
     started = time.perf_counter()
-    trained = train(work / "pool.zarr", work / "ingest/plan.json", work / "ingest/manifest.csv", work / "model",
-                    work / "train", config)
+    trained = train(layout.pool, layout.plan, layout.manifest, layout.model_dir, layout.train_dir, config)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    infer_frames(work / "model", work / "ingest/plan.json", unseen, None, settings=config["infer"])
+    infer_frames(layout.model_dir, layout.plan, unseen, None, settings=config["infer"])
     infer_seconds = time.perf_counter() - started
     names = _truth_channels(shot)
     outputs = {f: _read_like(work / f"out/out.{f:04d}.{meta['ext']}", names) for f in unseen}

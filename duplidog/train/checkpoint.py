@@ -23,22 +23,21 @@ import hashlib
 import json
 import logging
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from duplidog.atomic import atomic_path
+from duplidog.core.layout import checkpoint_path, list_checkpoints
 from duplidog.errors import DuplidogError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 #: train settings that change how a run is executed or observed, not what it learns: a checkpoint
 #: made under other values of these is still resumed.
@@ -87,23 +86,6 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 
 
 # -- files ----------------------------------------------------------------------------------------------
-
-def checkpoint_path(directory: Path, step: int) -> Path:
-    return Path(directory) / f"step_{step:08d}.pt"
-
-
-def list_checkpoints(directory: Path) -> List[Tuple[int, Path]]:
-    """(step, path) of every checkpoint in ``directory``, oldest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        match = NAME.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
 
 def save_checkpoint(directory: Path, state: Dict[str, Any]) -> Path:
     """Write ``state`` (which holds ``step``) atomically as ``step_<step>.pt``; returns the path."""

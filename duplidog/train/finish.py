@@ -19,7 +19,7 @@ def keyframe_fingerprint(manifest_path: str | os.PathLike, frames) -> str:
     Cheap (no pixels read) yet changes whenever a keyframe file is replaced or touched; the pool's
     own fingerprint covers the pixel content that training actually saw.
     """
-    from duplidog.ingest import read_manifest
+    from duplidog.core.plan import read_manifest
 
     manifest = read_manifest(manifest_path)
     digest = hashlib.sha256()
@@ -45,17 +45,17 @@ def model_card(trainer: "Trainer") -> Dict[str, Any]:
     plan, model, shape, start = inputs.plan, parts.model, inputs.shape, trainer.start
     return {
         "model": model.config,
-        "input_channels": list(plan["input_channels"]),
-        "output_channels": list(plan["output_channels"]),
-        "passthrough_channels": list(plan.get("passthrough_channels") or []),
-        "colorspace": colour.describe(plan["colorspace"]),
+        "input_channels": list(plan.input_channels),
+        "output_channels": list(plan.output_channels),
+        "passthrough_channels": list(plan.passthrough_channels),
+        "colorspace": colour.describe(plan.colorspace),
         "scale": int(getattr(model, "scale", 1)),
         "temporal_frames": int(getattr(model, "temporal_frames", 0)),
         "reach": int(model.reach),
         "size_multiple": int(model.size_multiple),
         "edge_context": shape.border,
         "training": {
-            "shot": plan.get("shot"),
+            "shot": plan.shot,
             "steps": progress.step,
             "stopped_by": progress.stopped_by,
             "settings": {k: v for k, v in run.settings.items()},
@@ -68,8 +68,8 @@ def model_card(trainer: "Trainer") -> Dict[str, Any]:
             "pool_fingerprint": inputs.pool_hash,
             "keyframe_fingerprint": keyframe_fingerprint(
                 inputs.manifest_path,
-                list(plan.get("train_frames") or []) + list(plan.get("validation_frames") or [])),
-            "train_frames": list(plan.get("train_frames") or []),
+                list(plan.train_frames) + list(plan.validation_frames)),
+            "train_frames": list(plan.train_frames),
             "validation_frames": [f.frame for f in trainer.frames],
             "init_from": trainer.init_from or None,
             "start": start.kind,

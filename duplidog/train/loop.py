@@ -34,6 +34,7 @@ import torch
 
 from duplidog.atomic import atomic_write_json
 from duplidog.core.card import configure_inference
+from duplidog.core.layout import checkpoint_path
 from duplidog.core.modelstore import save_model
 from duplidog.core.runtime import choose_device, choose_precision
 from duplidog.errors import DuplidogError
@@ -161,7 +162,7 @@ class Trainer:
         """A checkpoint of the current step (rank 0 writes it); older ones are pruned."""
         checkpoints, settings = self.run_settings.checkpoints, self.run_settings.settings
         if not self.ranks.first:
-            return ckpt.checkpoint_path(checkpoints, self.progress.step)
+            return checkpoint_path(checkpoints, self.progress.step)
         path = ckpt.save_checkpoint(checkpoints, self.checkpoint_state())
         ckpt.prune_checkpoints(checkpoints, int(settings["keep_checkpoints"]), self.progress.best_step)
         return path

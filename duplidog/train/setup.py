@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from duplidog.core.plan import Plan, read_plan
 from duplidog.core.runtime import Precision
 from duplidog.errors import DuplidogError
 from duplidog.train.data import EpochPlan, value_range
@@ -127,13 +128,12 @@ class Inputs:
     group: Any
     pool_hash: str
     shape: PoolShape
-    plan: dict
+    plan: Plan
     manifest_path: Any
 
 
 def open_inputs(pool_path, plan_path, manifest_path, model_settings: dict) -> Inputs:
     """Read the plan, open the pool and check that the two and the model settings agree."""
-    from duplidog.ingest import read_plan
     from duplidog.pool import open_pool, pool_fingerprint
 
     plan = read_plan(plan_path)
@@ -144,7 +144,7 @@ def open_inputs(pool_path, plan_path, manifest_path, model_settings: dict) -> In
     return Inputs(pool_path, group, pool_hash, shape, plan, manifest_path)
 
 
-def check_pool(shape: PoolShape, pool_path, plan: dict, plan_path, model_settings: dict) -> None:
+def check_pool(shape: PoolShape, pool_path, plan: Plan, plan_path, model_settings: dict) -> None:
     """The pool's scale, frames and channels must be the model settings' and the plan's."""
     scale = int(model_settings.get("scale", 1))
     if shape.target_size != scale * shape.tile_size:
@@ -160,11 +160,11 @@ def check_pool(shape: PoolShape, pool_path, plan: dict, plan_path, model_setting
             f"ingest with this setting)"
         )
     in_channels, out_channels = shape.in_channels, shape.out_channels
-    if (in_channels * (2 * temporal_frames + 1) != shape.stacked_channels or in_channels != len(plan["input_channels"])
-            or out_channels != len(plan["output_channels"])):
+    if (in_channels * (2 * temporal_frames + 1) != shape.stacked_channels or in_channels != len(plan.input_channels)
+            or out_channels != len(plan.output_channels)):
         raise DuplidogError(
             f"{pool_path}: pool has {in_channels} -> {out_channels} channels but the plan {plan_path} says "
-            f"{len(plan['input_channels'])} -> {len(plan['output_channels'])} (rebuild the pool)"
+            f"{len(plan.input_channels)} -> {len(plan.output_channels)} (rebuild the pool)"
         )
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from duplidog import temporal
+from duplidog.core.plan import Plan
 from duplidog.core.previews import DIFFERENCE_GAIN, psnr, thumbnail, view_transform, write_contact_sheet
 from duplidog.errors import DuplidogError
 from duplidog.train.losses import ssim
@@ -55,32 +56,32 @@ class ValidationFrame:
         return self.source if not self.channels else temporal.centre(self.source, self.channels)
 
 
-def validation_frame_numbers(plan: dict, limit: int) -> List[int]:
+def validation_frame_numbers(plan: Plan, limit: int) -> List[int]:
     """The plan's validation keyframes, or (none held out) its training keyframes, at most ``limit``
     of them spread evenly."""
-    frames = list(plan.get("validation_frames") or []) or list(plan.get("train_frames") or plan.get("keyframes") or [])
+    frames = list(plan.validation_frames or plan.train_frames or plan.keyframes)
     if limit > 0 and len(frames) > limit:
         picks = np.linspace(0, len(frames) - 1, limit).round().astype(int)
         frames = [frames[i] for i in sorted(set(picks))]
     return frames
 
 
-def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4) -> List[ValidationFrame]:
+def load_validation_frames(plan: Plan, manifest_path: str | Path, limit: int = 4) -> List[ValidationFrame]:
     """Read and encode the validation keyframes named by the plan, using the manifest's paths."""
     from duplidog import colour, imageio
-    from duplidog.ingest import read_manifest
+    from duplidog.core.plan import read_manifest
     from duplidog.sequence import FramePattern
 
     manifest = read_manifest(manifest_path)
     rows = {int(r["frame"]): r for _, r in manifest.iterrows()}
-    space = plan["colorspace"]
-    n = temporal.plan_temporal_frames(plan)
-    pattern = FramePattern(plan["source"])
-    policy = plan.get("nonfinite", "error")
+    space = plan.colorspace
+    n = plan.temporal_frames
+    pattern = FramePattern(plan.source)
+    policy = plan.nonfinite
 
     def plate(path: str) -> np.ndarray:
-        pixels = imageio.check_finite(imageio.read_pixels(path, plan["input_channels"]), path, policy)
-        return colour.plan_to_working(pixels, plan["input_channels"], plan, "plate", path)
+        pixels = imageio.check_finite(imageio.read_pixels(path, plan.input_channels), path, policy)
+        return plan.to_working(pixels, plan.input_channels, "plate", path)
 
     frames = []
     for number in validation_frame_numbers(plan, limit):
@@ -90,14 +91,14 @@ def load_validation_frames(plan: dict, manifest_path: str | Path, limit: int = 4
         # The same policy (ingest.nonfinite) as the pool's keyframes: a NaN here would make every score NaN.
         source = plate(row["source"])
         if n:  # the keyframe's neighbours, from the plate
-            source = temporal.stacked_frame(int(number), n, temporal.shot_ends(plan),
+            source = temporal.stacked_frame(int(number), n, plan.ends,
                                             lambda f: source if f == int(number) else plate(pattern.path(f)))
-        target = imageio.check_finite(imageio.read_pixels(row["target"], plan["output_channels"]), row["target"], policy)
-        target = colour.plan_to_working(target, plan["output_channels"], plan, "target", row["target"])
-        names = temporal.stacked_names(plan["input_channels"], n)
+        target = imageio.check_finite(imageio.read_pixels(row["target"], plan.output_channels), row["target"], policy)
+        target = plan.to_working(target, plan.output_channels, "target", row["target"])
+        names = temporal.stacked_names(plan.input_channels, n)
         frames.append(ValidationFrame(int(number), _to_tensor(colour.encode(source, space, names)),
-                                      _to_tensor(colour.encode(target, space, plan["output_channels"])), space,
-                                      len(plan["input_channels"]) if n else 0))
+                                      _to_tensor(colour.encode(target, space, plan.output_channels)), space,
+                                      len(plan.input_channels) if n else 0))
     return frames
 
 

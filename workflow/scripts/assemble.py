@@ -1,13 +1,11 @@
-from pathlib import Path
-
 from duplidog.assemble import assemble
+from duplidog.core.layout import ShotLayout
 from duplidog.logs import log_to
 
 log_to(snakemake.log[0])
+# Every file assemble reads or writes is the shot's layout's: the rule's inputs and outputs are its paths.
 assemble(
-    plan_path=snakemake.input.plan,
-    manifest_path=snakemake.input.manifest,
+    ShotLayout(snakemake.params.results, snakemake.wildcards.shot),
     output_pattern=snakemake.params.output,
-    out_dir=Path(snakemake.output.summary).parent,
     settings=snakemake.params.settings,
 )
