@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from duplidog.core.layout import shot_output_pattern
-from duplidog.core.plan import Plan, write_manifest, write_plan
+from duplidog.core.plan import MANIFEST_FILE, PLAN_FILE, Plan, write_manifest, write_plan
 from duplidog.core.shotframes import (check_output_pattern, discover_frames, neighbour_frames, shot_scale,
                                       shot_temporal_frames)
 from duplidog.errors import DuplidogError
@@ -135,8 +135,8 @@ def ingest(config: dict, out_dir: str | Path) -> Plan:
         channel_names=list(first.channel_names), nonfinite=settings["nonfinite"], seed=config["seed"],
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(out_dir / "manifest.csv", rows)
-    write_plan(out_dir / "plan.json", plan)
+    write_manifest(out_dir / MANIFEST_FILE, rows)
+    write_plan(out_dir / PLAN_FILE, plan)
     log.info(
         "ingest %s: %d frames, keyframes %s (validation %s), %dx%d %s %s, colour space %s",
         config["shot"], len(shot.frames), format_frame_list(shot.keyframes), format_frame_list(validation) or "none",

@@ -25,7 +25,6 @@ rule assemble:
     benchmark:
         "benchmarks/{shot}/assemble.tsv"
     params:
-        results=RESULTS,
         output=output_pattern,
         settings=section("assemble"),
     conda:

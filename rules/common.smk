@@ -210,8 +210,8 @@ def init_model(wildcards):
     card = Path(init_from) / "model.json"
     # Another shot's model under results/ looks like this run's train output; unless that shot is in this
     # run (then it is trained first), name it by its absolute path so Snakemake takes it as a plain file.
-    parts = card.parts
-    in_this_run = card.parent.parent.name in SHOTS and card == SHOTS[card.parent.parent.name].layout.model_card
+    owner = SHOTS.get(card.parent.parent.name)
+    in_this_run = owner is not None and card == owner.layout.model_card
     return [str(card if in_this_run else card.resolve())]
 
 

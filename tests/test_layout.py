@@ -21,6 +21,7 @@ def test_the_layout_names_the_contracts_paths():
         "checksums": "results/sh010/assemble/checksums.tsv", "summary": "results/sh010/assemble/summary.json",
         "contact_sheet": "results/sh010/assemble/contact_sheet.png"}
     assert str(layout.chunk_summary("1001-1008")) == "results/sh010/infer/1001-1008.json"
+    assert ShotLayout.of(layout.summary) == ShotLayout.of(layout.pool) == layout
     config = {"shot": "sh010", "source": "plates/p.%04d.dpx", "target": "f.%04d.dpx"}
     assert shot_output_pattern(config) == "results/sh010/output/sh010.%04d.dpx"
     assert shot_output_pattern({**config, "output": "out/o.%04d.exr"}) == "out/o.%04d.exr"

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from duplidog.core.layout import ShotLayout
 from duplidog.errors import DuplidogError
 
 SHOT = "bench_shot"
@@ -226,18 +227,18 @@ def _benchmark_seconds(path: Path) -> float:
 
 def read_figures(run_dir: Path) -> dict:
     """Each stage's seconds (from the benchmark files) and the figures the jobs wrote."""
-    benchmarks, results = run_dir / "benchmarks" / SHOT, run_dir / "results" / SHOT
+    benchmarks, results = run_dir / "benchmarks" / SHOT, ShotLayout(run_dir / "results", SHOT)
     chunks = sorted((benchmarks / "infer").glob("*.tsv"))
     stages = {name: _benchmark_seconds(benchmarks / f"{name}.tsv") for name in ("ingest", "pool", "train")}
     stages["infer"] = sum(_benchmark_seconds(path) for path in chunks)
     stages["assemble"] = _benchmark_seconds(benchmarks / "assemble.tsv")
-    trained = json.loads((results / "train/result.json").read_text())
-    with open(results / "train/metrics.csv", newline="") as handle:
+    trained = json.loads(results.train_result.read_text())
+    with open(results.train_metrics, newline="") as handle:
         rows = list(csv.DictReader(handle))
     # Rows of validations alone have no time; the last timed row is the loop's last logged step.
     timed = [float(row["elapsed_s"]) for row in rows if row.get("elapsed_s")]
     loop_seconds = timed[-1] if timed else None
-    summaries = [json.loads(path.read_text()) for path in sorted((results / "infer").glob("*.json"))]
+    summaries = [json.loads(path.read_text()) for path in results.chunk_summaries()]
     return {
         "stages": stages,
         "infer_jobs": len(chunks),

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Tuple
 
+from duplidog.core.plan import MANIFEST_FILE, PLAN_FILE
+
 #: A checkpoint's file name: ``step_<step, 8 digits or more>.pt``.
 CHECKPOINT_NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
@@ -46,6 +48,12 @@ class ShotLayout:
     def __post_init__(self):
         object.__setattr__(self, "results", Path(self.results))
 
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> "ShotLayout":
+        """The layout that ``path``, one of a stage's files (``<results>/<shot>/<stage>/<file>``), is in."""
+        path = Path(path)
+        return cls(path.parents[2], path.parents[1].name)
+
     @property
     def root(self) -> Path:
         return self.results / self.shot
@@ -57,11 +65,11 @@ class ShotLayout:
 
     @property
     def manifest(self) -> Path:
-        return self.ingest_dir / "manifest.csv"
+        return self.ingest_dir / MANIFEST_FILE
 
     @property
     def plan(self) -> Path:
-        return self.ingest_dir / "plan.json"
+        return self.ingest_dir / PLAN_FILE
 
     # -- pool: the training tiles ---------------------------------------------------------------------
     @property
@@ -93,6 +101,10 @@ class ShotLayout:
     @property
     def train_result(self) -> Path:
         return self.train_dir / "result.json"
+
+    @property
+    def train_metrics(self) -> Path:
+        return self.train_dir / "metrics.csv"
 
     @property
     def loss_plot(self) -> Path:

@@ -3,8 +3,8 @@
 ``plan.json`` holds the shot as a whole (patterns, frames, keyframes and which are held out, colour
 spaces, channels, size, pixel type); ``manifest.csv`` one row per frame (role, paths, size and channels
 of each file). Ingest writes both; the pool, training, validation, inference and assemble read them
-through this module, the plan as a typed ``Plan``. (pandas and the colour module are imported where
-they are used: the workflow reads the status of shots through this module when it builds the DAG.)
+through this module, the plan as a typed ``Plan``. pandas and the colour module are imported where
+they are used: the workflow imports this module (through ``duplidog.status``) whenever it builds the DAG.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+#: The two files' names in ingest's folder.
+PLAN_FILE, MANIFEST_FILE = "plan.json", "manifest.csv"
 #: What every plan names, also a hand-written one: the rest has defaults.
 REQUIRED = ("colorspace", "input_channels", "output_channels")
 
@@ -84,7 +86,7 @@ class Plan:
             raise ValueError("the plan names no frames")
         return min(frames), max(frames)
 
-    def to_working(self, pixels: "np.ndarray", channels: Sequence[str] | None, role: str, path: Any) -> "np.ndarray":
+    def to_working(self, pixels: np.ndarray, channels: Sequence[str] | None, role: str, path: Any) -> np.ndarray:
         """A plate (``role`` 'plate') or keyframe ('target') frame read for the shot, in the plan's working
         OCIO space: converted when ingest found it in another one and ``ingest.convert_colorspace`` allowed it."""
         from duplidog import colour
@@ -117,7 +119,7 @@ def write_manifest(path: str | Path, rows: List[dict]) -> None:
         pd.DataFrame(rows).to_csv(tmp, index=False)
 
 
-def read_manifest(path: str | Path) -> "pd.DataFrame":
+def read_manifest(path: str | Path) -> pd.DataFrame:
     import pandas as pd
 
     try:
