@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 #: The two files' names in ingest's folder.
 PLAN_FILE, MANIFEST_FILE = "plan.json", "manifest.csv"
-#: What every plan names, also a hand-written one: the rest has defaults.
-REQUIRED = ("colorspace", "input_channels", "output_channels")
 
 
 @dataclass(frozen=True)
@@ -65,9 +63,8 @@ class Plan:
     @classmethod
     def from_dict(cls, values: dict, origin: Any = "plan") -> "Plan":
         """The plan of a parsed ``plan.json``; ``origin`` names it in errors."""
-        missing = [key for key in REQUIRED if key not in values]
-        if missing:
-            raise DuplidogError(f"{origin}: plan has no {', '.join(missing)} (run ingest again)")
+        if not isinstance(values, dict):
+            raise DuplidogError(f"{origin}: plan is not a JSON object")
         known = {f.name for f in fields(cls)}
         given = {key: value for key, value in values.items() if key in known and value is not None}
         for key in ("scale", "temporal_frames"):
