@@ -1,8 +1,8 @@
 """The ``duplidog`` command: every pipeline stage, usable without Snakemake.
 
 Stage commands take a shot file (``--shot``) and find their files in the same layout as the Snakefile
-(``duplidog.core.layout``: ``results/<shot>/...``), so ``duplidog pool --shot sh010.yaml`` after ``duplidog ingest --shot
-sh010.yaml`` does exactly what the pipeline's rules do. User errors print one line and exit 2.
+(``duplidog.core.layout``: ``results/<shot>/...``), so ``duplidog pool --shot sh010.yaml`` after
+``duplidog ingest --shot sh010.yaml`` does exactly what the pipeline's rules do. User errors print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -104,12 +104,12 @@ def cmd_train(args) -> None:
     # Under torchrun (or srun with a task per GPU) each process joins the run and takes its share of every batch.
     with process_group() as launch:
         metrics = train(pool_path=layout.pool, plan_path=layout.plan, manifest_path=layout.manifest,
-                        model_dir=layout.model_dir, work_dir=layout.train_dir, config=config)
+                        model_dir=layout.model_dir, work_dir=layout.train.dir, config=config)
     if launch is not None and launch.rank != 0:
         return
     from duplidog.train.finish import summary_line
 
-    print(f"{summary_line(metrics)} (details: {layout.train_result})")
+    print(f"{summary_line(metrics)} (details: {layout.train.result})")
 
 
 def cmd_infer(args) -> None:

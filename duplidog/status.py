@@ -102,10 +102,10 @@ def shot_status(shot_dir: str | os.PathLike) -> ShotStatus:
     status.frames, status.stage = len(frames), "ingested"
     if (layout.pool / "zarr.json").is_file():
         status.stage = "pooled"
-    step = _newest_checkpoint_step(layout.checkpoints)
+    step = _newest_checkpoint_step(layout.train.checkpoints)
     if step is not None:
         status.stage, status.steps = "training", step
-    result = _json(layout.train_result)
+    result = _json(layout.train.result)
     card = _card(layout.model_dir)
     if card is not None:
         status.stage, status.model = "trained", str(layout.model_dir)

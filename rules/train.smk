@@ -10,14 +10,14 @@ rule train:
         weights=LAYOUT.model_weights,
         card=LAYOUT.model_card,
         loss=report(
-            LAYOUT.loss_plot,
+            LAYOUT.train.loss_plot,
             caption="../report/loss.rst",
             category="Training",
             subcategory="{shot}",
         ),
         # The last picture training draws: the final model on the validation keyframes.
         contact_sheet=report(
-            LAYOUT.train_contact_sheet,
+            LAYOUT.train.final_contact_sheet,
             caption="../report/training_sheet.rst",
             category="Training",
             subcategory="{shot}",

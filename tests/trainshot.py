@@ -60,8 +60,8 @@ def with_train(config: dict, **train) -> dict:
 
 
 def final_state(work: Path) -> dict:
-    """The newest checkpoint a training run under ``work`` wrote (``work`` laid out like a shot's results)."""
-    from duplidog.core.layout import ShotLayout, list_checkpoints
+    """The newest checkpoint a training run under ``work`` wrote (its training folder ``work/train``)."""
+    from duplidog.core.layout import TrainFiles, list_checkpoints
     from duplidog.train.checkpoint import load_checkpoint
 
-    return load_checkpoint(list_checkpoints(ShotLayout(work.parent, work.name).checkpoints)[-1][1])
+    return load_checkpoint(list_checkpoints(TrainFiles(work / "train").checkpoints)[-1][1])

@@ -232,8 +232,8 @@ def read_figures(run_dir: Path) -> dict:
     stages = {name: _benchmark_seconds(benchmarks / f"{name}.tsv") for name in ("ingest", "pool", "train")}
     stages["infer"] = sum(_benchmark_seconds(path) for path in chunks)
     stages["assemble"] = _benchmark_seconds(benchmarks / "assemble.tsv")
-    trained = json.loads(results.train_result.read_text())
-    with open(results.train_metrics, newline="") as handle:
+    trained = json.loads(results.train.result.read_text())
+    with open(results.train.metrics, newline="") as handle:
         rows = list(csv.DictReader(handle))
     # Rows of validations alone have no time; the last timed row is the loop's last logged step.
     timed = [float(row["elapsed_s"]) for row in rows if row.get("elapsed_s")]

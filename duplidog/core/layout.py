@@ -39,6 +39,50 @@ def list_checkpoints(directory: str | os.PathLike) -> List[Tuple[int, Path]]:
 
 
 @dataclass(frozen=True)
+class TrainFiles:
+    """What training keeps in its working folder (``results/<shot>/train``): checkpoints, the metrics
+    and their plot, the validation contact sheets, and how the last run ended."""
+
+    dir: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "dir", Path(self.dir))
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.csv"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.dir / "loss.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / "tensorboard"
+
+    def contact_sheet(self, step: int) -> Path:
+        """The validation contact sheet drawn at ``step``."""
+        return self.dir / f"contact_{step:08d}.png"
+
+    def contact_sheets(self) -> List[Path]:
+        """Every contact sheet on disk, the final one too."""
+        return list(self.dir.glob("contact_*.png"))
+
+    @property
+    def final_contact_sheet(self) -> Path:
+        """The last picture training draws: the final model on the validation keyframes."""
+        return self.dir / "contact_final.png"
+
+
+@dataclass(frozen=True)
 class ShotLayout:
     """The files of shot ``shot`` under ``results`` (``results/<shot>/...``)."""
 
@@ -91,29 +135,8 @@ class ShotLayout:
 
     # -- train: the working folder of training ----------------------------------------------------------
     @property
-    def train_dir(self) -> Path:
-        return self.root / "train"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.train_dir / "checkpoints"
-
-    @property
-    def train_result(self) -> Path:
-        return self.train_dir / "result.json"
-
-    @property
-    def train_metrics(self) -> Path:
-        return self.train_dir / "metrics.csv"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.train_dir / "loss.png"
-
-    @property
-    def train_contact_sheet(self) -> Path:
-        """The last picture training draws: the final model on the validation keyframes."""
-        return self.train_dir / "contact_final.png"
+    def train(self) -> TrainFiles:
+        return TrainFiles(self.root / "train")
 
     # -- infer: one summary per chunk of frames ---------------------------------------------------------
     @property

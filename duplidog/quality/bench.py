@@ -168,7 +168,7 @@ def evaluate_duplidog(shot: str | Path | dict, settings: dict | None = None, min
                            f"shot.json says {meta['keyframes']}")
     build_pool(layout.manifest, layout.plan, layout.pool, config["pool"], seed=config["seed"])
     started = time.perf_counter()
-    trained = train(layout.pool, layout.plan, layout.manifest, layout.model_dir, layout.train_dir, config)
+    trained = train(layout.pool, layout.plan, layout.manifest, layout.model_dir, layout.train.dir, config)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     infer_frames(layout.model_dir, layout.plan, unseen, None, settings=config["infer"])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from duplidog.atomic import atomic_write_json
+from duplidog.core.layout import TrainFiles
 from duplidog.errors import DuplidogError
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def train_in_processes(processes: int, threads: int, pool_path, plan_path, manif
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    result_path = work_dir / "result.json"
+    result_path = TrainFiles(work_dir).result
     if code != 0 or not result_path.exists():
         raise DuplidogError(f"{work_dir}: data-parallel training over {processes} processes failed (torchrun exit "
                             f"status {code}; the log above says why); rerun to resume from the last checkpoint")

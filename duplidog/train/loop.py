@@ -34,7 +34,7 @@ import torch
 
 from duplidog.atomic import atomic_write_json
 from duplidog.core.card import configure_inference
-from duplidog.core.layout import checkpoint_path
+from duplidog.core.layout import TrainFiles, checkpoint_path
 from duplidog.core.modelstore import save_model
 from duplidog.core.runtime import choose_device, choose_precision
 from duplidog.errors import DuplidogError
@@ -81,7 +81,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     settings = run.settings
     run.work_dir.mkdir(parents=True, exist_ok=True)
     if ranks.first:
-        (run.work_dir / "result.json").unlink(missing_ok=True)  # written again when this run ends
+        TrainFiles(run.work_dir).result.unlink(missing_ok=True)  # written again when this run ends
     ranks.check_batch(int(settings["batch_size"]))
 
     # -- data ------------------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     if not ranks.first:
         return {"steps": progress.step, "stopped_by": progress.stopped_by, "loss": progress.loss, "rank": ranks.rank}
     result = run_result(trainer, (time.monotonic() - called) / 60.0, final_checkpoint)
-    atomic_write_json(run.work_dir / "result.json", result)
+    atomic_write_json(TrainFiles(run.work_dir).result, result)
     log.info("%s", summary_line(result))
     return result
 
@@ -193,7 +193,8 @@ class Trainer:
         if ranks.first:
             self.frames = load_validation_frames(inputs.plan, inputs.manifest_path,
                                                  int(settings["validation_frames_max"]))
-            earlier_rows = read_metrics(run.work_dir / "metrics.csv") if progress.resumed_from is not None else None
+            resumed = progress.resumed_from is not None
+            earlier_rows = read_metrics(TrainFiles(run.work_dir).metrics) if resumed else None
             self.monitor = TrainingMonitor(run.work_dir, run.length.total_steps, progress.step, parts.loss_mix.names,
                                            settings, earlier_rows)
         else:
@@ -277,7 +278,7 @@ class Trainer:
             return
         metrics = validate(self.parts.ema.model, self.frames, self.run_settings.config.get("infer", {}))
         progress.results = metrics["_results"]
-        picture = write_validation_sheet(self.run_settings.work_dir / f"contact_{step:08d}.png", self.frames,
+        picture = write_validation_sheet(TrainFiles(self.run_settings.work_dir).contact_sheet(step), self.frames,
                                          progress.results, title=f"step {step}")
         self.monitor.image("validation/contact_sheet", picture, step)
         progress.validation = _scores_only(metrics)
@@ -297,7 +298,7 @@ class Trainer:
             return final_checkpoint
         save_model(self.run_settings.model_dir, self.parts.ema.model, model_card(self))
         if progress.results:
-            write_validation_sheet(work_dir / "contact_final.png", self.frames, progress.results,
+            write_validation_sheet(TrainFiles(work_dir).final_contact_sheet, self.frames, progress.results,
                                    title=f"final model, step {progress.step}")
         return final_checkpoint
 

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from duplidog.atomic import atomic_path, atomic_write_text
+from duplidog.core.layout import TrainFiles
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +206,9 @@ class TrainingMonitor:
         self.log_every = max(1, int(settings["log_every"]))
         self.convergence = ConvergenceMeter(int(settings["convergence_window"]))
         self.rows: Dict[int, dict] = {int(r["step"]): r for r in (previous_rows or []) if int(r["step"]) <= start_step}
-        self.csv_path = self.work_dir / "metrics.csv"
-        self.plot_path = self.work_dir / "loss.png"
+        files = TrainFiles(self.work_dir)
+        self.csv_path = files.metrics
+        self.plot_path = files.loss_plot
         self.started = time.monotonic()
         self.start_step = start_step
         self._last_time = self.started
@@ -215,7 +217,7 @@ class TrainingMonitor:
         self._pending: List[float] = []
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tensorboard = SummaryWriter(log_dir=str(self.work_dir / "tensorboard"), purge_step=start_step or None)
+        self.tensorboard = SummaryWriter(log_dir=str(files.tensorboard), purge_step=start_step or None)
         # A bar on a terminal; in a job's log file (Snakemake, SLURM) a plain line every progress_every steps,
         # since a bar there is carriage returns packed into a few unreadable lines.
         self.bar = None

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from duplidog.core.layout import TrainFiles
 from duplidog.core.plan import Plan, read_plan
 from duplidog.core.runtime import Precision
 from duplidog.errors import DuplidogError
@@ -85,7 +86,7 @@ class RunSettings:
 
     @property
     def checkpoints(self) -> Path:
-        return self.work_dir / "checkpoints"
+        return TrainFiles(self.work_dir).checkpoints
 
 
 @dataclass(frozen=True)

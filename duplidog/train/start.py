@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from duplidog.core.card import ModelCard, read_card
+from duplidog.core.layout import TrainFiles
 from duplidog.core.modelstore import load_model
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
@@ -200,6 +201,7 @@ def clear_run_outputs(work_dir: Path) -> None:
 
     (Checkpoints are kept or superseded by ``checkpoint.find_start``; metrics.csv is rewritten.)
     """
-    shutil.rmtree(work_dir / "tensorboard", ignore_errors=True)
-    for path in list(work_dir.glob("contact_*.png")) + [work_dir / "loss.png", work_dir / "metrics.csv"]:
+    files = TrainFiles(work_dir)
+    shutil.rmtree(files.tensorboard, ignore_errors=True)
+    for path in files.contact_sheets() + [files.loss_plot, files.metrics]:
         path.unlink(missing_ok=True)
