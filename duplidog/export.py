@@ -41,7 +41,7 @@ entries (our reading of Autodesk's page: a Flame session is needed to confirm th
 accepts it).
 
 Every export runs the written file (TorchScript in this process, ONNX in onnxruntime) on two frames
-of different, awkward sizes and compares it with ``duplidog.infer.apply_model`` in whole-frame fp32
+of different, awkward sizes and compares it with ``duplidog.core.apply.apply_model`` in whole-frame fp32
 with the card's colour transform; the file is renamed into place only when the largest difference is
 within ``TOLERANCE`` (scene values: absolute below 1, relative above, see ``_compare``), and the
 figures are returned.
@@ -69,7 +69,7 @@ from duplidog.core.card import CARD_NAME, ModelCard
 from duplidog.core.mirror import mirror_index
 from duplidog.core.modelstore import load_model
 from duplidog.errors import DuplidogError
-from duplidog.infer.ensemble import TRANSFORMS, resolve_ensemble
+from duplidog.core.ensemble import TRANSFORMS, resolve_ensemble
 from duplidog.nuke_script import torch_requirement, write_nuke_script
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def check_frames(channels: int, seed: int = 0) -> List[torch.Tensor]:
 def reference_output(network: nn.Module, space: Any, frame: torch.Tensor, names_in: Sequence[str],
                      names_out: Sequence[str], copies: int) -> torch.Tensor:
     """duplidog's own result for a scene frame: encode, whole-frame fp32 apply_model, decode."""
-    from duplidog.infer import apply_model
+    from duplidog.core.apply import apply_model
 
     working = encode(frame, space, names_in)
     return decode(apply_model(network, working, tile="none", device="cpu", precision="fp32", ensemble=copies),

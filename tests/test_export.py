@@ -20,7 +20,7 @@ from duplidog import colour
 from duplidog.core.modelstore import load_model, save_model
 from duplidog.errors import DuplidogError
 from duplidog.export import check_frames, export, flame_layout, flame_sidecar
-from duplidog.infer import apply_model
+from duplidog.core.apply import apply_model
 from duplidog.model import build_model
 from shotdata import DEVICES, model_card
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from duplidog.errors import DuplidogError
-from duplidog.infer.runner import apply_model, plan_run
+from duplidog.core.apply import apply_model, plan_run
 from shotdata import DEVICES
 from standin_model import TinyPyramid
 
@@ -44,7 +44,7 @@ def test_tiled_equals_whole_frame_everywhere(net, device, height, width, tile):
 
 
 def test_an_ensemble_of_flipped_and_turned_copies_stays_exact_in_tiles():
-    from duplidog.infer.ensemble import TRANSFORMS, resolve_ensemble, transform, untransform
+    from duplidog.core.ensemble import TRANSFORMS, resolve_ensemble, transform, untransform
 
     x = frame(8, 12)
     assert all(torch.equal(untransform(transform(x, k), k), x) for k in range(8))

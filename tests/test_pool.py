@@ -18,7 +18,8 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from duplidog import colour
 from duplidog.errors import DuplidogError
-from duplidog.pool import build_pool, open_pool, pool_fingerprint
+from duplidog.core.pool_store import open_pool, pool_fingerprint
+from duplidog.pool import build_pool
 from duplidog.pool.sampling import gradient_magnitude
 from shotdata import write_frame
 
@@ -379,7 +380,7 @@ def test_a_failed_build_leaves_the_old_pool(paint_shot, tmp_path):
 
 def test_writer_streams_whole_shards(tmp_path):
     """Tiles reach the disk a shard at a time, so memory holds one shard, not the pool."""
-    from duplidog.pool.store import TileWriter, compressor
+    from duplidog.core.pool_store import TileWriter, compressor
 
     writer = TileWriter(tmp_path / "p.zarr", 40, 3, 1, 16, 8, compressor({"compressor": "zstd", "zstd_level": 3}),
                         {"duplidog_pool": 1})

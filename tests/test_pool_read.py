@@ -11,15 +11,16 @@ import pytest
 import zarr
 
 from duplidog.errors import DuplidogError
-from duplidog.pool import open_pool, store, tile_reader
+from duplidog.core import pool_store
+from duplidog.core.pool_store import open_pool, tile_reader
 
 TILES, SHARD, T = 10, 4, 8
 
 
 def write_pool(path, compressor: str = "blosc-zstd", zero_tiles=()) -> zarr.Group:
     rng = np.random.default_rng(0)
-    codec = store.compressor({"compressor": compressor, "zstd_level": 3})
-    writer = store.TileWriter(path, TILES, 3, 1, T, SHARD, codec, {"duplidog_pool": store.POOL_FORMAT})
+    codec = pool_store.compressor({"compressor": compressor, "zstd_level": 3})
+    writer = pool_store.TileWriter(path, TILES, 3, 1, T, SHARD, codec, {"duplidog_pool": pool_store.POOL_FORMAT})
     for i in range(TILES):
         source = rng.random((3, T, T), dtype=np.float32)
         target = source[:1] * 0.5

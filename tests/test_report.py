@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from duplidog.status import ReportFigures
+from shotdata import model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +18,9 @@ def delivered_shot(results: Path) -> None:
     shot = results / "sh_010"
     _write(shot / "ingest/plan.json", {"shot": "sh_010", "frames": [1001, 1002], "source": "plate.%04d.exr",
                                       "output": str(shot / "output/sh_010.%04d.exr")})
-    _write(shot / "model/model.json", {"training": {"steps": 40},
-                                       "metrics": {"validation": {"psnr": 31.234, "psnr_identity": 24.1}}})
+    card = model_card(training={"steps": 40}, metrics={"validation": {"psnr": 31.234, "psnr_identity": 24.1}})
+    (shot / "model").mkdir()
+    (shot / "model/model.json").write_text(card.to_json())
     _write(shot / "train/result.json", {"steps": 40, "target_steps": 400, "stopped_by": "max_minutes", "minutes": 2.04})
     (shot / "output").mkdir()
     for frame in (1001, 1002):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from duplidog.infer.tiling import (
+from duplidog.core.tiling import (
     axis_plan,
     default_overlap,
     frame_padding,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from duplidog.infer.runner import REACH_THRESHOLD, apply_model, measure_tile_reach, plan_run
+from duplidog.core.apply import REACH_THRESHOLD, apply_model, measure_tile_reach, plan_run
 from duplidog.model import build_model
 from duplidog.model.analysis import measure_tile_reach as measure_on_pictures
 

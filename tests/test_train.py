@@ -388,7 +388,7 @@ def test_dihedral_codes_are_the_eight_symmetries():
 
 
 def test_streamed_workers_and_device_copy_give_the_same_batches(shot):
-    from duplidog.pool import open_pool
+    from duplidog.core.pool_store import open_pool
 
     group = open_pool(shot["pool"])
     plan = EpochPlan(group["source"].shape[0], 4, 0.5, seed=5)
@@ -444,7 +444,7 @@ def test_training_learns_and_saves_the_model_with_its_card(shot, tmp_path):
 
 
 def open_pool_attrs(path) -> dict:
-    from duplidog.pool import open_pool
+    from duplidog.core.pool_store import open_pool
 
     return dict(open_pool(path).attrs)
 

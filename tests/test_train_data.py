@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from duplidog.errors import DuplidogError
-from duplidog.pool import open_pool, store, tile_reader
+from duplidog.core import pool_store
+from duplidog.core.pool_store import open_pool, tile_reader
 from duplidog.train.data import DeviceBatches, EpochPlan, StreamedBatches, load_pool, make_batches
 
 TILES, SHARD, T = 36, 8, 16
@@ -23,8 +24,8 @@ TILES, SHARD, T = 36, 8, 16
 def pool(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "pool.zarr"
     rng = np.random.default_rng(0)
-    codec = store.compressor({"compressor": "blosc-zstd", "zstd_level": 3})
-    writer = store.TileWriter(path, TILES, 3, 3, T, SHARD, codec, {"duplidog_pool": store.POOL_FORMAT})
+    codec = pool_store.compressor({"compressor": "blosc-zstd", "zstd_level": 3})
+    writer = pool_store.TileWriter(path, TILES, 3, 3, T, SHARD, codec, {"duplidog_pool": pool_store.POOL_FORMAT})
     for i in range(TILES):
         source = rng.random((3, T, T), dtype=np.float32)
         writer.add(source, source * 0.8 + 0.05, frame=1001, y=0, x=i, augmented=False)

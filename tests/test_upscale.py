@@ -206,7 +206,7 @@ def test_upscaled_frames_are_s_times_the_plate_with_windows_scaled_and_metadata_
 
 @pytest.mark.parametrize("scale", [2, 3])
 def test_tiled_upscaling_equals_the_whole_frame(tmp_path, scale):
-    from duplidog.infer import apply_model
+    from duplidog.core.apply import apply_model
 
     network = nudged(build_model("msrn", "small", 3, 3, scale=scale, **TINY), seed=1).eval()
     frame = torch.rand(1, 3, 70, 90)

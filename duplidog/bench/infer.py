@@ -31,8 +31,8 @@ from duplidog import colour, imageio
 from duplidog.core.mirror import mirror_index
 from duplidog.core.runtime import choose_device
 from duplidog.infer.frames import infer_frames
-from duplidog.infer.runner import model_geometry, splits_levels, tile_geometry
-from duplidog.infer.tiling import default_overlap, round_up
+from duplidog.core.apply import model_geometry, splits_levels, tile_geometry
+from duplidog.core.tiling import default_overlap, round_up
 
 
 def _write_plate(path: Path, width: int, height: int, seed: int) -> None:

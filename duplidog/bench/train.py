@@ -45,15 +45,16 @@ SCHEDULE = RunLength(max_minutes=None, budget_seconds=None, total_steps=1000)
 
 def synthetic_pool(path: Path, tiles: int, tile_size: int, border: int, channels: int = 3) -> Path:
     """A pool of smooth random tiles (target = a grade of the source), written like a real one."""
-    from duplidog.pool import pool_settings, store
+    from duplidog.core import pool_store
+    from duplidog.pool import pool_settings
 
     settings = pool_settings({"tile_size": tile_size, "border": border})
     rng = np.random.default_rng(0)
-    attributes = {"duplidog_pool": store.POOL_FORMAT, "seed": 0, "tile_size": tile_size, "border": border,
+    attributes = {"duplidog_pool": pool_store.POOL_FORMAT, "seed": 0, "tile_size": tile_size, "border": border,
                   "source_channels": ["R", "G", "B"][:channels], "target_channels": ["R", "G", "B"][:channels],
                   "colorspace": "display", "synthetic": True}
-    writer = store.TileWriter(path, tiles, channels, channels, tile_size, int(settings["shard_tiles"]),
-                              store.compressor(settings), attributes)
+    writer = pool_store.TileWriter(path, tiles, channels, channels, tile_size, int(settings["shard_tiles"]),
+                                   pool_store.compressor(settings), attributes)
     coarse = tile_size // 8
     for _ in range(tiles):
         low = torch.from_numpy(rng.random((1, channels, coarse, coarse), dtype=np.float32))
@@ -137,7 +138,7 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
         device: override ``train.device``.
     """
     from duplidog.model import PRESETS
-    from duplidog.pool import open_pool
+    from duplidog.core.pool_store import open_pool
     from duplidog.settings import defaults
 
     config = config or defaults()

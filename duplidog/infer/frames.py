@@ -52,8 +52,8 @@ from duplidog.core.runtime import choose_device
 from duplidog.core.plan import Plan, read_plan
 from duplidog.core.shotframes import check_output_pattern, neighbour_frames
 from duplidog.errors import DuplidogError
-from duplidog.infer.ensemble import model_copies
-from duplidog.infer.runner import apply_model, measure_tile_reach, plan_run
+from duplidog.core.ensemble import model_copies
+from duplidog.core.apply import apply_model, measure_tile_reach, plan_run
 from duplidog.sequence import FramePattern, format_frame_list
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from duplidog import colour, imageio, temporal
 from duplidog.atomic import atomic_path
 from duplidog.errors import DuplidogError
 from duplidog.core.plan import Plan, read_manifest, read_plan
-from duplidog.pool import augment, sampling, store
+from duplidog.core import pool_store
+from duplidog.pool import augment, sampling
 from duplidog.sequence import FramePattern
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ def _tiles_of_keyframe(
     plan: Plan,
     settings: dict,
     seed: int,
-    writer: store.TileWriter,
+    writer: pool_store.TileWriter,
 ) -> dict[str, int]:
     """Draw, cut, augment and queue one keyframe's tiles; returns its counts."""
     space = plan.colorspace
@@ -242,7 +243,7 @@ def build_pool(
     frames = temporal.frame_count(plan.temporal_frames)  # stacked in each source tile
     capacity = len(rows) * int(settings["tiles_per_keyframe"])
     attributes = {
-        "duplidog_pool": store.POOL_FORMAT,
+        "duplidog_pool": pool_store.POOL_FORMAT,
         "seed": int(seed),
         "tile_size": tile,
         "border": int(settings["border"]),
@@ -260,9 +261,9 @@ def build_pool(
     pool_path = Path(pool_path)
     per_keyframe: dict[str, dict[str, int]] = {}
     with atomic_path(pool_path) as tmp:
-        writer = store.TileWriter(
+        writer = pool_store.TileWriter(
             tmp, capacity, len(source_names) * frames, len(target_names), tile, int(settings["shard_tiles"]),
-            store.compressor(settings), attributes, target_scale=plan.scale,
+            pool_store.compressor(settings), attributes, target_scale=plan.scale,
             range_channels=len(source_names) if frames > 1 else None,
         )
         for row in rows:
@@ -290,7 +291,7 @@ def build_pool(
             "flat_skipped": sum(c["flat_skipped"] for c in per_keyframe.values()),
             "redraws": sum(c["redraws"] for c in per_keyframe.values()),
             "tiles_per_keyframe": {f: c["tiles"] for f, c in per_keyframe.items()},
-            "bytes": store.bytes_on_disk(tmp),
+            "bytes": pool_store.bytes_on_disk(tmp),
             "uncompressed_bytes": (tiles * (len(source_names) * frames + len(target_names) * plan.scale ** 2)
                                    * tile * tile * 2),
             "seconds": round(time.perf_counter() - started, 3),

@@ -65,7 +65,7 @@ def sample_pixels(group, border: int, threshold: float, radius: int, seed: int,
 
     The tiles' context borders are left out, as the loss leaves them out.
     """
-    from duplidog.pool import pool_temporal_frames
+    from duplidog.core.pool_store import pool_temporal_frames
 
     n_tiles = int(group["source"].shape[0])
     picks = evenly_spaced(n_tiles, max_tiles)

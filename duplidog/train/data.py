@@ -12,7 +12,7 @@ How they arrive, chosen per run:
   when training on the CPU) it is decoded once, before the first step, into two float16 tensors on
   the device, and batches are gathered there: no reading or decoding while training;
 * **streamed** -- otherwise background threads read each batch's tiles straight from the pool's
-  shard files (``duplidog.pool.tile_reader``) ahead of the training loop, into page-locked memory
+  shard files (``duplidog.core.pool_store.tile_reader``) ahead of the training loop, into page-locked memory
   when training on a GPU so the copy overlaps the step. The reading threads only read: the indices
   are the plan's and augmentation runs on the device, so the thread count cannot change the result.
   ``num_workers: 0`` reads in the training thread.
@@ -113,7 +113,7 @@ def augment_batch(source: torch.Tensor, target: torch.Tensor, codes: np.ndarray)
 
 def read_tiles(array, indices: np.ndarray) -> np.ndarray:
     """Tiles ``indices`` (any order, repeats allowed) of a pool array, by the pool's fastest reader."""
-    from duplidog.pool import tile_reader
+    from duplidog.core.pool_store import tile_reader
 
     return tile_reader(array).read(indices)
 
@@ -167,7 +167,7 @@ def load_pool(group, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     On the CPU each shard decodes straight into place; for a GPU through one shard of host memory per
     thread, so a pool that fits the device but not the host's RAM still loads.
     """
-    from duplidog.pool import tile_reader
+    from duplidog.core.pool_store import tile_reader
 
     tensors = []
     with ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="duplidog-pool-load") as threads:
@@ -225,7 +225,7 @@ class StreamedBatches:
     mode = "streamed"
 
     def __init__(self, pool_path: str, plan: EpochPlan, device: torch.device, num_workers: int, prefetch: int):
-        from duplidog.pool import open_pool, tile_reader
+        from duplidog.core.pool_store import open_pool, tile_reader
 
         group = open_pool(pool_path)
         self.plan = plan

@@ -105,7 +105,7 @@ class PoolShape:
 
     @classmethod
     def of(cls, group) -> "PoolShape":
-        from duplidog.pool import pool_temporal_frames
+        from duplidog.core.pool_store import pool_temporal_frames
 
         tiles, stacked_channels, tile_size, _ = group["source"].shape
         return cls(tiles, stacked_channels, tile_size, group["target"].shape[1], group["target"].shape[-1],
@@ -135,7 +135,7 @@ class Inputs:
 
 def open_inputs(pool_path, plan_path, manifest_path, model_settings: dict) -> Inputs:
     """Read the plan, open the pool and check that the two and the model settings agree."""
-    from duplidog.pool import open_pool, pool_fingerprint
+    from duplidog.core.pool_store import open_pool, pool_fingerprint
 
     plan = read_plan(plan_path)
     group = open_pool(pool_path)

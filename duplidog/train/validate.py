@@ -1,7 +1,7 @@
 """Validation: the held-out keyframes, whole frame, through the same tiled inference as production.
 
 Training sees tiles; the shot is judged on frames. So validation runs each validation keyframe
-through ``duplidog.infer.apply_model`` -- the production code path with its padding, tiling and
+through ``duplidog.core.apply.apply_model`` -- the production code path with its padding, tiling and
 blending -- and compares with the artist's fixed frame. Metrics are computed in the working space
 (where the network's values live, roughly 0..1 for every colour space), with a peak of 1.0:
 
@@ -108,7 +108,7 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
 
 def _infer_arguments(settings: dict) -> dict:
     """The keys of the ``infer`` settings that ``apply_model`` takes (tile, overlap, batch size...)."""
-    from duplidog.infer import apply_model
+    from duplidog.core.apply import apply_model
 
     accepted = set(inspect.signature(apply_model).parameters) - {"model", "image", "device"}
     arguments = {key: value for key, value in (settings or {}).items() if key in accepted and value is not None}
@@ -119,7 +119,7 @@ def _infer_arguments(settings: dict) -> dict:
 @torch.no_grad()
 def validate(model: torch.nn.Module, frames: Sequence[ValidationFrame], infer_settings: dict) -> Dict[str, object]:
     """Run every frame through ``apply_model``; mean PSNR/SSIM and the per-frame results."""
-    from duplidog.infer import apply_model
+    from duplidog.core.apply import apply_model
 
     arguments = _infer_arguments(infer_settings)
     results, psnrs, ssims, identity = [], [], [], []

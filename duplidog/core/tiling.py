@@ -203,7 +203,7 @@ def plan_tiles(
     ``overlap`` below ``minimum_overlap(reach)`` is raised to it, since a smaller one would blend
     inexact pixels. The grid's ``overlap`` and tile sizes say what was used. ``padding_multiple``:
     what the frame is padded to (default ``multiple``), the whole network's grid when tiles run on a
-    finer one (split inference: see ``duplidog.infer.runner``).
+    finer one (split inference: see ``duplidog.core.apply``).
     """
     overlap = default_overlap(reach, multiple) if overlap is None else max(int(overlap), minimum_overlap(reach))
     tile = max(round_down(int(tile), multiple), smallest_tile(overlap, multiple))

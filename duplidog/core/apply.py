@@ -2,7 +2,7 @@
 
 The frame stays on the CPU; only what the network needs right now goes to the device (the whole
 padded frame when it fits, otherwise one batch of tiles at a time), and only the weighted part of each
-tile's output comes back. Tiles are laid out by ``duplidog.infer.tiling`` so that tiled and
+tile's output comes back. Tiles are laid out by ``duplidog.core.tiling`` so that tiled and
 whole-frame results agree to rounding: see that module for why.
 
 Deliberate choices, each the fix for a known fault of other tilers:
@@ -25,8 +25,8 @@ import torch
 from duplidog.core.mirror import mirror_pad
 from duplidog.core.runtime import autocast, choose_precision, free_bytes
 from duplidog.errors import DuplidogError
-from duplidog.infer.ensemble import TRANSFORMS, model_copies, run_ensemble, transform, untransform
-from duplidog.infer.tiling import (
+from duplidog.core.ensemble import TRANSFORMS, model_copies, run_ensemble, transform, untransform
+from duplidog.core.tiling import (
     TileGrid, default_overlap, frame_padding, plan_tiles, round_down, round_up, smallest_tile,
 )
 
@@ -418,7 +418,7 @@ def apply_model(
             never scored pixels with less context than that, so a frame edge without it is where a
             network errs most); 0 lets the network meet the frame edge unpadded.
         ensemble: copies of the input, flipped and turned, whose results are averaged (1, 2, 4, 8;
-            ``duplidog.infer.ensemble``); "auto": 8 for a network whose outputs its input lacks (a
+            ``duplidog.core.ensemble``); "auto": 8 for a network whose outputs its input lacks (a
             matte), 1 otherwise.
         tile_reach: for a network that ``splits_levels``, the finest level's reach its tiles overlap
             by (``measure_tile_reach``); None: measured on this frame when it is tiled. A caller
