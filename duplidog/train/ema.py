@@ -3,7 +3,8 @@
 Small-batch training on a few keyframes is noisy step to step; the average of recent weights is a
 smoother, usually better model than the last step's. The decay warms up (``(1 + n) / (10 + n)``, as
 in TensorFlow's ExponentialMovingAverage with ``num_updates``) so that a short run is not dominated by
-the random initial weights.
+the random initial weights. ``torch.optim.swa_utils.AveragedModel`` (with ``get_ema_multi_avg_fn``)
+averages with a fixed decay, without that warm-up, so this small class stays ours.
 """
 
 from __future__ import annotations
