@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 from duplidog.core.layout import shot_output_pattern
 from duplidog.core.plan import MANIFEST_FILE, PLAN_FILE, Plan, write_manifest, write_plan
-from duplidog.core.shotframes import (check_output_pattern, discover_frames, neighbour_frames, shot_scale,
-                                      shot_temporal_frames)
+from duplidog.core.shotframes import (ShotFrames, check_output_pattern, discover_frames, neighbour_frames,
+                                      shot_scale, shot_temporal_frames)
 from duplidog.errors import DuplidogError
 from duplidog.sequence import FramePattern, format_frame_list
+
+if TYPE_CHECKING:
+    from duplidog.imageio import ImageInfo
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +42,45 @@ def ingest(config: dict, out_dir: str | Path) -> Plan:
     ingest reads (``duplidog.core.shotframes.INGEST_KEYS``): without ``output`` the output pattern is
     not checked here (the workflow checks it when it builds the DAG) and the plan records none.
     """
-    from duplidog import channels as channel_choice
-    from duplidog import colour, imageio
-
     out_dir = Path(out_dir)
     shot = discover_frames(config)
     source, target = FramePattern(config["source"]), FramePattern(config["target"])
+    output = _checked_output(config, shot.frames)
+    plate = _read_headers(source, sorted(set(shot.frames) | set(shot.keyframes)))
+    first = plate[shot.frames[0]]
+    temporal_frames = shot_temporal_frames(config)
+    neighbours = _read_headers(source, neighbour_frames(source, plate, temporal_frames))
+    _check_plate({**plate, **neighbours}, first)
+    keys = _read_headers(target, shot.keyframes)
+    scale = shot_scale(config)
+    _check_keyframes(keys, first, scale)
+    plan = _make_plan(config, shot, output, plate, keys, scale, temporal_frames)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(out_dir / MANIFEST_FILE, _manifest_rows(plate, keys, plan.validation_frames))
+    write_plan(out_dir / PLAN_FILE, plan)
+    _log_summary(plan)
+    return plan
+
+
+def _checked_output(config: dict, frames: list[int]) -> str | None:
+    """The shot's output pattern, refused if it would overwrite the plates or keyframes or cannot be
+    written; None when the config names no output."""
     output = shot_output_pattern(config) if "output" in config else None
     if output is not None:
-        check_output_pattern(output, config["source"], config["target"], shot.frames)
+        check_output_pattern(output, config["source"], config["target"], frames)
+    return output
 
-    infos = {frame: imageio.read_info(source.path(frame)) for frame in sorted(set(shot.frames) | set(shot.keyframes))}
-    first = infos[shot.frames[0]]
-    temporal_frames = shot_temporal_frames(config)
-    neighbours = neighbour_frames(source, infos, temporal_frames)
-    checked = {**infos, **{frame: imageio.read_info(source.path(frame)) for frame in neighbours}}
-    for frame, info in checked.items():
+
+def _read_headers(pattern: FramePattern, frames: Iterable[int]) -> dict[int, ImageInfo]:
+    """The header of each of ``frames`` of ``pattern``, by frame, in the order given."""
+    from duplidog import imageio
+
+    return {frame: imageio.read_info(pattern.path(frame)) for frame in frames}
+
+
+def _check_plate(infos: dict[int, ImageInfo], first: ImageInfo) -> None:
+    """Refuse a plate frame whose size, channels or kind of file differ from the ``first`` frame's."""
+    for info in infos.values():
         if (info.width, info.height) != (first.width, first.height):
             raise DuplidogError(
                 f"{info.path}: size {info.width}x{info.height} differs from the plate's "
@@ -72,10 +99,12 @@ def ingest(config: dict, out_dir: str | Path) -> Plan:
                 f"{first.format_name} files of {first.pixel_type} ({first.path})"
             )
 
-    target_infos = {frame: imageio.read_info(target.path(frame)) for frame in shot.keyframes}
-    first_target = target_infos[shot.keyframes[0]]
-    scale = shot_scale(config)
-    for frame, info in target_infos.items():
+
+def _check_keyframes(keys: dict[int, ImageInfo], first: ImageInfo, scale: int) -> None:
+    """Refuse a keyframe that is not ``scale`` times the plate's size (data and, when upscaled, display
+    window) or whose channels differ from the first keyframe's."""
+    first_target = next(iter(keys.values()))
+    for info in keys.values():
         if (info.width, info.height) != (scale * first.width, scale * first.height):
             upscaled = (f" times {scale} (model.scale: {scale}), {scale * first.width}x{scale * first.height}"
                         if scale > 1 else "")
@@ -94,6 +123,14 @@ def ingest(config: dict, out_dir: str | Path) -> Plan:
                 f"but {first_target.path} has {first_target.nchannels} ({','.join(first_target.channel_names)})"
             )
 
+
+def _make_plan(config: dict, shot: ShotFrames, output: str | None, plate: dict[int, ImageInfo],
+               keys: dict[int, ImageInfo], scale: int, temporal_frames: int) -> Plan:
+    """The shot's plan from its checked headers: channels, held-out keyframes and colour spaces chosen."""
+    from duplidog import channels as channel_choice
+    from duplidog import colour
+
+    first, first_target = plate[shot.frames[0]], keys[shot.keyframes[0]]
     input_channels, output_channels, passthrough = channel_choice.choose_channels(
         first, first_target, config["channels"]["input"], config["channels"]["passthrough"]
     )
@@ -101,9 +138,28 @@ def ingest(config: dict, out_dir: str | Path) -> Plan:
     validation = choose_validation_frames(
         shot.keyframes, settings["validation_keyframes"], settings["min_keyframes_for_validation"]
     )
+    space = colour.resolve_colorspace(config["colorspace"], first)
+    convert = bool(settings.get("convert_colorspace", False))
+    plate_space = _tagged_space(plate, space, convert, "plate")
+    target_space = _tagged_space(keys, space, convert, "keyframe")
+    return Plan(
+        shot=config["shot"], source=config["source"], target=config["target"], output=output,
+        frames=shot.frames, keyframes=shot.keyframes,
+        train_frames=[f for f in shot.keyframes if f not in validation], validation_frames=validation,
+        colorspace=space, plate_colorspace=plate_space, target_colorspace=target_space, convert_colorspace=convert,
+        input_channels=list(input_channels), output_channels=list(output_channels),
+        passthrough_channels=list(passthrough), width=first.width, height=first.height, scale=scale,
+        temporal_frames=temporal_frames, pixel_type=first.pixel_type, format_name=first.format_name,
+        channel_names=list(first.channel_names), nonfinite=settings["nonfinite"], seed=config["seed"],
+    )
+
+
+def _manifest_rows(plate: dict[int, ImageInfo], keys: dict[int, ImageInfo], validation: list[int]) -> list[dict]:
+    """One manifest row per plate frame, in frame order: its role (infer, train or validation) and the
+    file, size and channels of the frame and of its keyframe."""
     rows = []
-    for frame in sorted(infos):
-        info, key = infos[frame], target_infos.get(frame)
+    for frame in sorted(plate):
+        info, key = plate[frame], keys.get(frame)
         role = "infer" if key is None else ("validation" if frame in validation else "train")
         rows.append(
             {
@@ -120,32 +176,22 @@ def ingest(config: dict, out_dir: str | Path) -> Plan:
                 "target_channel_names": ",".join(key.channel_names) if key else "",
             }
         )
-    space = colour.resolve_colorspace(config["colorspace"], first)
-    convert = bool(settings.get("convert_colorspace", False))
-    plate_space = _tagged_space(infos, space, convert, "plate")
-    target_space = _tagged_space(target_infos, space, convert, "keyframe")
-    plan = Plan(
-        shot=config["shot"], source=config["source"], target=config["target"], output=output,
-        frames=shot.frames, keyframes=shot.keyframes,
-        train_frames=[f for f in shot.keyframes if f not in validation], validation_frames=validation,
-        colorspace=space, plate_colorspace=plate_space, target_colorspace=target_space, convert_colorspace=convert,
-        input_channels=list(input_channels), output_channels=list(output_channels),
-        passthrough_channels=list(passthrough), width=first.width, height=first.height, scale=scale,
-        temporal_frames=temporal_frames, pixel_type=first.pixel_type, format_name=first.format_name,
-        channel_names=list(first.channel_names), nonfinite=settings["nonfinite"], seed=config["seed"],
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(out_dir / MANIFEST_FILE, rows)
-    write_plan(out_dir / PLAN_FILE, plan)
+    return rows
+
+
+def _log_summary(plan: Plan) -> None:
+    """One line on what ingest found, and one more when the plate is converted to the working space."""
+    from duplidog import colour
+
     log.info(
         "ingest %s: %d frames, keyframes %s (validation %s), %dx%d %s %s, colour space %s",
-        config["shot"], len(shot.frames), format_frame_list(shot.keyframes), format_frame_list(validation) or "none",
-        first.width, first.height, first.pixel_type, ",".join(first.channel_names), colour.label(space),
+        plan.shot, len(plan.frames), format_frame_list(plan.keyframes),
+        format_frame_list(plan.validation_frames) or "none",
+        plan.width, plan.height, plan.pixel_type, ",".join(plan.channel_names), colour.label(plan.colorspace),
     )
-    if plate_space and plate_space != colour.ocio_name(space):
+    if plan.plate_colorspace and plan.plate_colorspace != colour.ocio_name(plan.colorspace):
         log.info("ingest %s: the plate is in %s and is converted to %s on read, and back on write",
-                 config["shot"], plate_space, colour.ocio_name(space))
-    return plan
+                 plan.shot, plan.plate_colorspace, colour.ocio_name(plan.colorspace))
 
 
 def _tagged_space(infos: dict, space: str | dict, convert: bool, what: str) -> str | None:
