@@ -20,12 +20,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
 
 from duplidog import colour
 from duplidog.errors import DuplidogError
+
+if TYPE_CHECKING:  # stages without a network (ingest, pool, assemble) read cards without importing torch
+    from torch import nn
 
 FORMAT = "duplidog-model"
 FORMAT_VERSION = 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Tuple
 
+from duplidog.core.card import CARD_NAME, WEIGHTS_NAME
 from duplidog.core.plan import MANIFEST_FILE, PLAN_FILE
 
 #: A checkpoint's file name: ``step_<step, 8 digits or more>.pt``.
@@ -127,11 +128,11 @@ class ShotLayout:
 
     @property
     def model_weights(self) -> Path:
-        return self.model_dir / "model.safetensors"
+        return self.model_dir / WEIGHTS_NAME
 
     @property
     def model_card(self) -> Path:
-        return self.model_dir / "model.json"
+        return self.model_dir / CARD_NAME
 
     # -- train: the working folder of training ----------------------------------------------------------
     @property
