@@ -34,15 +34,18 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, atomic_write_text
 from duplidog.core.layout import ShotLayout
-from duplidog.core.plan import read_manifest, read_plan
+from duplidog.core.plan import Plan, read_manifest, read_plan
 from duplidog.core.previews import (DIFFERENCE_GAIN, block_psnrs, file_sha256, psnr, psnr_of_mse, thumbnail,
                                      view_transform, write_contact_sheet)
 from duplidog.core.card import read_card
@@ -207,6 +210,52 @@ def _display_channels(names: Sequence[str]) -> list[str]:
     return list(names[:3]) if len(names) >= 3 else list(names[:1])
 
 
+@dataclass(frozen=True)
+class _Shot:
+    """The shot as assemble sees it: its plan, where its frames are, and what every output frame must be."""
+
+    plan: Plan
+    manifest: pd.DataFrame
+    output: FramePattern
+    source: FramePattern
+    frames: list[int]
+    scale: int  # the model's: the output's size over the plate's
+    width: int
+    height: int
+    channels: list[str]  # the output's channels, then those passed through from the plate
+    pixel_type: str | None  # None: another kind of file than the plate, whose pixel type is its own
+    space: str | dict  # the working space ("display" where the plan names none)
+
+
+@dataclass(frozen=True)
+class _Sheet:
+    """How the contact sheet shows a frame: which rows, which channels, from which space through which view."""
+
+    rows: dict[int, str]  # frame -> what it is
+    shown: list[str]  # the output channels drawn
+    index: list[int]  # their places among the output channels
+    plate_channels: list[str]  # the plate's channels drawn
+    shown_space: str | dict
+    display: str | None
+    view: str | None
+    width: int  # of each picture
+
+    def view_of(self, pixels: np.ndarray) -> np.ndarray:
+        return view_transform(pixels, self.shown_space, self.display, self.view)
+
+    def picture(self, pixels: np.ndarray) -> np.ndarray:
+        return thumbnail(self.view_of(pixels), self.width)
+
+
+@dataclass
+class _Review:
+    """What looking at the keyframes and the contact sheet's frames found."""
+
+    keyframe_error: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    rows: list[tuple[str, list]] = field(default_factory=list)
+
+
 def assemble(
     layout: ShotLayout,
     output_pattern: str | None,
@@ -228,6 +277,29 @@ def assemble(
     from duplidog.settings import defaults
 
     settings = {**defaults()["assemble"], **(settings or {})}
+    shot = _read_shot(layout, output_pattern)
+    digests = _check_frames(shot)
+    lines = ["frame\tpath\tsha256"] + [f"{frame}\t{shot.output.path(frame)}\t{digest}" for frame, digest in digests]
+    atomic_write_text(layout.checksums, "\n".join(lines) + "\n")
+
+    sheet = _plan_sheet(shot, settings)
+    review = _review_frames(shot, sheet)
+    for warning in review.warnings:
+        log.warning("assemble %s: %s", shot.plan.shot, warning)
+    write_contact_sheet(layout.contact_sheet, review.rows)
+    temporal = _flicker(shot, sheet)
+
+    chunks = load_infer_summaries(layout.chunk_summaries() if infer_summaries is None else infer_summaries)
+    summary = _summary(layout, shot, chunks, review, temporal)
+    summary["assemble_seconds"] = round(time.perf_counter() - start, 3)
+    atomic_write_json(layout.summary, summary)
+    log.info("assemble %s: %d frames checked, contact sheet of %d frames", shot.plan.shot, len(shot.frames),
+             len(review.rows))
+    return summary
+
+
+def _read_shot(layout: ShotLayout, output_pattern: str | None) -> _Shot:
+    """The shot's plan, manifest and model scale, and what they promise of each output frame."""
     plan = read_plan(layout.plan)
     manifest = read_manifest(layout.manifest)
     if not (output_pattern or plan.output):
@@ -236,136 +308,183 @@ def assemble(
     source = FramePattern(plan.source)
     frames = [int(f) for f in plan.frames]
     scale = _model_scale(layout.model_dir)
-    width, height = int(plan.width) * scale, int(plan.height) * scale
-    channels = list(plan.output_channels) + list(plan.passthrough_channels)
-    # The source's pixel type carries over when the output is the same kind of file.
-    pixel_type = plan.pixel_type if output.extension == source.extension else None
+    return _Shot(
+        plan=plan, manifest=manifest, output=output, source=source, frames=frames, scale=scale,
+        width=int(plan.width) * scale, height=int(plan.height) * scale,
+        channels=list(plan.output_channels) + list(plan.passthrough_channels),
+        # The source's pixel type carries over when the output is the same kind of file.
+        pixel_type=plan.pixel_type if output.extension == source.extension else None,
+        space=plan.colorspace if plan.colorspace is not None else "display",
+    )
 
+
+def _check_frames(shot: _Shot) -> list[tuple[int, str | None]]:
+    """(frame, sha256) of every output frame, after decoding each in full; one error naming every fault."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda f: _check_frame(f, output.path(f), width, height, channels, pixel_type),
-                                frames))
+        results = list(pool.map(
+            lambda f: _check_frame(f, shot.output.path(f), shot.width, shot.height, shot.channels, shot.pixel_type),
+            shot.frames))
     faults = [(frame, fault) for frame, fault, _ in results if fault]
     if faults:
         shown = "; ".join(f"{frame} {fault}" for frame, fault in faults[:8])
         more = f"; and {len(faults) - 8} more" if len(faults) > 8 else ""
         raise DuplidogError(
-            f"{output.pattern}: {len(faults)} of {len(frames)} output frames are bad "
+            f"{shot.output.pattern}: {len(faults)} of {len(shot.frames)} output frames are bad "
             f"(frames {format_frame_list([f for f, _ in faults])}): {shown}{more}"
         )
+    return [(frame, digest) for frame, _, digest in results]
 
-    lines = ["frame\tpath\tsha256"] + [f"{frame}\t{output.path(frame)}\t{digest}" for frame, _, digest in results]
-    atomic_write_text(layout.checksums, "\n".join(lines) + "\n")
 
-    space = plan.colorspace if plan.colorspace is not None else "display"
+def _picture_view(shot: _Shot, settings: dict) -> tuple[str | dict, str | None, str | None]:
+    """(space shown from, display, view) of the contact sheet's pictures.
+
+    An OCIO working space, or untagged scene-linear values as linear Rec.709, go through the
+    display/view; display-referred values (an sRGB PNG plate) are shown as they are unless a display or
+    view is asked for.
+    """
     display, view = settings.get("display"), settings.get("view")
-    # The space pictures are shown from: an OCIO one, or untagged scene-linear values as linear Rec.709,
-    # through the display/view; display-referred values (an sRGB PNG plate) as they are unless a display
-    # or view is asked for.
     from duplidog import ocio
 
-    shown_space = space
-    working = colour.as_space(space)
+    working = colour.as_space(shot.space)
     if working.name == "display" and not (working.ocio_name and (display or view)):
-        shown_space = "display"
-    elif ocio.picture_space(working):
+        return "display", display, view
+    if ocio.picture_space(working):
         display, view = ocio.check_display_view(display, view)
         log.info("assemble %s: contact sheet from %s through OpenColorIO display %r, view %r",
-                 plan.shot, ocio.picture_space(working), display, view)
-    # Every file in the working space first (the output is in the plate's space, keyframes in theirs).
-    in_plate = lambda x, names, path: plan.to_working(x, names, "plate", path)  # noqa: E731
-    keyframes = [int(f) for f in plan.keyframes]
-    targets = {int(r.frame): r.target for r in manifest.itertuples() if getattr(r, "target", "")}
-    keyframe_error, warnings, rows = {}, [], []
-    held_out = [int(f) for f in plan.validation_frames]
-    chosen = dict(contact_frames(frames, keyframes, int(settings["contact_frames"]), held_out,
-                                 [int(f) for f in settings.get("frames") or []]))
-    thumb = int(settings["contact_width"])
+                 shot.plan.shot, ocio.picture_space(working), display, view)
+    return shot.space, display, view
+
+
+def _plan_sheet(shot: _Shot, settings: dict) -> _Sheet:
+    """The contact sheet's rows, channels and view, from the plan and the ``assemble`` settings."""
+    plan = shot.plan
+    shown_space, display, view = _picture_view(shot, settings)
+    rows = dict(contact_frames(shot.frames, [int(f) for f in plan.keyframes], int(settings["contact_frames"]),
+                               [int(f) for f in plan.validation_frames],
+                               [int(f) for f in settings.get("frames") or []]))
     shown = _display_channels(plan.output_channels)
-    index = [plan.output_channels.index(c) for c in shown]
-    plate_channels = _display_channels(plan.input_channels)
-    picture = lambda x: thumbnail(view_transform(x, shown_space, display, view), thumb)  # noqa: E731
-    for frame in frames:
+    return _Sheet(rows=rows, shown=shown, index=[plan.output_channels.index(c) for c in shown],
+                  plate_channels=_display_channels(plan.input_channels), shown_space=shown_space,
+                  display=display, view=view, width=int(settings["contact_width"]))
+
+
+def _read_in_working(shot: _Shot, pattern: FramePattern, channels: Sequence[str], frame: int) -> np.ndarray:
+    """Frame ``frame`` of ``pattern`` (the output or the plate, both in the plate's space), in the working space."""
+    return shot.plan.to_working(imageio.read_pixels(pattern.path(frame), channels), channels, "plate",
+                                pattern.path(frame))
+
+
+def _review_frames(shot: _Shot, sheet: _Sheet) -> _Review:
+    """Each keyframe's error against its target and the contact sheet's rows, reading each frame once."""
+    plan = shot.plan
+    keyframes = [int(f) for f in plan.keyframes]
+    targets = {int(r.frame): r.target for r in shot.manifest.itertuples() if getattr(r, "target", "")}
+    held_out = [int(f) for f in plan.validation_frames]
+    review = _Review()
+    for frame in shot.frames:
         target_path = targets.get(frame) if frame in keyframes else None
-        if frame not in chosen and not target_path:
+        if frame not in sheet.rows and not target_path:
             continue
-        result = in_plate(imageio.read_pixels(output.path(frame), plan.output_channels), plan.output_channels,
-                          output.path(frame))
+        result = _read_in_working(shot, shot.output, plan.output_channels, frame)
         target = imageio.read_pixels(target_path, plan.output_channels) if target_path else None
         if target is not None:
             target = plan.to_working(target, plan.output_channels, "target", target_path)
-        size = max(16, min(result.shape[0], result.shape[1]) // 8)  # the zoomed square: an eighth of the frame
-        if target is not None and target.shape == result.shape:
-            error = _keyframe_error(colour.encode(result, space), colour.encode(target, space), frame in held_out)
-            keyframe_error[str(frame)] = error
+        if target is not None and target.shape != result.shape:
+            target = None  # the result of another size than its keyframe: nothing to compare
+        if target is not None:
+            error = _keyframe_error(colour.encode(result, shot.space), colour.encode(target, shot.space),
+                                    frame in held_out)
+            review.keyframe_error[str(frame)] = error
             if error["worst_block_psnr"] < WORST_BLOCK_WARNING:
-                warnings.append(f"frame {frame}{' (held out)' if frame in held_out else ''}: its worst "
-                                f"{BLOCK}x{BLOCK} block is {error['worst_block_psnr']:.1f} dB at x {error['worst_block_at'][1]}, "
-                                f"y {error['worst_block_at'][0]} although the whole frame is {error['psnr']:.1f} dB: "
-                                "a local failure a whole-frame figure hides")
-        if frame not in chosen:
-            continue
-        plate = in_plate(imageio.read_pixels(source.path(frame), plate_channels), plate_channels, source.path(frame))
-        plate = enlarge(plate, scale)  # an upscaled result's plate, pixel for pixel under it
-        pictures = [("plate", picture(plate)), ("result", picture(result[:, :, index]))]
-        if target is not None and target.shape == result.shape:
-            pictures.append(("target", picture(target[:, :, index])))
-            gap = np.abs(colour.encode(result[:, :, index], space) - colour.encode(target[:, :, index], space))
-            pictures.append((f"difference x{DIFFERENCE_GAIN:g}", thumbnail(view_transform(gap * DIFFERENCE_GAIN, "display"), thumb)))
-            # Zoom where the result is farthest from the target.
-            _, top, left = worst_block(colour.encode(result[:, :, index], space),
-                                       colour.encode(target[:, :, index], space), size)
-            zooms = [("result", result[:, :, index]), ("target", target[:, :, index])]
-            where = "worst error"
-        else:
-            # Zoom where the result changes the plate most: where the fix is, and where it fails if it does.
-            source_index = [plate_channels.index(c) for c in shown if c in plate_channels]
-            if len(source_index) == len(index):
-                _, top, left = worst_block(colour.encode(result[:, :, index], space),
-                                           colour.encode(plate[:, :, source_index], space), size)
-            else:  # a matte from RGB: where the matte has most edge
-                matte = result[:, :, index]
-                _, top, left = worst_block(matte, np.roll(np.roll(matte, 1, axis=0), 1, axis=1), size)
-            zooms = [("plate", plate), ("result", result[:, :, index])]
-            where = "most change"
-            pictures += [("", None), ("", None)]  # no target: the zooms stay in their columns
-        for label, image in zooms:
-            pictures.append((f"zoom: {label}", _zoom(view_transform(image, shown_space, display, view), top, left, size, thumb)))
-        rows.append((f"{frame}: {chosen[frame]}; zoom on {where} at x {left}, y {top}", pictures))
-    for warning in warnings:
-        log.warning("assemble %s: %s", plan.shot, warning)
-    write_contact_sheet(layout.contact_sheet, rows)
+                review.warnings.append(_worst_block_warning(frame, error))
+        if frame in sheet.rows:
+            review.rows.append(_contact_row(shot, sheet, frame, result, target))
+    return review
 
-    # Flicker: where the output has the plate's colour channels (not a matte from RGB).
-    temporal = None
-    if all(c in plate_channels for c in shown):
-        temporal = temporal_figure(
-            frames,
-            lambda f: colour.encode(shrink(in_plate(imageio.read_pixels(output.path(f), shown), shown, output.path(f)),
-                                           scale), space, shown),
-            lambda f: colour.encode(in_plate(imageio.read_pixels(source.path(f), shown), shown, source.path(f)),
-                                    space, shown))
 
-    chunks = load_infer_summaries(layout.chunk_summaries() if infer_summaries is None else infer_summaries)
+def _worst_block_warning(frame: int, error: dict[str, Any]) -> str:
+    """The warning for a keyframe whose worst block is poor however good the whole frame is."""
+    top, left = error["worst_block_at"]
+    return (f"frame {frame}{' (held out)' if error['held_out'] else ''}: its worst "
+            f"{BLOCK}x{BLOCK} block is {error['worst_block_psnr']:.1f} dB at x {left}, "
+            f"y {top} although the whole frame is {error['psnr']:.1f} dB: "
+            "a local failure a whole-frame figure hides")
+
+
+def _contact_row(shot: _Shot, sheet: _Sheet, frame: int, result: np.ndarray,
+                 target: np.ndarray | None) -> tuple[str, list]:
+    """One row: plate | result [| target | difference], then two zooms, titled with what the frame is.
+
+    ``result`` and ``target`` (None where there is none to compare) are in the working space.
+    """
+    plate = _read_in_working(shot, shot.source, sheet.plate_channels, frame)
+    plate = enlarge(plate, shot.scale)  # an upscaled result's plate, pixel for pixel under it
+    shown = result[:, :, sheet.index]
+    size = max(16, min(result.shape[0], result.shape[1]) // 8)  # the zoomed square: an eighth of the frame
+    pictures = [("plate", sheet.picture(plate)), ("result", sheet.picture(shown))]
+    if target is not None:
+        target = target[:, :, sheet.index]
+        gap = np.abs(colour.encode(shown, shot.space) - colour.encode(target, shot.space))
+        pictures += [("target", sheet.picture(target)),
+                     (f"difference x{DIFFERENCE_GAIN:g}",
+                      thumbnail(view_transform(gap * DIFFERENCE_GAIN, "display"), sheet.width))]
+        # Zoom where the result is farthest from the target.
+        _, top, left = worst_block(colour.encode(shown, shot.space), colour.encode(target, shot.space), size)
+        zooms, where = [("result", shown), ("target", target)], "worst error"
+    else:
+        top, left = _most_change(shot, sheet, shown, plate, size)
+        zooms, where = [("plate", plate), ("result", shown)], "most change"
+        pictures += [("", None), ("", None)]  # no target: the zooms stay in their columns
+    for label, image in zooms:
+        pictures.append((f"zoom: {label}", _zoom(sheet.view_of(image), top, left, size, sheet.width)))
+    return f"{frame}: {sheet.rows[frame]}; zoom on {where} at x {left}, y {top}", pictures
+
+
+def _most_change(shot: _Shot, sheet: _Sheet, shown: np.ndarray, plate: np.ndarray, size: int) -> tuple[int, int]:
+    """(top, left) of the ``size`` block where the result changes the plate most: where the fix is, and
+    where it fails if it does."""
+    source_index = [sheet.plate_channels.index(c) for c in sheet.shown if c in sheet.plate_channels]
+    if len(source_index) == len(sheet.index):
+        _, top, left = worst_block(colour.encode(shown, shot.space),
+                                   colour.encode(plate[:, :, source_index], shot.space), size)
+    else:  # a matte from RGB: where the matte has most edge
+        _, top, left = worst_block(shown, np.roll(np.roll(shown, 1, axis=0), 1, axis=1), size)
+    return top, left
+
+
+def _encoded_frame(shot: _Shot, pattern: FramePattern, channels: Sequence[str], factor: int,
+                   frame: int) -> np.ndarray:
+    """Frame ``frame`` of ``pattern`` in the working space, averaged down by ``factor``, encoded."""
+    return colour.encode(shrink(_read_in_working(shot, pattern, channels, frame), factor), shot.space, channels)
+
+
+def _flicker(shot: _Shot, sheet: _Sheet) -> dict[str, Any] | None:
+    """The temporal figure, where the output has the plate's colour channels (not a matte from RGB)."""
+    if not all(c in sheet.plate_channels for c in sheet.shown):
+        return None
+    return temporal_figure(shot.frames, partial(_encoded_frame, shot, shot.output, sheet.shown, shot.scale),
+                           partial(_encoded_frame, shot, shot.source, sheet.shown, 1))
+
+
+def _summary(layout: ShotLayout, shot: _Shot, chunks: list[dict], review: _Review,
+             temporal: dict[str, Any] | None) -> dict[str, Any]:
+    """``summary.json``'s fields, but for how long assembling took."""
     infer_seconds = sum(float(c.get("seconds", 0.0)) for c in chunks) if chunks else None
-    summary: dict[str, Any] = {
-        "shot": plan.shot,
-        "frames": len(frames),
+    return {
+        "shot": shot.plan.shot,
+        "frames": len(shot.frames),
         "seconds": round(infer_seconds, 3) if infer_seconds else None,
-        "frames_per_second": round(len(frames) / infer_seconds, 3) if infer_seconds else None,
+        "frames_per_second": round(len(shot.frames) / infer_seconds, 3) if infer_seconds else None,
         "seconds_note": "inference seconds summed over chunks (chunks on several GPUs overlap in wall time)",
         "chunks": len(chunks),
         "load_seconds": round(sum(float(c.get("load_seconds", 0.0)) for c in chunks), 3),
-        "output": output.pattern,
-        "width": width,
-        "height": height,
-        "channels": channels,
-        "keyframe_error": keyframe_error,
+        "output": shot.output.pattern,
+        "width": shot.width,
+        "height": shot.height,
+        "channels": shot.channels,
+        "keyframe_error": review.keyframe_error,
         "temporal": temporal,
-        "warnings": warnings,
+        "warnings": review.warnings,
         "checksums": str(layout.checksums),
         "contact_sheet": str(layout.contact_sheet),
     }
-    summary["assemble_seconds"] = round(time.perf_counter() - start, 3)
-    atomic_write_json(layout.summary, summary)
-    log.info("assemble %s: %d frames checked, contact sheet of %d frames", plan.shot, len(frames), len(rows))
-    return summary
