@@ -7,7 +7,8 @@ One chunk is one process and one model load; then frames stream through three st
 so the network never waits on the disk except for the very first frame, and a slow write (EXR
 compression, a network file system) never holds up the next frame. The queues are bounded, so memory
 stays at a few frames however long the chunk. An error in any stage stops the others and is raised
-here, in the caller's thread, with its own message.
+here, in the caller's thread, with its own message. The threads and queues are ``stages``; the
+conversion into the working space is ``working``; both read the run as one ``chunk.Chunk``.
 
 Per frame: the source's network channels (``plan['input_channels']``) are encoded into the model's
 working space (the colour transform stored in the model card, so training and inference agree), run
@@ -33,8 +34,6 @@ convolution algorithms in different jobs, and then a frame's bits would depend o
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +42,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-import duplidog
-from duplidog import colour, imageio, temporal
+from duplidog import colour, imageio
 from duplidog.atomic import atomic_write_json, remove_stale_temporaries
 from duplidog.core.card import CARD_NAME, ModelCard
 from duplidog.core.modelstore import load_model
@@ -54,10 +52,12 @@ from duplidog.core.shotframes import check_output_pattern, neighbour_frames
 from duplidog.errors import DuplidogError
 from duplidog.core.ensemble import model_copies
 from duplidog.core.apply import apply_model, measure_tile_reach, plan_run
+from duplidog.infer.chunk import ChannelRoute, Chunk
+from duplidog.infer.stages import DONE, Pipeline, Stop
+from duplidog.infer.working import WorkingFrames
 from duplidog.sequence import FramePattern, format_frame_list
 
 log = logging.getLogger(__name__)
-
 
 
 def infer_settings(given: dict | None) -> dict[str, Any]:
@@ -65,24 +65,6 @@ def infer_settings(given: dict | None) -> dict[str, Any]:
     from duplidog.settings import defaults
 
     return {**defaults()["infer"], **(given or {})}
-
-
-@dataclass(frozen=True)
-class ChannelRoute:
-    """Which source channels feed the network, what its outputs are called, and what is copied through."""
-
-    input: tuple[str, ...]
-    output: tuple[str, ...]
-    passthrough: tuple[str, ...]
-
-    @property
-    def read(self) -> list[str]:
-        """Source channels to read: the network's, then the passthrough ones not already among them."""
-        return list(self.input) + [c for c in self.passthrough if c not in self.input]
-
-    @property
-    def written(self) -> list[str]:
-        return list(self.output) + list(self.passthrough)
 
 
 def check_route_against_card(route: ChannelRoute, card: ModelCard, model_dir: str | Path) -> None:
@@ -96,96 +78,44 @@ def check_route_against_card(route: ChannelRoute, card: ModelCard, model_dir: st
             )
 
 
-def frame_space(info: imageio.ImageInfo, plate: Plan, colorspace: Any = None) -> str | None:
-    """The OCIO space a source frame is in: its ``oiio:ColorSpace`` tag when the active config knows
-    it, else the plate's at ingest (``plate_colorspace``), else the shot's working space; None when
-    nothing names one."""
-    return (colour.file_space(info) or plate.plate_colorspace
-            or colour.ocio_name(plate.colorspace or colorspace))
+@dataclass
+class _Progress:
+    """What the compute stage learns as the chunk runs: how frames tile, and where the time went."""
+
+    tile_reach: int | None = None  # the finest level's, measured when frames tile by levels
+    tiling: dict | None = None  # the summary's ``tiling``
+    first_read: float = 0.0  # waiting for the first frame
+    wait_read: float = 0.0  # waiting for the reader after it
+    wait_write: float = 0.0  # waiting for room in the writer's queue
+    compute: float = 0.0
 
 
-class _Stop(Exception):
-    """Raised inside a worker when another stage failed and the chunk is being abandoned."""
-
-
-class _Stage(threading.Thread):
-    """A background stage that keeps its exception for the main thread to raise, and stops the others."""
-
-    def __init__(self, name: str, work, stop: threading.Event, stops_others: bool = True):
-        super().__init__(name=name, daemon=True)
-        self._work = work
-        self._stop_all = stop
-        self._stops_others = stops_others
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._work()
-        except _Stop:
-            pass
-        except BaseException as exc:  # raised again by the main thread
-            self.error = exc
-            if self._stops_others:
-                self._stop_all.set()
-
-
-_POLL_SECONDS = 0.05
-_DONE = object()
-
-
-def _put(q: queue.Queue, item, stop: threading.Event, consumer: _Stage | None = None) -> None:
-    """Put, but give up when the chunk is being abandoned (raising the consumer's error if it failed)."""
-    while True:
-        if consumer is not None and consumer.error is not None:
-            raise consumer.error
-        if stop.is_set():
-            raise _Stop
-        try:
-            q.put(item, timeout=_POLL_SECONDS)
-            return
-        except queue.Full:
-            continue
-
-
-def _get(q: queue.Queue, stop: threading.Event, producer: _Stage | None = None):
-    """Get, but give up when the chunk is being abandoned (raising the producer's error if it failed)."""
-    while True:
-        try:
-            return q.get(timeout=_POLL_SECONDS)
-        except queue.Empty:
-            pass
-        # Raised outside the except clause: inside it, the producer's error would print chained to a
-        # queue.Empty ("During handling of the above exception...") that has nothing to do with it.
-        if producer is not None and producer.error is not None:
-            raise producer.error
-        if stop.is_set():
-            raise _Stop
-
-
-def _describe_run(model, image: torch.Tensor, settings: dict, device: torch.device,
-                  tile_reach: int | None = None) -> str:
-    """One line on how frames of this size will run (whole or tiled), for the log."""
-    plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"], settings["batch_size"],
-                    device, settings["precision"], settings["cpu_pixel_budget"], settings["memory_fraction"],
+def _plan_run(chunk: Chunk, image: torch.Tensor, tile_reach: int | None):
+    """How frames of this size run with the chunk's settings (whole or tiled)."""
+    settings = chunk.settings
+    return plan_run(chunk.model, tuple(image.shape), settings["tile"], settings["overlap"], settings["batch_size"],
+                    chunk.device, settings["precision"], settings["cpu_pixel_budget"], settings["memory_fraction"],
                     settings["edge_context"], tile_reach)
+
+
+def _describe_run(chunk: Chunk, image: torch.Tensor, tile_reach: int | None = None) -> str:
+    """One line on how frames of this size will run (whole or tiled), for the log."""
+    plan = _plan_run(chunk, image, tile_reach)
     height, width = image.shape[-2:]
     precision = str(plan.dtype).replace("torch.", "")
-    copies = model_copies(settings["ensemble"], model, image.shape[1])
+    copies = model_copies(chunk.settings["ensemble"], chunk.model, image.shape[1])
     averaged = f", the mean of {copies} flipped and turned copies" if copies > 1 else ""
     if plan.grid is None:
-        return f"{width}x{height} frames whole on {device} in {precision}{averaged}"
+        return f"{width}x{height} frames whole on {chunk.device} in {precision}{averaged}"
     what = "the finest level's" if plan.split else "the network's"
     return (f"{width}x{height} frames in {len(plan.grid)} tiles of {plan.grid.tile_width}x{plan.grid.tile_height} "
             f"(batches of {plan.batch_size}, overlap {plan.grid.overlap} for {what} reach of {plan.grid.reach}) "
-            f"on {device} in {precision}{averaged}")
+            f"on {chunk.device} in {precision}{averaged}")
 
 
-def _tiling_summary(model, image: torch.Tensor, settings: dict, device: torch.device,
-                    tile_reach: int | None) -> dict | None:
+def _tiling_summary(chunk: Chunk, image: torch.Tensor, tile_reach: int | None) -> dict | None:
     """How frames of this size are tiled (None: whole), for the run's summary."""
-    plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"], settings["batch_size"],
-                    device, settings["precision"], settings["cpu_pixel_budget"], settings["memory_fraction"],
-                    settings["edge_context"], tile_reach)
+    plan = _plan_run(chunk, image, tile_reach)
     grid = plan.grid
     if grid is None:
         return None
@@ -196,19 +126,105 @@ def _tiling_summary(model, image: torch.Tensor, settings: dict, device: torch.de
             "pixel_overhead": round(len(grid) * grid.tile_width * grid.tile_height / (width * height), 3)}
 
 
-def check_like_plate(info: imageio.ImageInfo, plate: Plan) -> None:
-    """Refuse a frame that is no longer what ingest found (replaced since): another size, other channels
-    (an alpha would silently be dropped), another file format or pixel type. Checks what ``plate`` knows."""
-    if plate.width is not None and (info.width, info.height) != (plate.width, plate.height):
-        raise DuplidogError(f"{info.path}: {info.width}x{info.height}, but the plate is "
-                            f"{plate.width}x{plate.height} (every frame of a shot has one size)")
-    if plate.channel_names is not None and list(info.channel_names) != list(plate.channel_names):
-        raise DuplidogError(f"{info.path}: channels {','.join(info.channel_names)}, but the plate's were "
-                            f"{','.join(plate.channel_names)} at ingest (rerun ingest if the plate changed)")
-    for key, what in (("format_name", "file format"), ("pixel_type", "pixel type")):
-        if getattr(plate, key) is not None and getattr(info, key) != getattr(plate, key):
-            raise DuplidogError(f"{info.path}: {what} {getattr(info, key)}, but the plate's was {getattr(plate, key)} "
-                                "at ingest (rerun ingest if the plate changed)")
+def _shot_tile_reach(chunk: Chunk, working: WorkingFrames, image: torch.Tensor) -> int | None:
+    """The finest level's reach measured on the shot's first frame (the plan's; this chunk's first
+    without a plan), so that every chunk of a shot tiles alike."""
+    reference = chunk.plate.frames or chunk.frames
+    if reference[0] != chunk.frames[0] and Path(chunk.source.path(reference[0])).is_file():
+        image = working.read_image(reference[0])
+    t0 = time.perf_counter()
+    reach = measure_tile_reach(chunk.model, image, chunk.settings["edge_context"], chunk.device)
+    log.info("tiles: the finest level's reach measured on frame %s: %s (%.2fs)", reference[0],
+             "not settled, the analytic bound is used" if reach is None else f"{reach} pixels",
+             time.perf_counter() - t0)
+    return reach
+
+
+def _plan_tiles(chunk: Chunk, working: WorkingFrames, progress: _Progress, image: torch.Tensor) -> None:
+    """Decide on the first frame how every frame tiles, and log it."""
+    if _plan_run(chunk, image, 0).split:  # it tiles at least with the shortest reach: measure the true one
+        progress.tile_reach = _shot_tile_reach(chunk, working, image)
+    progress.tiling = _tiling_summary(chunk, image, progress.tile_reach)
+    log.info("%s", _describe_run(chunk, image, progress.tile_reach))
+
+
+def _with_passthrough(chunk: Chunk, info: imageio.ImageInfo, result: np.ndarray,
+                      passthrough: np.ndarray) -> np.ndarray:
+    """The network's result followed by the source's passthrough channels, which need its size."""
+    if not passthrough.shape[2]:
+        return result
+    if result.shape[:2] != passthrough.shape[:2]:
+        raise DuplidogError(
+            f"{info.path}: cannot copy channels {', '.join(chunk.route.passthrough)} through a model "
+            f"that changes the resolution ({passthrough.shape[1]}x{passthrough.shape[0]} -> "
+            f"{result.shape[1]}x{result.shape[0]})"
+        )
+    return np.concatenate([result, passthrough], axis=2)
+
+
+def _run_frame(chunk: Chunk, working: WorkingFrames, progress: _Progress, item: tuple, first: bool) -> np.ndarray:
+    """One frame the reader read, through the network, as the pixels to write."""
+    frame, info, network_input, passthrough, window = item
+    in_space, image = working.stacked_image(frame, info, network_input, window)
+    if first:
+        _plan_tiles(chunk, working, progress, image)
+    settings = chunk.settings
+    result = apply_model(
+        chunk.model, image, tile=settings["tile"], overlap=settings["overlap"],
+        batch_size=settings["batch_size"], device=chunk.device, precision=settings["precision"],
+        cpu_pixel_budget=settings["cpu_pixel_budget"], memory_fraction=settings["memory_fraction"],
+        edge_context=settings["edge_context"], ensemble=settings["ensemble"], tile_reach=progress.tile_reach,
+    )
+    result = colour.decode(result[0].permute(1, 2, 0).numpy(), chunk.space, chunk.route.output)
+    result = colour.from_working(result, chunk.route.output, in_space, chunk.space)
+    return _with_passthrough(chunk, info, result, passthrough)
+
+
+def _compute_frames(chunk: Chunk, pipeline: Pipeline, progress: _Progress) -> None:
+    """The compute stage: run each frame the reader hands over and hand its result to the writer."""
+    working = WorkingFrames(chunk)
+    for index in range(len(chunk.frames) + 1):
+        t0 = time.perf_counter()
+        item = pipeline.next_read()
+        waited = time.perf_counter() - t0
+        if item is DONE:
+            return
+        if index == 0:
+            progress.first_read = waited
+        else:
+            progress.wait_read += waited
+        frame, info = item[:2]
+        t0 = time.perf_counter()
+        result = _run_frame(chunk, working, progress, item, first=index == 0)
+        spent = time.perf_counter() - t0
+        progress.compute += spent
+        log.info("frame %d: %.2fs", frame, spent)
+        t0 = time.perf_counter()
+        pipeline.write((frame, info, result))
+        progress.wait_write += time.perf_counter() - t0
+
+
+def _remove_stale_outputs(chunk: Chunk) -> None:
+    """This job's frames are its own: what a killed run left of them goes."""
+    for frame in chunk.frames:
+        for stale in remove_stale_temporaries(chunk.output.path(frame)):
+            log.info("removed %s, left by an earlier run that was killed", stale)
+
+
+def _summary(chunk: Chunk, written: list[int], seconds: float, progress: _Progress) -> dict:
+    return {
+        "frames": len(written),
+        "frame_list": format_frame_list(written),
+        "seconds": round(seconds, 4),
+        "fps": round(len(written) / seconds, 4) if seconds > 0 and written else 0.0,
+        "compute_seconds": round(progress.compute, 4),
+        "first_read_seconds": round(progress.first_read, 4),
+        "wait_read_seconds": round(progress.wait_read, 4),
+        "wait_write_seconds": round(progress.wait_write, 4),
+        "device": str(chunk.device),
+        "model_id": chunk.card.id,
+        "tiling": progress.tiling,
+    }
 
 
 def run_frames(
@@ -242,191 +258,29 @@ def run_frames(
     space = card.space()
     source, output = FramePattern(source_pattern), FramePattern(output_pattern)
     frames = list(frames)
-    depth = max(1, int(settings["read_ahead"]))
-    attributes = {"duplidog:model_id": card.id, "duplidog:version": duplidog.__version__}
-    read_channels = route.read
-    n_input = len(route.input)
-    passthrough_index = [read_channels.index(c) for c in route.passthrough]
-    n = int(getattr(model, "temporal_frames", 0))  # neighbour frames on each side the network reads
+    read_ahead = max(1, int(settings["read_ahead"]))
     if ends is None:
         ends = (plate.ends if plate.frames
                 else (min(frames), max(frames)) if frames else (0, 0))
-
-    stop = threading.Event()
-    read_queue: queue.Queue = queue.Queue(maxsize=depth)
-    write_queue: queue.Queue = queue.Queue(maxsize=depth)
-    written: list[int] = []
-
-    def read_frame(frame: int) -> tuple[imageio.ImageInfo, np.ndarray, np.ndarray]:
-        """One source frame: its header, network channels (checked) and passthrough channels."""
-        path = source.path(frame)
-        info = imageio.read_info(path)
-        check_like_plate(info, plate)
-        pixels = imageio.read_pixels(path, read_channels)
-        network_input = imageio.check_finite(pixels[:, :, :n_input], path, nonfinite)
-        return info, network_input, pixels[:, :, passthrough_index]
-
-    def read_frames() -> None:
-        decoded = temporal.FrameCache(read_frame)  # a temporal model's sliding window: each frame read once
-        for frame in frames:
-            info, network_input, passthrough = decoded.get(frame)
-            # The window's frames (this one first), with their headers and network channels.
-            window = {number: decoded.get(number)[:2] for number in temporal.window(frame, n, *ends)[1:]}
-            decoded.forget_before(frame - n)  # no later frame's window reads these
-            _put(read_queue, (frame, info, network_input, passthrough, window), stop)
-        _put(read_queue, _DONE, stop)
-
-    for frame in frames:  # this job's frames are its own: what a killed run left of them goes
-        for stale in remove_stale_temporaries(output.path(frame)):
-            log.info("removed %s, left by an earlier run that was killed", stale)
-
-    def write_frames() -> None:
-        while True:
-            item = _get(write_queue, stop)
-            if item is _DONE:
-                return
-            frame, info, pixels = item
-            imageio.write_pixels(output.path(frame), pixels, like=info, channel_names=route.written,
-                                 attributes={**attributes, "duplidog:source": Path(info.path).name})
-            written.append(frame)
-
-    def working_pixels(info: imageio.ImageInfo, network_input: np.ndarray) -> tuple[str | None, np.ndarray]:
-        """The frame's OCIO space and its network channels in the working space, (H, W, C)."""
-        # The frame's OCIO space (its tag, else the plate's at ingest, else the shot's) against the
-        # model's: the same, or converted when ingest.convert_colorspace allows it, else refused.
-        in_space = frame_space(info, plate, colorspace) if space.ocio_name else None
-        network_input = colour.to_working(network_input, route.input, in_space, space,
-                                          bool(plate.convert_colorspace), info.path)
-        return in_space, colour.encode(network_input, space, route.input)
-
-    def as_image(pixels: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
-
-    def working_image(info: imageio.ImageInfo, network_input: np.ndarray) -> tuple[str | None, torch.Tensor]:
-        """The frame's OCIO space and its network channels as a (1, C, H, W) working-space tensor."""
-        in_space, pixels = working_pixels(info, network_input)
-        return in_space, as_image(pixels)
-
-    # A temporal model's frames in the working space, each converted once while a window reads it.
-    pending: dict[int, tuple[imageio.ImageInfo, np.ndarray]] = {}
-    converted = temporal.FrameCache(lambda number: working_pixels(*pending.pop(number)))
-
-    def stacked_image(frame: int, info: imageio.ImageInfo, network_input: np.ndarray,
-                      window: dict) -> tuple[str | None, torch.Tensor]:
-        """The frame's OCIO space and its window's network channels, stacked, as a working-space tensor."""
-        if n == 0:
-            return working_image(info, network_input)
-        pending.update({frame: (info, network_input), **window})
-        stacked = temporal.stacked_frame(frame, n, ends, lambda number: converted.get(number)[1])
-        in_space = converted.get(frame)[0]
-        converted.forget_before(frame - n)
-        pending.clear()
-        return in_space, as_image(stacked)
-
-    def shot_tile_reach(image: torch.Tensor) -> int | None:
-        """The finest level's reach measured on the shot's first frame (the plan's; this chunk's first
-        without a plan), so that every chunk of a shot tiles alike."""
-        reference = plate.frames or frames
-        if reference[0] != frames[0] and Path(source.path(reference[0])).is_file():
-            def working(number: int) -> np.ndarray:
-                info = imageio.read_info(source.path(number))
-                pixels = imageio.read_pixels(info.path, route.input)
-                return working_pixels(info, imageio.check_finite(pixels, info.path, nonfinite))[1]
-
-            image = as_image(temporal.stacked_frame(reference[0], n, ends, working))
-        t0 = time.perf_counter()
-        reach = measure_tile_reach(model, image, settings["edge_context"], device)
-        log.info("tiles: the finest level's reach measured on frame %s: %s (%.2fs)", reference[0],
-                 "not settled, the analytic bound is used" if reach is None else f"{reach} pixels",
-                 time.perf_counter() - t0)
-        return reach
-
-    tile_reach: int | None = None
-    tiling: dict | None = None
-    # A frame that cannot be read (truncated, replaced) does not abandon the frames read before it:
-    # they are run and written, then its error is raised: the delivery keeps every good frame.
-    reader = _Stage("duplidog-read", read_frames, stop, stops_others=False)
-    writer = _Stage("duplidog-write", write_frames, stop)
-    first_wait = wait_read = wait_write = compute = 0.0
+    chunk = Chunk(model=model, card=card, space=space, frames=frames, source=source, output=output, route=route,
+                  settings=settings, device=device, read_ahead=read_ahead, nonfinite=nonfinite,
+                  colorspace=colorspace, plate=plate, ends=ends,
+                  temporal_frames=int(getattr(model, "temporal_frames", 0)))
+    _remove_stale_outputs(chunk)
+    pipeline = Pipeline(chunk)
+    progress = _Progress()
     start = time.perf_counter()
-    reader.start()
-    writer.start()
+    pipeline.start()
     try:
-        for index in range(len(frames) + 1):
-            t0 = time.perf_counter()
-            try:
-                item = _get(read_queue, stop, reader)
-            except BaseException as exc:
-                if exc is not reader.error:
-                    raise
-                item = _DONE  # every frame before the unreadable one is done: finish writing them
-            waited = time.perf_counter() - t0
-            if item is _DONE:
-                break
-            if index == 0:
-                first_wait = waited
-            else:
-                wait_read += waited
-            frame, info, network_input, passthrough, window = item
-            t0 = time.perf_counter()
-            in_space, image = stacked_image(frame, info, network_input, window)
-            if index == 0:
-                run_plan = plan_run(model, tuple(image.shape), settings["tile"], settings["overlap"],
-                                    settings["batch_size"], device, settings["precision"], settings["cpu_pixel_budget"],
-                                    settings["memory_fraction"], settings["edge_context"], 0)
-                if run_plan.split:  # it tiles at least with the shortest reach: measure the true one
-                    tile_reach = shot_tile_reach(image)
-                tiling = _tiling_summary(model, image, settings, device, tile_reach)
-                log.info("%s", _describe_run(model, image, settings, device, tile_reach))
-            result = apply_model(
-                model, image, tile=settings["tile"], overlap=settings["overlap"],
-                batch_size=settings["batch_size"], device=device, precision=settings["precision"],
-                cpu_pixel_budget=settings["cpu_pixel_budget"], memory_fraction=settings["memory_fraction"],
-                edge_context=settings["edge_context"], ensemble=settings["ensemble"], tile_reach=tile_reach,
-            )
-            result = colour.decode(result[0].permute(1, 2, 0).numpy(), space, route.output)
-            result = colour.from_working(result, route.output, in_space, space)
-            if passthrough.shape[2]:
-                if result.shape[:2] != passthrough.shape[:2]:
-                    raise DuplidogError(
-                        f"{info.path}: cannot copy channels {', '.join(route.passthrough)} through a model "
-                        f"that changes the resolution ({passthrough.shape[1]}x{passthrough.shape[0]} -> "
-                        f"{result.shape[1]}x{result.shape[0]})"
-                    )
-                result = np.concatenate([result, passthrough], axis=2)
-            spent = time.perf_counter() - t0
-            compute += spent
-            log.info("frame %d: %.2fs", frame, spent)
-            t0 = time.perf_counter()
-            _put(write_queue, (frame, info, result), stop, writer)
-            wait_write += time.perf_counter() - t0
-        _put(write_queue, _DONE, stop, writer)
-        while writer.is_alive():
-            writer.join(timeout=_POLL_SECONDS)
-    except _Stop:
+        _compute_frames(chunk, pipeline, progress)
+        pipeline.finish_writing()
+    except Stop:
         pass  # a stage failed: its error is raised below
     finally:
-        if reader.error or writer.error or written != frames:
-            stop.set()  # abandon the chunk: let the other stages finish their current item and leave
-        reader.join()
-        writer.join()
-    for stage in (reader, writer):
-        if stage.error is not None:
-            raise stage.error
-    seconds = time.perf_counter() - start
-    return {
-        "frames": len(written),
-        "frame_list": format_frame_list(written),
-        "seconds": round(seconds, 4),
-        "fps": round(len(written) / seconds, 4) if seconds > 0 and written else 0.0,
-        "compute_seconds": round(compute, 4),
-        "first_read_seconds": round(first_wait, 4),
-        "wait_read_seconds": round(wait_read, 4),
-        "wait_write_seconds": round(wait_write, 4),
-        "device": str(device),
-        "model_id": card.id,
-        "tiling": tiling,
-    }
+        pipeline.join(chunk.frames)
+    pipeline.raise_errors()
+    return _summary(chunk, pipeline.written, time.perf_counter() - start, progress)
+
 
 
 def _write_summary(summary: dict, summary_path: str | Path | None) -> None:
