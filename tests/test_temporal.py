@@ -282,7 +282,8 @@ def test_frames_at_a_chunk_edge_equal_a_single_chunk_run_and_each_plate_frame_is
 
 def test_the_sliding_window_is_mirrored_at_the_shot_ends(tmp_path):
     from duplidog import colour
-    from duplidog.core.apply import apply_model, infer_frames
+    from duplidog.core.apply import apply_model
+    from duplidog.infer import infer_frames
     from duplidog.core.modelstore import load_model
 
     temporal_shot(tmp_path, 2)
