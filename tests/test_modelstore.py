@@ -11,7 +11,7 @@ import torch
 
 from duplidog import colour
 from duplidog.core import modelstore
-from duplidog.core.card import CARD_NAME, WEIGHTS_NAME, ModelCard, read_card
+from duplidog.core.card import CARD_NAME, WEIGHTS_NAME, read_card
 from duplidog.core.modelstore import load_model, save_model
 from duplidog.errors import DuplidogError
 from duplidog.model import build_model
