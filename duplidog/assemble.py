@@ -197,7 +197,11 @@ def shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _zoom(pixels: np.ndarray, top: int, left: int, size: int, width: int) -> np.ndarray:
-    """The ``size`` x ``size`` crop at (top, left), enlarged by whole pixels to about ``width`` (no resampling)."""
+    """The ``size`` x ``size`` crop holding the block at (top, left), enlarged by whole pixels to about
+    ``width`` (no resampling). The window is kept inside the frame: a block at the frame's edge is narrower
+    (``block_psnrs`` scores the edge too), and cut at the edge the zoom would be a thin strip."""
+    top = min(top, max(0, pixels.shape[0] - size))
+    left = min(left, max(0, pixels.shape[1] - size))
     crop = pixels[top: top + size, left: left + size]
     factor = max(1, width // max(1, crop.shape[1]))
     return np.repeat(np.repeat(crop, factor, axis=0), factor, axis=1)

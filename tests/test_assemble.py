@@ -178,3 +178,12 @@ def test_inference_then_assembly_end_to_end(tmp_path):
     assert summary["frames"] == 6 and summary["chunks"] == 2 and summary["frames_per_second"] > 0
     assert summary["channels"] == ["R", "G", "B", "A"]
     assert oiio.ImageInput.open(str(tmp_path / "results/t1/assemble/contact_sheet.png")) is not None
+
+
+def test_a_zoom_on_a_block_at_the_frames_edge_shows_a_whole_window_inside_the_frame():
+    from duplidog.assemble import _zoom
+
+    frame = np.arange(270 * 480 * 3, dtype=np.float32).reshape(270, 480, 3)
+    zoom = _zoom(frame, top=256, left=448, size=32, width=128)  # the last, 14-row block of the frame
+    assert zoom.shape == (128, 128, 3)
+    np.testing.assert_array_equal(zoom[::4, ::4], frame[238:270, 448:480])
