@@ -34,6 +34,18 @@ def bend_curves(model):
     return model
 
 
+def with_running_statistics(model):
+    """A batch-normalised network's running statistics moved off their start (mean 0, variance 1) by a few
+    training-mode passes, so eval mode applies a real scale and offset per channel; then eval mode."""
+    if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        parameter = next(model.parameters())
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(3.0 * torch.rand(2, model.stacked_channels, 32, 32, device=parameter.device) - 1.0)
+    return model.eval()
+
+
 def tolerance(device: str) -> float:
     return 1e-5 if device == "cpu" else 1e-4
 
@@ -165,10 +177,11 @@ def run_crop(model, frame, top, left, size):
     dict(width=4, depth=1, levels=2, stages=1, block="res"),
     dict(width=4, depth=1, levels=3, stages=1, block="msrb"),
     dict(width=4, depth=1, levels=2, stages=1, recurrent="none", in_channels=4, out_channels=1),
+    dict(width=4, depth=1, levels=2, stages=1, in_channels=3, out_channels=1, norm="batch", block="msrb"),
 ])
 def test_a_tile_gives_the_whole_frame_values_beyond_reach(device, settings):
     torch.manual_seed(0)
-    model = build_model(**settings).to(device).eval()
+    model = with_running_statistics(build_model(**settings).to(device))
     with torch.no_grad():  # undo the head's near-zero start, so the spatial path's output (and a misaligned
         model.head.weight.mul_(100.0)  # tile's error) is large enough to see
     m, reach = model.size_multiple, model.reach
@@ -215,16 +228,21 @@ def test_measure_reach_sees_a_one_convolution_network():
     assert measure_reach(OneConv()) == 3
 
 
-BANNED_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+BANNED_LAYERS = (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
                  nn.LayerNorm, nn.LocalResponseNorm, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
                  nn.MultiheadAttention, nn.Transformer)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS["msrn"]))
-def test_no_layer_looks_at_the_whole_image(preset):
-    model = build_model(preset=preset)
+@pytest.mark.parametrize("out_channels", [3, 1])
+def test_no_layer_looks_at_the_whole_image(preset, out_channels):
+    """Batch norm is allowed only as what eval mode makes it: running statistics, a fixed per-channel affine."""
+    model = build_model(preset=preset, in_channels=3, out_channels=out_channels)
     banned = [name for name, module in model.named_modules() if isinstance(module, BANNED_LAYERS)]
     assert banned == []
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    assert all(type(norm) is nn.BatchNorm2d and norm.track_running_stats for norm in norms)
+    assert bool(norms) == (out_channels == 1)  # a matte network's blocks are normalised, a colour fix's not
 
 
 def test_no_pixel_sees_the_frame_beyond_its_reach():
@@ -238,7 +256,8 @@ def test_no_pixel_sees_the_frame_beyond_its_reach():
             settings = dict(width=4, depth=1, levels=2, stages=1, **variant)  # a small encoder-decoder
             out_channels = settings.pop("out_channels", 3)
             torch.manual_seed(0)
-            model = build_model(preset=preset, in_channels=3, out_channels=out_channels, **settings).eval()
+            model = with_running_statistics(build_model(preset=preset, in_channels=3, out_channels=out_channels,
+                                                        **settings))
             with torch.no_grad():  # undo the head's near-zero start, so the spatial path's output shows
                 model.head.weight.mul_(100.0)
             m, reach, scale = model.size_multiple, model.reach, model.scale
@@ -323,6 +342,19 @@ def test_a_matte_network_has_no_colour_path_unless_asked():
     asked = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2, colour_width=8)
     assert asked.colour is not None
     assert build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2).colour is not None
+
+
+def test_a_matte_networks_blocks_are_batch_normalised_and_older_cards_keep_plain_ones():
+    matte = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2)
+    assert matte.config["norm"] == "batch"
+    assert build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2).config["norm"] == "none"
+    rebuilt = build_from_config(matte.config)
+    rebuilt.load_state_dict(matte.state_dict())  # running statistics travel with the weights
+    plain = build_from_config({k: v for k, v in matte.config.items() if k != "norm"})  # a card from before
+    assert plain.config["norm"] == "none" and not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2, norm="none").config["norm"] == "none"
+    with pytest.raises(DuplidogError, match="norm"):
+        build_model(preset="small", in_channels=3, out_channels=1, norm="group")
 
 
 def test_builders_name_bad_settings():

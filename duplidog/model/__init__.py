@@ -18,7 +18,7 @@ from torch import nn
 
 from duplidog.errors import DuplidogError
 from duplidog.model.analysis import count_parameters, macs_per_megapixel, measure_reach
-from duplidog.model.msrn import MSRN, PRESETS as MSRN_PRESETS, WITHOUT_COLOUR_PATH
+from duplidog.model.msrn import MATTE_NETWORK, MSRN, PRESETS as MSRN_PRESETS
 
 MODELS: Dict[str, type] = {"msrn": MSRN}
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {"msrn": MSRN_PRESETS}
@@ -53,7 +53,7 @@ def build_model(arch: str = "msrn", preset: str = "small", in_channels: int = 3,
         raise DuplidogError(f"unknown {arch} preset {preset!r}; known: {', '.join(sorted(presets))}")
     settings = dict(presets[preset])
     if arch == "msrn" and in_channels != out_channels:
-        settings.update(WITHOUT_COLOUR_PATH)
+        settings.update(MATTE_NETWORK)
     settings.update({**overrides, "in_channels": in_channels, "out_channels": out_channels})
     model = _construct(cls, settings)
     model.preset = preset

@@ -1,10 +1,12 @@
 """The parts the scale-recurrent network is built from, each strictly local.
 
 Every block here computes each output pixel from a fixed neighbourhood of input pixels and nothing
-else: no normalisation over space (Batch/Group/InstanceNorm), no global or adaptive pooling, no
+else: no normalisation over the image (Group/InstanceNorm), no global or adaptive pooling, no
 attention over the image. That is what lets a tile of a frame give the same values as the whole frame
 away from its edge, so inference can tile without seams and training on small crops carries over to
-full frames.
+full frames. The one normalisation allowed is batch normalisation (``norm="batch"``): in training it
+normalises over the batch of training tiles, but a network in eval mode -- validation, inference,
+exports -- applies its running statistics, a fixed scale and offset per channel that no input changes.
 
 Each block states its ``radius``: how far, in pixels of the grid it runs on, an input pixel can
 still change an output pixel. The network adds these up into its ``reach``.
@@ -13,6 +15,7 @@ References:
     Tao et al., "Scale-recurrent Network for Deep Image Deblurring", CVPR 2018 (ResBlock without
     normalisation, recurrent cell at the bottleneck, bilinear resizing between scales).
     Li et al., "Multi-scale Residual Network for Image Super-Resolution", ECCV 2018 (MSRB).
+    Ioffe and Szegedy, "Batch Normalization", ICML 2015.
     Ballas et al., "Delving Deeper into Convolutional Networks for Learning Video Representations",
     ICLR 2016 (the convolutional GRU).
 """
@@ -30,6 +33,16 @@ from torch import nn
 # measured between pixel centres on aligned grids.
 DOWNSAMPLE_RADIUS = 0.5  # a 2x2 average: the fine pixels are half a fine pixel from the coarse centre
 UPSAMPLE_RADIUS = 1.5  # bilinear x2: the two nearest coarse centres are 0.5 and 1.5 fine pixels away
+
+NORMS = ("none", "batch")
+
+
+def norm_layer(channels: int, norm: str) -> nn.Module:
+    """Batch normalisation of ``channels`` for ``norm="batch"``, else the identity (no parameters, so a
+    network without it keeps the state-dict keys of networks saved before the option existed)."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
+    return nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity()
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
@@ -59,21 +72,25 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    """Tao et al.'s residual block: conv, ReLU, conv, plus the input; no normalisation.
+    """Tao et al.'s residual block: conv, ReLU, conv, plus the input (with ``norm="batch"`` each
+    convolution followed by batch normalisation, as in He et al.'s original residual block).
 
     Args:
         channels: feature channels in and out.
         kernel_size: odd kernel of both convolutions (Tao uses 5).
+        norm: "none" (Tao's block) or "batch".
     """
 
-    def __init__(self, channels: int, kernel_size: int = 5):
+    def __init__(self, channels: int, kernel_size: int = 5, norm: str = "none"):
         super().__init__()
         self.conv1 = conv(channels, channels, kernel_size)
+        self.norm1 = norm_layer(channels, norm)
         self.conv2 = conv(channels, channels, kernel_size)
+        self.norm2 = norm_layer(channels, norm)
         self.radius = 2 * (kernel_size // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
+        return x + self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
 
 
 class MultiScaleResidualBlock(nn.Module):
@@ -87,9 +104,10 @@ class MultiScaleResidualBlock(nn.Module):
     Args:
         channels: feature channels in and out.
         kernel_sizes: one odd kernel per parallel branch, default (3, 5).
+        norm: "none" (Li's block) or "batch": batch normalisation after the fusion.
     """
 
-    def __init__(self, channels: int, kernel_sizes: Sequence[int] = (3, 5)):
+    def __init__(self, channels: int, kernel_sizes: Sequence[int] = (3, 5), norm: str = "none"):
         super().__init__()
         n = len(kernel_sizes)
         if n < 1:
@@ -97,6 +115,7 @@ class MultiScaleResidualBlock(nn.Module):
         self.first = nn.ModuleList([conv(channels, channels, k) for k in kernel_sizes])
         self.second = nn.ModuleList([conv(n * channels, n * channels, k) for k in kernel_sizes])
         self.fuse = nn.Conv2d(n * n * channels, channels, 1)
+        self.norm = norm_layer(channels, norm)
         self.radius = 2 * max(k // 2 for k in kernel_sizes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +126,7 @@ class MultiScaleResidualBlock(nn.Module):
         second: List[torch.Tensor] = []
         for branch in self.second:
             second.append(F.relu(branch(mixed)))
-        return x + self.fuse(torch.cat(second, 1))
+        return x + self.norm(self.fuse(torch.cat(second, 1)))
 
 
 class ConvGRUCell(nn.Module):
@@ -176,12 +195,13 @@ class ChannelCurves(nn.Module):
         return left + fraction * (right - left)
 
 
-def make_blocks(block: str, channels: int, depth: int, kernel_size: int, branch_kernels: Sequence[int]) -> nn.Sequential:
+def make_blocks(block: str, channels: int, depth: int, kernel_size: int, branch_kernels: Sequence[int],
+                norm: str = "none") -> nn.Sequential:
     """``depth`` blocks of the named kind at ``channels`` (an empty Sequential, the identity, for 0)."""
     if block == "msrb":
-        return nn.Sequential(*[MultiScaleResidualBlock(channels, branch_kernels) for _ in range(depth)])
+        return nn.Sequential(*[MultiScaleResidualBlock(channels, branch_kernels, norm) for _ in range(depth)])
     if block == "res":
-        return nn.Sequential(*[ResBlock(channels, kernel_size) for _ in range(depth)])
+        return nn.Sequential(*[ResBlock(channels, kernel_size, norm) for _ in range(depth)])
     raise ValueError(f"unknown block {block!r}; choose one of ['msrb', 'res']")
 
 

@@ -69,6 +69,7 @@ from torch import nn
 
 from duplidog.model.blocks import (
     UPSAMPLE_RADIUS,
+    NORMS,
     ChannelCurves,
     ConvGRUCell,
     conv,
@@ -100,8 +101,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 # A network whose outputs are not its inputs' channels (a matte from RGB) has no colour path unless asked:
 # a per-pixel map from colour to matte is a key, which marks every region of the object's colours rather
-# than following its shape (it lowered the real-photograph roto's IoU: docs/quality.md).
-WITHOUT_COLOUR_PATH = dict(colour_width=0, curve_knots=0)
+# than following its shape (it lowered the real-photograph roto's IoU: docs/quality.md). Its blocks are
+# batch-normalised: a matte is a classification of each pixel, where normalised features learn the shape in
+# far fewer steps. The other fixes keep plain blocks, as restoration networks since EDSR do (not measured here).
+MATTE_NETWORK = dict(colour_width=0, curve_knots=0, norm="batch")
 
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 
@@ -127,9 +130,9 @@ class EncoderStage(nn.Module):
     """Blocks at one resolution, then a stride-2 convolution to the next (twice the channels)."""
 
     def __init__(self, channels: int, out_channels: int, depth: int, kernel_size: int, block: str,
-                 branch_kernels: Sequence[int]):
+                 branch_kernels: Sequence[int], norm: str = "none"):
         super().__init__()
-        self.blocks = make_blocks(block, channels, depth, kernel_size, branch_kernels)
+        self.blocks = make_blocks(block, channels, depth, kernel_size, branch_kernels, norm)
         self.down = conv(channels, out_channels, kernel_size, stride=2)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -141,10 +144,10 @@ class DecoderStage(nn.Module):
     """Bilinear x2 and a convolution to half the channels, plus the encoder's skip, then blocks."""
 
     def __init__(self, channels: int, out_channels: int, depth: int, kernel_size: int, block: str,
-                 branch_kernels: Sequence[int]):
+                 branch_kernels: Sequence[int], norm: str = "none"):
         super().__init__()
         self.up = conv(channels, out_channels, kernel_size)
-        self.blocks = make_blocks(block, out_channels, depth, kernel_size, branch_kernels)
+        self.blocks = make_blocks(block, out_channels, depth, kernel_size, branch_kernels, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.blocks(F.relu(self.up(upsample2x(x))) + skip)
@@ -245,6 +248,10 @@ class MSRN(nn.Module):
         temporal_frames: neighbour frames on each side of the predicted one, 0 to 3: the input has
             ``in_channels * (2 * temporal_frames + 1)`` channels, the centre frame's first (see the module
             docstring). Default 0: one frame.
+        norm: "none", or "batch": batch normalisation inside every block (``blocks.norm_layer``), shared by
+            the levels like the rest of the weights. In eval mode it is a fixed per-channel scale and offset,
+            so tiles stay exact. A matte network has it (``build_model``): in a short budget it learns the
+            shape in far fewer steps (docs/quality.md). Default "none", as in models saved before it existed.
     """
 
     arch = "msrn"
@@ -272,6 +279,7 @@ class MSRN(nn.Module):
         refine_levels: bool = False,
         scale: int = 1,
         temporal_frames: int = 0,
+        norm: str = "none",
     ):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("levels", levels),
@@ -287,6 +295,8 @@ class MSRN(nn.Module):
             raise ValueError(f"MSRN curve_range must be [low, high] with high > low, got {list(curve_range)}")
         if recurrent not in ("gru", "none"):
             raise ValueError(f"MSRN recurrent must be 'gru' or 'none', got {recurrent!r}")
+        if norm not in NORMS:
+            raise ValueError(f"MSRN norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"MSRN output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
                              f"got {output_activation!r}")
@@ -319,19 +329,20 @@ class MSRN(nn.Module):
             curve_knots=int(curve_knots), curve_range=[float(v) for v in curve_range], residual=self.residual,
             guide_on_base=bool(guide_on_base), output_activation=str(output_activation),
             refine_levels=bool(refine_levels), scale=self.scale, temporal_frames=self.temporal_frames,
+            norm=str(norm),
         )
         self.sigmoid_output = output_activation == "sigmoid"
         self.guide_on_base = bool(guide_on_base)
         self.refine_levels = bool(refine_levels)
         self.preset = "custom"
 
-        blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels)
+        blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels, norm=norm)
         channels = [width * 2**i for i in range(stages + 1)]
         self.stem = conv(self.stacked_channels + out_channels, width, kernel_size)
         self.encoder = nn.ModuleList([EncoderStage(channels[i], channels[i + 1], **blocks) for i in range(stages)])
-        self.bottleneck_in = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels)
+        self.bottleneck_in = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm)
         self.cell = ConvGRUCell(channels[-1], recurrent_kernel) if recurrent == "gru" else None
-        self.bottleneck_out = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels)
+        self.bottleneck_out = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm)
         self.decoder = nn.ModuleList(
             [DecoderStage(channels[i + 1], channels[i], **blocks) for i in reversed(range(stages))]
         )
