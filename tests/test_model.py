@@ -357,6 +357,21 @@ def test_a_matte_networks_blocks_are_batch_normalised_and_older_cards_keep_plain
         build_model(preset="small", in_channels=3, out_channels=1, norm="group")
 
 
+def test_each_level_keeps_statistics_of_its_own_and_the_scripted_network_reads_them():
+    torch.manual_seed(0)
+    model = with_running_statistics(build_model(preset="small", in_channels=3, out_channels=1, width=4, depth=1,
+                                                levels=3, stages=1))
+    norm = model.encoder[0].blocks[0].norm1
+    assert isinstance(norm, blocks.LevelBatchNorm) and len(norm.statistics) == 3
+    means = [level.running_mean for level in norm.statistics]
+    assert not torch.allclose(means[0], means[2])  # the finest level's features are not the coarsest's
+    other = torch.rand(1, 3, 24, 40)
+    with torch.no_grad():
+        expected = model(other)
+        assert (torch.jit.script(model)(other) - expected).abs().max() < 1e-6
+        assert (model.finest_pass(model.coarse_pass(other)) - expected).abs().max() < 1e-5
+
+
 def test_builders_name_bad_settings():
     with pytest.raises(DuplidogError, match="architecture 'unet'"):
         build_model(arch="unet")

@@ -7,6 +7,7 @@ away from its edge, so inference can tile without seams and training on small cr
 full frames. The one normalisation allowed is batch normalisation (``norm="batch"``): in training it
 normalises over the batch of training tiles, but a network in eval mode -- validation, inference,
 exports -- applies its running statistics, a fixed scale and offset per channel that no input changes.
+Every block's ``forward`` takes the pyramid ``level`` it runs at, for the statistics of that level's own.
 
 Each block states its ``radius``: how far, in pixels of the grid it runs on, an input pixel can
 still change an output pixel. The network adds these up into its ``reach``.
@@ -37,12 +38,41 @@ UPSAMPLE_RADIUS = 1.5  # bilinear x2: the two nearest coarse centres are 0.5 and
 NORMS = ("none", "batch")
 
 
-def norm_layer(channels: int, norm: str) -> nn.Module:
-    """Batch normalisation of ``channels`` for ``norm="batch"``, else the identity (no parameters, so a
-    network without it keeps the state-dict keys of networks saved before the option existed)."""
+class LevelBatchNorm(nn.Module):
+    """Batch normalisation whose statistics are each pyramid level's own, with one scale and offset for all.
+
+    The levels share their weights, but not their features' statistics: a coarser level sees an image
+    averaged down, with less grain and texture. One set of running statistics for all of them made eval
+    mode differ from training (docs/quality.md); each level keeps its own, and the learnt scale and offset
+    stay shared like every other weight.
+    """
+
+    def __init__(self, channels: int, levels: int):
+        super().__init__()
+        self.statistics = nn.ModuleList([nn.BatchNorm2d(channels, affine=False) for _ in range(levels)])
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        for index, statistics in enumerate(self.statistics):  # not an index: TorchScript needs a loop
+            if index == level:
+                x = statistics(x)
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+class Unnormalised(nn.Module):
+    """The identity where ``norm="none"`` (no parameters, so plain networks keep the state-dict keys of
+    networks saved before normalisation existed)."""
+
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        return x
+
+
+def norm_layer(channels: int, norm: str, levels: int) -> nn.Module:
+    """Batch normalisation of ``channels`` per pyramid level for ``norm="batch"``, else the identity."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {list(NORMS)}")
-    return nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity()
+    return LevelBatchNorm(channels, levels) if norm == "batch" else Unnormalised()
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
@@ -79,18 +109,19 @@ class ResBlock(nn.Module):
         channels: feature channels in and out.
         kernel_size: odd kernel of both convolutions (Tao uses 5).
         norm: "none" (Tao's block) or "batch".
+        levels: pyramid levels the block runs at (each with statistics of its own under ``norm="batch"``).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 5, norm: str = "none"):
+    def __init__(self, channels: int, kernel_size: int = 5, norm: str = "none", levels: int = 1):
         super().__init__()
         self.conv1 = conv(channels, channels, kernel_size)
-        self.norm1 = norm_layer(channels, norm)
+        self.norm1 = norm_layer(channels, norm, levels)
         self.conv2 = conv(channels, channels, kernel_size)
-        self.norm2 = norm_layer(channels, norm)
+        self.norm2 = norm_layer(channels, norm, levels)
         self.radius = 2 * (kernel_size // 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+    def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        return x + self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x), level))), level)
 
 
 class MultiScaleResidualBlock(nn.Module):
@@ -105,9 +136,10 @@ class MultiScaleResidualBlock(nn.Module):
         channels: feature channels in and out.
         kernel_sizes: one odd kernel per parallel branch, default (3, 5).
         norm: "none" (Li's block) or "batch": batch normalisation after the fusion.
+        levels: pyramid levels the block runs at (each with statistics of its own under ``norm="batch"``).
     """
 
-    def __init__(self, channels: int, kernel_sizes: Sequence[int] = (3, 5), norm: str = "none"):
+    def __init__(self, channels: int, kernel_sizes: Sequence[int] = (3, 5), norm: str = "none", levels: int = 1):
         super().__init__()
         n = len(kernel_sizes)
         if n < 1:
@@ -115,10 +147,10 @@ class MultiScaleResidualBlock(nn.Module):
         self.first = nn.ModuleList([conv(channels, channels, k) for k in kernel_sizes])
         self.second = nn.ModuleList([conv(n * channels, n * channels, k) for k in kernel_sizes])
         self.fuse = nn.Conv2d(n * n * channels, channels, 1)
-        self.norm = norm_layer(channels, norm)
+        self.norm = norm_layer(channels, norm, levels)
         self.radius = 2 * max(k // 2 for k in kernel_sizes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
         first: List[torch.Tensor] = []
         for branch in self.first:
             first.append(F.relu(branch(x)))
@@ -126,7 +158,7 @@ class MultiScaleResidualBlock(nn.Module):
         second: List[torch.Tensor] = []
         for branch in self.second:
             second.append(F.relu(branch(mixed)))
-        return x + self.norm(self.fuse(torch.cat(second, 1)))
+        return x + self.norm(self.fuse(torch.cat(second, 1)), level)
 
 
 class ConvGRUCell(nn.Module):
@@ -195,16 +227,26 @@ class ChannelCurves(nn.Module):
         return left + fraction * (right - left)
 
 
+class Blocks(nn.ModuleList):
+    """Blocks applied one after another at one pyramid level (a list, so its state-dict keys are those of
+    the ``nn.Sequential`` it replaced)."""
+
+    def forward(self, x: torch.Tensor, level: int = 0) -> torch.Tensor:
+        for block in self:
+            x = block(x, level)
+        return x
+
+
 def make_blocks(block: str, channels: int, depth: int, kernel_size: int, branch_kernels: Sequence[int],
-                norm: str = "none") -> nn.Sequential:
-    """``depth`` blocks of the named kind at ``channels`` (an empty Sequential, the identity, for 0)."""
+                norm: str = "none", levels: int = 1) -> Blocks:
+    """``depth`` blocks of the named kind at ``channels`` (empty, the identity, for 0)."""
     if block == "msrb":
-        return nn.Sequential(*[MultiScaleResidualBlock(channels, branch_kernels, norm) for _ in range(depth)])
+        return Blocks([MultiScaleResidualBlock(channels, branch_kernels, norm, levels) for _ in range(depth)])
     if block == "res":
-        return nn.Sequential(*[ResBlock(channels, kernel_size, norm) for _ in range(depth)])
+        return Blocks([ResBlock(channels, kernel_size, norm, levels) for _ in range(depth)])
     raise ValueError(f"unknown block {block!r}; choose one of ['msrb', 'res']")
 
 
-def sequence_radius(blocks: nn.Sequential) -> int:
+def sequence_radius(blocks: nn.ModuleList) -> int:
     """Total radius of blocks applied one after another, in pixels of their grid."""
     return sum(int(b.radius) for b in blocks)

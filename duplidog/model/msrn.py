@@ -130,13 +130,13 @@ class EncoderStage(nn.Module):
     """Blocks at one resolution, then a stride-2 convolution to the next (twice the channels)."""
 
     def __init__(self, channels: int, out_channels: int, depth: int, kernel_size: int, block: str,
-                 branch_kernels: Sequence[int], norm: str = "none"):
+                 branch_kernels: Sequence[int], norm: str = "none", levels: int = 1):
         super().__init__()
-        self.blocks = make_blocks(block, channels, depth, kernel_size, branch_kernels, norm)
+        self.blocks = make_blocks(block, channels, depth, kernel_size, branch_kernels, norm, levels)
         self.down = conv(channels, out_channels, kernel_size, stride=2)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        skip = self.blocks(x)
+    def forward(self, x: torch.Tensor, level: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        skip = self.blocks(x, level)
         return skip, F.relu(self.down(skip))
 
 
@@ -144,13 +144,13 @@ class DecoderStage(nn.Module):
     """Bilinear x2 and a convolution to half the channels, plus the encoder's skip, then blocks."""
 
     def __init__(self, channels: int, out_channels: int, depth: int, kernel_size: int, block: str,
-                 branch_kernels: Sequence[int], norm: str = "none"):
+                 branch_kernels: Sequence[int], norm: str = "none", levels: int = 1):
         super().__init__()
         self.up = conv(channels, out_channels, kernel_size)
-        self.blocks = make_blocks(block, out_channels, depth, kernel_size, branch_kernels, norm)
+        self.blocks = make_blocks(block, out_channels, depth, kernel_size, branch_kernels, norm, levels)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.blocks(F.relu(self.up(upsample2x(x))) + skip)
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, level: int) -> torch.Tensor:
+        return self.blocks(F.relu(self.up(upsample2x(x))) + skip, level)
 
 
 class ColourPath(nn.Module):
@@ -248,8 +248,9 @@ class MSRN(nn.Module):
         temporal_frames: neighbour frames on each side of the predicted one, 0 to 3: the input has
             ``in_channels * (2 * temporal_frames + 1)`` channels, the centre frame's first (see the module
             docstring). Default 0: one frame.
-        norm: "none", or "batch": batch normalisation inside every block (``blocks.norm_layer``), shared by
-            the levels like the rest of the weights. In eval mode it is a fixed per-channel scale and offset,
+        norm: "none", or "batch": batch normalisation inside every block (``blocks.LevelBatchNorm``), its
+            scale and offset shared by the levels, its statistics each level's own. In eval mode it is a fixed
+            per-channel scale and offset,
             so tiles stay exact. A matte network has it (``build_model``): in a short budget it learns the
             shape in far fewer steps (docs/quality.md). Default "none", as in models saved before it existed.
     """
@@ -336,13 +337,14 @@ class MSRN(nn.Module):
         self.refine_levels = bool(refine_levels)
         self.preset = "custom"
 
-        blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels, norm=norm)
+        blocks = dict(depth=depth, kernel_size=kernel_size, block=block, branch_kernels=branch_kernels, norm=norm,
+                      levels=self.levels)
         channels = [width * 2**i for i in range(stages + 1)]
         self.stem = conv(self.stacked_channels + out_channels, width, kernel_size)
         self.encoder = nn.ModuleList([EncoderStage(channels[i], channels[i + 1], **blocks) for i in range(stages)])
-        self.bottleneck_in = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm)
+        self.bottleneck_in = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm, self.levels)
         self.cell = ConvGRUCell(channels[-1], recurrent_kernel) if recurrent == "gru" else None
-        self.bottleneck_out = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm)
+        self.bottleneck_out = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm, self.levels)
         self.decoder = nn.ModuleList(
             [DecoderStage(channels[i + 1], channels[i], **blocks) for i in reversed(range(stages))]
         )
@@ -413,8 +415,8 @@ class MSRN(nn.Module):
         return out_reach
 
     # -- computation --------------------------------------------------------------------------------
-    def _level(self, image: torch.Tensor, previous: torch.Tensor,
-               hidden: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _level(self, image: torch.Tensor, previous: torch.Tensor, hidden: Optional[torch.Tensor],
+               level: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """One pass of the shared encoder-decoder at one pyramid level: its correction, and the state."""
         stacked = torch.cat([image, previous], 1)
         if image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous():
@@ -424,17 +426,17 @@ class MSRN(nn.Module):
         x = F.relu(self.stem(stacked))
         skips: List[torch.Tensor] = []
         for stage in self.encoder:
-            skip, x = stage(x)
+            skip, x = stage(x, level)
             skips.append(skip)
-        x = self.bottleneck_in(x)
+        x = self.bottleneck_in(x, level)
         cell = self.cell
         if cell is not None:
             state = torch.zeros_like(x) if hidden is None else hidden
             x = cell(x, state)
             hidden = x
-        x = self.bottleneck_out(x)
+        x = self.bottleneck_out(x, level)
         for stage in self.decoder:
-            x = stage(x, skips.pop())
+            x = stage(x, skips.pop(), level)
         return self.head(x), hidden
 
     def forward_levels(self, x: torch.Tensor, logits: bool = False) -> List[torch.Tensor]:
@@ -476,7 +478,7 @@ class MSRN(nn.Module):
         outputs: List[torch.Tensor] = []
         for level in range(self.levels - 1, -1, -1):
             prediction, hidden, guide = self._climb(level, prediction, hidden, bases)
-            correction, hidden = self._level(pyramid[level], guide, hidden)
+            correction, hidden = self._level(pyramid[level], guide, hidden, level)
             prediction = self._refine(level, correction, prediction, bases)
             outputs.append(prediction)
         return outputs, colour_output
@@ -568,7 +570,7 @@ class MSRN(nn.Module):
         hidden: Optional[torch.Tensor] = None
         for level in range(self.levels - 1, 0, -1):  # the same steps as _predict, stopping before level 0 runs
             prediction, hidden, guide = self._climb(level, prediction, hidden, bases)
-            correction, hidden = self._level(pyramid[level], guide, hidden)
+            correction, hidden = self._level(pyramid[level], guide, hidden, level)
             prediction = self._refine(level, correction, prediction, bases)
         prediction, hidden, guide = self._climb(0, prediction, hidden, bases)
         offset: Optional[torch.Tensor] = bases[0] if len(bases) > 0 else (prediction if self.refine_levels else None)
@@ -579,7 +581,7 @@ class MSRN(nn.Module):
         """The network's output (what ``forward`` returns) from ``coarse_pass``'s tensors, or a window of them."""
         image, guide = parts["image"], parts["guide"]
         assert image is not None and guide is not None
-        correction, _ = self._level(image, guide, parts["hidden"])
+        correction, _ = self._level(image, guide, parts["hidden"], 0)
         correction = self._lay_out(correction, True)
         offset = parts["offset"]
         prediction = correction if offset is None else correction + self._upscale(offset, True)
