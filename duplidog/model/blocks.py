@@ -36,6 +36,7 @@ DOWNSAMPLE_RADIUS = 0.5  # a 2x2 average: the fine pixels are half a fine pixel 
 UPSAMPLE_RADIUS = 1.5  # bilinear x2: the two nearest coarse centres are 0.5 and 1.5 fine pixels away
 
 NORMS = ("none", "batch")
+BATCH_NORM_MOMENTUM, BATCH_NORM_EPS = 0.1, 1e-5  # BatchNorm2d's defaults
 
 
 class LevelBatchNorm(nn.Module):
@@ -49,15 +50,20 @@ class LevelBatchNorm(nn.Module):
 
     def __init__(self, channels: int, levels: int):
         super().__init__()
-        self.statistics = nn.ModuleList([nn.BatchNorm2d(channels, affine=False) for _ in range(levels)])
+        self.statistics = nn.ModuleList([nn.BatchNorm2d(channels, BATCH_NORM_EPS, BATCH_NORM_MOMENTUM, affine=False)
+                                         for _ in range(levels)])
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
         for index, statistics in enumerate(self.statistics):  # not an index: TorchScript needs a loop
             if index == level:
-                x = statistics(x)
-        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+                # One fused call with the shared scale and offset (a separate multiply and add are two more
+                # passes over the features); as BatchNorm2d: the batch's statistics in training, the running
+                # ones in eval.
+                return F.batch_norm(x, statistics.running_mean, statistics.running_var, self.weight, self.bias,
+                                    self.training, BATCH_NORM_MOMENTUM, BATCH_NORM_EPS)
+        raise ValueError(f"no statistics for pyramid level {level}")
 
 
 class Unnormalised(nn.Module):
