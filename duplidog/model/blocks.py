@@ -54,6 +54,7 @@ class LevelBatchNorm(nn.Module):
                                          for _ in range(levels)])
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.momentum, self.eps = BATCH_NORM_MOMENTUM, BATCH_NORM_EPS  # attributes, which TorchScript reads
 
     def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
         for index, statistics in enumerate(self.statistics):  # not an index: TorchScript needs a loop
@@ -62,8 +63,8 @@ class LevelBatchNorm(nn.Module):
                 # passes over the features); as BatchNorm2d: the batch's statistics in training, the running
                 # ones in eval.
                 return F.batch_norm(x, statistics.running_mean, statistics.running_var, self.weight, self.bias,
-                                    self.training, BATCH_NORM_MOMENTUM, BATCH_NORM_EPS)
-        raise ValueError(f"no statistics for pyramid level {level}")
+                                    self.training, self.momentum, self.eps)
+        raise ValueError("LevelBatchNorm: no statistics for this pyramid level")
 
 
 class Unnormalised(nn.Module):
