@@ -69,7 +69,6 @@ from torch import nn
 
 from duplidog.model.blocks import (
     UPSAMPLE_RADIUS,
-    NORMS,
     ChannelCurves,
     ConvGRUCell,
     conv,
@@ -250,9 +249,9 @@ class MSRN(nn.Module):
             docstring). Default 0: one frame.
         norm: "none", or "batch": batch normalisation inside every block (``blocks.LevelBatchNorm``), its
             scale and offset shared by the levels, its statistics each level's own. In eval mode it is a fixed
-            per-channel scale and offset,
-            so tiles stay exact. A matte network has it (``build_model``): in a short budget it learns the
-            shape in far fewer steps (docs/quality.md). Default "none", as in models saved before it existed.
+            per-channel scale and offset, so tiles stay exact. A matte network has it (``build_model``): in a
+            short budget it learns the shape in far fewer steps (docs/quality.md). Default "none", as in models
+            saved before it existed.
     """
 
     arch = "msrn"
@@ -296,8 +295,6 @@ class MSRN(nn.Module):
             raise ValueError(f"MSRN curve_range must be [low, high] with high > low, got {list(curve_range)}")
         if recurrent not in ("gru", "none"):
             raise ValueError(f"MSRN recurrent must be 'gru' or 'none', got {recurrent!r}")
-        if norm not in NORMS:
-            raise ValueError(f"MSRN norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"MSRN output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
                              f"got {output_activation!r}")
@@ -342,9 +339,9 @@ class MSRN(nn.Module):
         channels = [width * 2**i for i in range(stages + 1)]
         self.stem = conv(self.stacked_channels + out_channels, width, kernel_size)
         self.encoder = nn.ModuleList([EncoderStage(channels[i], channels[i + 1], **blocks) for i in range(stages)])
-        self.bottleneck_in = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm, self.levels)
+        self.bottleneck_in = make_blocks(channels=channels[-1], **blocks)
         self.cell = ConvGRUCell(channels[-1], recurrent_kernel) if recurrent == "gru" else None
-        self.bottleneck_out = make_blocks(block, channels[-1], depth, kernel_size, branch_kernels, norm, self.levels)
+        self.bottleneck_out = make_blocks(channels=channels[-1], **blocks)
         self.decoder = nn.ModuleList(
             [DecoderStage(channels[i + 1], channels[i], **blocks) for i in reversed(range(stages))]
         )
