@@ -203,7 +203,9 @@ def test_a_tile_gives_the_whole_frame_values_beyond_reach(device, settings):
 @pytest.mark.parametrize("settings", [
     dict(width=8, depth=1, levels=2, stages=1, block="res"),
     dict(width=8, depth=1, levels=2, stages=1, block="msrb", kernel_size=5),
-    dict(width=8, depth=1, levels=3, stages=1, in_channels=3, out_channels=1),
+    # A matte's logits: the sigmoid adds no reach, but around 0.5 it rounds away the far changes, which
+    # are tiny even in float64.
+    dict(width=8, depth=1, levels=3, stages=1, in_channels=3, out_channels=1, output_activation="none"),
     dict(width=8, depth=0, levels=1, stages=1, recurrent="none"),
 ])
 def test_reach_is_an_upper_bound_and_not_loose(settings):
@@ -329,7 +331,7 @@ def test_a_matte_networks_finer_levels_refine_the_coarser_prediction(refine_leve
     with torch.no_grad():
         model.head.weight.zero_()  # every level's own output is the head's bias
         model.head.bias.fill_(0.25)
-        levels = model(torch.rand(1, 3, 16, 16), all_levels=True)
+        levels = model(torch.rand(1, 3, 16, 16), all_levels=True, logits=True)  # a sigmoid's logits add up
     expected = [0.25, 0.5, 0.75] if refine_levels else [0.25, 0.25, 0.25]
     assert [float(level.mean()) for level in levels] == pytest.approx(expected)
     assert build_from_config({k: v for k, v in model.config.items() if k != "refine_levels"}).refine_levels is False
@@ -344,14 +346,18 @@ def test_a_matte_network_has_no_colour_path_unless_asked():
     assert build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2).colour is not None
 
 
-def test_a_matte_networks_blocks_are_batch_normalised_and_older_cards_keep_plain_ones():
+def test_a_matte_network_is_batch_normalised_with_a_sigmoid_output_and_older_cards_keep_what_they_had():
     matte = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2)
-    assert matte.config["norm"] == "batch"
-    assert build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2).config["norm"] == "none"
+    assert matte.config["norm"] == "batch" and matte.config["output_activation"] == "sigmoid" and matte.sigmoid_output
+    colour_fix = build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2)
+    assert colour_fix.config["norm"] == "none" and colour_fix.config["output_activation"] == "none"
     rebuilt = build_from_config(matte.config)
     rebuilt.load_state_dict(matte.state_dict())  # running statistics travel with the weights
-    plain = build_from_config({k: v for k, v in matte.config.items() if k != "norm"})  # a card from before
+    assert rebuilt.sigmoid_output
+    before = {k: v for k, v in matte.config.items() if k not in ("norm", "output_activation")}  # an older card
+    plain = build_from_config(before)
     assert plain.config["norm"] == "none" and not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert not plain.sigmoid_output
     assert build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2, norm="none").config["norm"] == "none"
     with pytest.raises(DuplidogError, match="norm"):
         build_model(preset="small", in_channels=3, out_channels=1, norm="group")

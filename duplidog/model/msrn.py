@@ -103,7 +103,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # than following its shape (it lowered the real-photograph roto's IoU: docs/quality.md). Its blocks are
 # batch-normalised: a matte is a classification of each pixel, where normalised features learn the shape in
 # far fewer steps. The other fixes keep plain blocks, as restoration networks since EDSR do (not measured here).
-MATTE_NETWORK = dict(colour_width=0, curve_knots=0, norm="batch")
+# Its output is a sigmoid of logits, scored by cross-entropy: with normalised blocks the logits grow fast
+# enough, and the matte comes out solid inside and out with a sharper edge (docs/quality.md).
+MATTE_NETWORK = dict(colour_width=0, curve_knots=0, norm="batch", output_activation="sigmoid")
 
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 
@@ -240,8 +242,7 @@ class MSRN(nn.Module):
             False, as in models saved before it existed; every preset sets it.
         output_activation: "none", or "sigmoid" for a matte: every level predicts logits (the next level
             is guided by their sigmoid), ``forward`` returns the sigmoid, and training scores the logits
-            with a binary cross-entropy. Default "none": in a short budget the plain output learns a
-            matte faster (docs/quality.md).
+            with a binary cross-entropy. Default "none"; a matte network has "sigmoid" (``build_model``).
         scale: output resolution / input resolution, 1 to 4. Above 1 the head ends in a pixel shuffle and
             the finest level's base is upsampled bicubically (see the module docstring). Default 1.
         temporal_frames: neighbour frames on each side of the predicted one, 0 to 3: the input has
