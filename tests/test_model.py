@@ -244,7 +244,7 @@ def test_no_layer_looks_at_the_whole_image(preset, out_channels):
     assert banned == []
     norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     assert all(type(norm) is nn.BatchNorm2d and norm.track_running_stats for norm in norms)
-    assert bool(norms) == (out_channels == 1)  # a matte network's blocks are normalised, a colour fix's not
+    assert norms  # every preset's blocks are normalised
 
 
 def test_no_pixel_sees_the_frame_beyond_its_reach():
@@ -346,11 +346,11 @@ def test_a_matte_network_has_no_colour_path_unless_asked():
     assert build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2).colour is not None
 
 
-def test_a_matte_network_is_batch_normalised_with_a_sigmoid_output_and_older_cards_keep_what_they_had():
+def test_networks_are_batch_normalised_a_matte_has_a_sigmoid_output_and_older_cards_keep_what_they_had():
     matte = build_model(preset="small", in_channels=3, out_channels=1, width=4, levels=2)
     assert matte.config["norm"] == "batch" and matte.config["output_activation"] == "sigmoid" and matte.sigmoid_output
     colour_fix = build_model(preset="small", in_channels=3, out_channels=3, width=4, levels=2)
-    assert colour_fix.config["norm"] == "none" and colour_fix.config["output_activation"] == "none"
+    assert colour_fix.config["norm"] == "batch" and colour_fix.config["output_activation"] == "none"
     rebuilt = build_from_config(matte.config)
     rebuilt.load_state_dict(matte.state_dict())  # running statistics travel with the weights
     assert rebuilt.sigmoid_output

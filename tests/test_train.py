@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
+from duplidog.core.card import read_card
 from duplidog.core.layout import list_checkpoints
 from duplidog.errors import DuplidogError
 from duplidog.train import checkpoint as ckpt
@@ -661,6 +662,21 @@ def test_warm_start_needs_the_same_network(shot, tmp_path):
 
     with pytest.raises(DuplidogError, match="does not fit"):
         train(shot["pool"], shot["plan"], shot["manifest"], tmp_path / "m3", tmp_path / "w3", wider)
+
+
+def test_a_run_from_earlier_weights_keeps_their_normalisation(shot, tmp_path):
+    # A model trained before the presets normalised their blocks has no batch-norm parameters; a run from
+    # its weights keeps it plain (the card says so), as it keeps its output activation.
+    plain = with_train(shot["config"], steps=2, validate_every=0)
+    plain["model"]["overrides"] = {**plain["model"]["overrides"], "norm": "none"}
+    from duplidog.train import train
+
+    train(shot["pool"], shot["plan"], shot["manifest"], tmp_path / "plain/model", tmp_path / "plain/train", plain)
+    result = run(shot, tmp_path / "warm", steps=2, validate_every=0, init_from=str(tmp_path / "plain/model"))
+    assert result["steps"] == 2
+    assert read_card(tmp_path / "warm/model").network["norm"] == "none"
+    fresh = run(shot, tmp_path / "fresh", steps=2, validate_every=0)
+    assert fresh["steps"] == 2 and read_card(tmp_path / "fresh/model").network["norm"] == "batch"
 
 
 def test_a_matte_is_scored_by_cross_entropy_on_logits_and_by_the_other_terms_on_its_sigmoid():

@@ -81,7 +81,8 @@ from duplidog.model.blocks import (
 from duplidog.temporal import MAX_TEMPORAL_FRAMES
 
 # Presets, from fast-on-a-laptop-CPU to the scale of CopyCat's SRN template (their sizes and speeds:
-# docs/speed.md):
+# docs/speed.md). Their blocks are batch-normalised: in a budget of a few hundred steps normalised features
+# learn a paint-out, a beauty fix or a matte far faster than plain ones (docs/quality.md).
 #   small   Tao's ResBlocks, 3x3: the fewest MACs for its depth, so it trains on a CPU; width 16 because
 #           8 could not learn a paint-out (docs/quality.md)
 #   medium  Li's multi-scale residual blocks
@@ -89,23 +90,21 @@ from duplidog.temporal import MAX_TEMPORAL_FRAMES
 PRESETS: Dict[str, Dict[str, Any]] = {
     "small": dict(levels=3, width=16, depth=2, stages=2, kernel_size=3, block="res", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=16, colour_depth=2, curve_knots=33,
-                  guide_on_base=True, refine_levels=True),
+                  guide_on_base=True, refine_levels=True, norm="batch"),
     "medium": dict(levels=3, width=12, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
                    recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=33,
-                   guide_on_base=True, refine_levels=True),
+                   guide_on_base=True, refine_levels=True, norm="batch"),
     "large": dict(levels=3, width=20, depth=2, stages=2, kernel_size=3, block="msrb", branch_kernels=[3, 5],
                   recurrent="gru", recurrent_kernel=3, colour_width=32, colour_depth=2, curve_knots=65,
-                  guide_on_base=True, refine_levels=True),
+                  guide_on_base=True, refine_levels=True, norm="batch"),
 }
 
 # A network whose outputs are not its inputs' channels (a matte from RGB) has no colour path unless asked:
 # a per-pixel map from colour to matte is a key, which marks every region of the object's colours rather
-# than following its shape (it lowered the real-photograph roto's IoU: docs/quality.md). Its blocks are
-# batch-normalised: a matte is a classification of each pixel, where normalised features learn the shape in
-# far fewer steps. The other fixes keep plain blocks, as restoration networks since EDSR do (not measured here).
-# Its output is a sigmoid of logits, scored by cross-entropy: with normalised blocks the logits grow fast
-# enough, and the matte comes out solid inside and out with a sharper edge (docs/quality.md).
-MATTE_NETWORK = dict(colour_width=0, curve_knots=0, norm="batch", output_activation="sigmoid")
+# than following its shape (it lowered the real-photograph roto's IoU: docs/quality.md). Its output is a
+# sigmoid of logits, scored by cross-entropy: with normalised blocks the logits grow fast enough, and the
+# matte comes out solid inside and out with a sharper edge (docs/quality.md).
+MATTE_NETWORK = dict(colour_width=0, curve_knots=0, output_activation="sigmoid")
 
 OUTPUT_ACTIVATIONS = ("none", "sigmoid")
 
@@ -250,9 +249,8 @@ class MSRN(nn.Module):
             docstring). Default 0: one frame.
         norm: "none", or "batch": batch normalisation inside every block (``blocks.LevelBatchNorm``), its
             scale and offset shared by the levels, its statistics each level's own. In eval mode it is a fixed
-            per-channel scale and offset, so tiles stay exact. A matte network has it (``build_model``): in a
-            short budget it learns the shape in far fewer steps (docs/quality.md). Default "none", as in models
-            saved before it existed.
+            per-channel scale and offset, so tiles stay exact. The presets have it: in a short budget it learns
+            far faster (docs/quality.md). Default "none", as in models saved before it existed.
     """
 
     arch = "msrn"

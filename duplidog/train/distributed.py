@@ -234,7 +234,7 @@ class Ranks:
         return nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
             # Rank 0's weights and buffers are shared by ``start_together``. The only buffers that change in
-            # training are a matte network's batch-norm running statistics; each rank keeps its own, and rank
+            # training are the blocks' batch-norm running statistics; each rank keeps its own, and rank
             # 0's, the ones validated and saved, follow its own batches.
             init_sync=False, forward_sync_buffers=False)
 

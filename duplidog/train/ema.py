@@ -18,7 +18,7 @@ from torch import nn
 class WeightAverage:
     """A frozen copy of ``model`` whose parameters follow the live ones with ``decay``.
 
-    Buffers (a matte network's batch-norm running statistics) are copied from the live model, not averaged.
+    Buffers (the blocks' batch-norm running statistics) are copied from the live model, not averaged.
     """
 
     def __init__(self, model: nn.Module, decay: float):

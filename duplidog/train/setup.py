@@ -173,13 +173,17 @@ def network_overrides(model_settings: dict, earlier: dict, group) -> dict:
     """``model.overrides``, plus what a run from ``earlier`` weights (that network's config) must keep.
 
     The colour path's curves span the data's values; a run from earlier weights keeps the knots its
-    curves were learnt on, and what its output means, or its weights would mean other values.
+    curves were learnt on, and what its output means, or its weights would mean other values. It keeps
+    the earlier network's normalisation too, whose parameters its weights include or lack (a card written
+    before either setting existed says neither, and its network had neither).
     """
     overrides = dict(model_settings.get("overrides") or {})
     if "curve_range" not in overrides:
         overrides["curve_range"] = earlier.get("curve_range") or value_range(group)
-    if "output_activation" not in overrides and earlier:
-        overrides["output_activation"] = earlier.get("output_activation", "none")
+    if earlier:
+        for setting in ("output_activation", "norm"):
+            if setting not in overrides:
+                overrides[setting] = earlier.get(setting, "none")
     return overrides
 
 
