@@ -80,6 +80,18 @@ def test_each_loss_is_finite_with_gradients(term, device, tmp_path):
     assert set(parts) == {term}
 
 
+def test_the_squared_term_is_the_weighted_mean_squared_error():
+    from duplidog.train.losses import squared_loss
+
+    target = torch.zeros(1, 3, 4, 4)
+    prediction = target.clone()
+    prediction[..., 0, 0] = 0.5  # one pixel half painted out
+    weights = torch.ones(1, 1, 4, 4)
+    weights[..., 0, 0] = 31.0  # as change_weights marks a changed pixel
+    assert squared_loss(prediction, target).item() == pytest.approx(0.25 / 16)
+    assert squared_loss(prediction, target, weights).item() == pytest.approx(31 * 0.25 / (31 + 15))
+
+
 def test_dice_scores_a_mattes_overlap_and_leaves_other_networks_alone():
     from duplidog.train.losses import dice_loss
 

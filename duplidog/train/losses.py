@@ -73,6 +73,10 @@ def charbonnier_loss(prediction: torch.Tensor, target: torch.Tensor, eps: float 
     return _mean(torch.sqrt((prediction - target) ** 2 + eps * eps), weights)
 
 
+def squared_loss(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    return _mean((prediction - target) ** 2, weights)
+
+
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     return _mean(F.binary_cross_entropy_with_logits(logits, target.clamp(0.0, 1.0), reduction="none"), weights)
 
@@ -276,6 +280,7 @@ class VGGPerceptualLoss(nn.Module):
 TERMS: Dict[str, Callable] = {
     "l1": l1_loss,
     "charbonnier": charbonnier_loss,
+    "squared": squared_loss,
     "ms_ssim": ms_ssim_loss,
     "gradient": gradient_loss,
     "frequency": frequency_loss,
@@ -305,7 +310,7 @@ def colour_weights(source: torch.Tensor, target: torch.Tensor, threshold: float,
 
 
 #: Terms that take per-pixel weights (the others are statistics of the whole tile).
-WEIGHTED_TERMS = ("l1", "charbonnier", "gradient", "bce")
+WEIGHTED_TERMS = ("l1", "charbonnier", "squared", "gradient", "bce")
 
 
 def downsample_to(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
