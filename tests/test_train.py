@@ -394,6 +394,24 @@ def test_epochs_draw_subsets_and_resume_needs_only_the_batch_number():
     assert np.array_equal(again.augment_codes(7), plan.augment_codes(7))
 
 
+def test_an_unset_batch_size_is_four_tiles_for_a_matte_eight_otherwise_and_splits_over_the_processes():
+    from duplidog.train.setup import PoolShape, resolve_batch_size
+
+    rgb = PoolShape(tiles=40, stacked_channels=3, tile_size=16, out_channels=3, target_size=16, temporal_frames=0,
+                    border=3)
+    matte = PoolShape(tiles=40, stacked_channels=3, tile_size=16, out_channels=1, target_size=16, temporal_frames=0,
+                      border=3)
+    assert resolve_batch_size({"batch_size": None}, rgb) == 8
+    assert resolve_batch_size({"batch_size": None}, matte) == 4
+    assert resolve_batch_size({"batch_size": None}, matte, world_size=3) == 6
+    assert resolve_batch_size({"batch_size": 5}, matte, world_size=3) == 5  # set: kept, and checked by Ranks
+
+
+def test_a_run_records_the_batch_size_it_resolved(shot, tmp_path):
+    run(shot, tmp_path, batch_size=None, steps=1, validate_every=0, checkpoint_every=1)
+    assert json.loads(final_state(tmp_path)["config"])["train"]["batch_size"] == 8
+
+
 def test_dihedral_codes_are_the_eight_symmetries():
     x = torch.arange(16.0).view(1, 1, 4, 4)
     images = {tuple(dihedral(x, code).flatten().tolist()) for code in range(8)}

@@ -32,7 +32,7 @@ import torch
 from duplidog.core.runtime import choose_device, choose_precision
 from duplidog.train.data import DeviceBatches, StreamedBatches, load_pool, pool_bytes
 from duplidog.train.setup import (PoolShape, RunLength, build_network, build_parts, epoch_plan, network_overrides,
-                                  seed_everything)
+                                  resolve_batch_size, seed_everything)
 from duplidog.train.step import StepRunner
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
                                        int(pool_config.get("border", 16)))
         group = open_pool(pool_path)
         n, _, tile_size, _ = group["source"].shape
-        batch = int(settings["batch_size"]) * int(settings["accumulate"])
+        settings["batch_size"] = resolve_batch_size(settings, PoolShape.of(group))
+        batch = settings["batch_size"] * int(settings["accumulate"])
         plan = epoch_plan(n, settings, 0)
         print_fn(f"train bench on {device} ({precision.name}): pool of {n} tiles of {tile_size} px, "
                  f"batch {batch}, {steps} timed steps after {warmup}")

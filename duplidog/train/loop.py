@@ -45,7 +45,7 @@ from duplidog.train.distributed import QuietMonitor, Ranks
 from duplidog.train.finish import model_card, run_result, summary_line
 from duplidog.train.monitor import ActivationStats, TrainingMonitor, read_metrics
 from duplidog.train.setup import (Inputs, Parts, RunSettings, build_network, build_parts, epoch_plan,
-                                  network_overrides, open_inputs, seed_everything)
+                                  network_overrides, open_inputs, resolve_batch_size, seed_everything)
 from duplidog.train.start import (Progress, begin_fresh, choose_start, earlier_network, load_start_weights,
                                   resume)
 from duplidog.train.step import StepRunner
@@ -78,14 +78,15 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
     ranks = Ranks.current()  # one process, or one of several sharing each batch (``distributed``)
     clock = ranks.clock()  # the budget's clock: a resumed run continues the earlier runs' time
     run = RunSettings.from_config(config, work_dir, model_dir)
-    settings = run.settings
     run.work_dir.mkdir(parents=True, exist_ok=True)
     if ranks.first:
         TrainFiles(run.work_dir).result.unlink(missing_ok=True)  # written again when this run ends
-    ranks.check_batch(int(settings["batch_size"]))
 
     # -- data ------------------------------------------------------------------------------------------
     inputs = open_inputs(pool_path, plan_path, manifest_path, run.model_settings)
+    run = run.with_batch_size(resolve_batch_size(run.settings, inputs.shape, ranks.world_size))
+    settings = run.settings
+    ranks.check_batch(int(settings["batch_size"]))
     device = ranks.place(choose_device(settings["device"], key="train.device"))
     precision = choose_precision(device, settings["precision"], key="train.precision", reduced_on_cpu=True)
 

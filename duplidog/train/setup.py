@@ -9,7 +9,7 @@ functions, so the bench times the step that training takes.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +27,11 @@ from duplidog.train.schedule import TrainingClock, TrainingSchedule
 
 #: Steps of a run given neither train.steps nor train.max_minutes (and the warm-up's measure with a budget alone).
 DEFAULT_STEPS = 300
+
+#: Tiles per batch when train.batch_size is unset. A matte network (output channels its input lacks)
+#: gains more from twice the steps in a time budget than from twice the tiles in each (docs/quality.md).
+DEFAULT_BATCH_SIZE = 8
+MATTE_BATCH_SIZE = 4
 
 
 def seed_everything(seed: int) -> None:
@@ -79,6 +84,11 @@ class RunSettings:
     @property
     def settings(self) -> dict:
         return self.config["train"]
+
+    def with_batch_size(self, batch_size: int) -> "RunSettings":
+        """These settings with ``train.batch_size`` set (``resolve_batch_size``)."""
+        train = {**self.settings, "batch_size": int(batch_size)}
+        return replace(self, config={**self.config, "train": train})
 
     @property
     def model_settings(self) -> dict:
@@ -143,6 +153,15 @@ def open_inputs(pool_path, plan_path, manifest_path, model_settings: dict) -> In
     shape = PoolShape.of(group)
     check_pool(shape, pool_path, plan, plan_path, model_settings)
     return Inputs(pool_path, group, pool_hash, shape, plan, manifest_path)
+
+
+def resolve_batch_size(settings: dict, shape: PoolShape, world_size: int = 1) -> int:
+    """``train.batch_size``, or where it is unset the default for the pool's network (``MATTE_BATCH_SIZE``
+    for a matte, else ``DEFAULT_BATCH_SIZE``), rounded up to split evenly over ``world_size`` processes."""
+    if settings.get("batch_size"):
+        return int(settings["batch_size"])
+    size = MATTE_BATCH_SIZE if shape.in_channels != shape.out_channels else DEFAULT_BATCH_SIZE
+    return -(-size // world_size) * world_size
 
 
 def check_pool(shape: PoolShape, pool_path, plan: Plan, plan_path, model_settings: dict) -> None:
