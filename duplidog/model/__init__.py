@@ -24,7 +24,13 @@ MODELS: Dict[str, type] = {"msrn": MSRN}
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {"msrn": MSRN_PRESETS}
 
 __all__ = ["MODELS", "PRESETS", "MSRN", "build_model", "build_from_config", "count_parameters",
-           "macs_per_megapixel", "measure_reach"]
+           "macs_per_megapixel", "makes_matte", "measure_reach"]
+
+
+def makes_matte(in_channels: int, out_channels: int) -> bool:
+    """Whether a network from ``in_channels`` to ``out_channels`` makes a matte (channels its input lacks):
+    it is built as ``MATTE_NETWORK`` and trained with the matte's batch size (``train.setup``)."""
+    return in_channels != out_channels
 
 
 def _network_class(arch: str) -> type:
@@ -52,7 +58,7 @@ def build_model(arch: str = "msrn", preset: str = "small", in_channels: int = 3,
     if preset not in presets:
         raise DuplidogError(f"unknown {arch} preset {preset!r}; known: {', '.join(sorted(presets))}")
     settings = dict(presets[preset])
-    if arch == "msrn" and in_channels != out_channels:
+    if arch == "msrn" and makes_matte(in_channels, out_channels):
         settings.update(MATTE_NETWORK)
     settings.update({**overrides, "in_channels": in_channels, "out_channels": out_channels})
     model = _construct(cls, settings)

@@ -160,7 +160,9 @@ def resolve_batch_size(settings: dict, shape: PoolShape, world_size: int = 1) ->
     for a matte, else ``DEFAULT_BATCH_SIZE``), rounded up to split evenly over ``world_size`` processes."""
     if settings.get("batch_size"):
         return int(settings["batch_size"])
-    size = MATTE_BATCH_SIZE if shape.in_channels != shape.out_channels else DEFAULT_BATCH_SIZE
+    from duplidog.model import makes_matte
+
+    size = MATTE_BATCH_SIZE if makes_matte(shape.in_channels, shape.out_channels) else DEFAULT_BATCH_SIZE
     return -(-size // world_size) * world_size
 
 
