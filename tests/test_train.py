@@ -394,22 +394,50 @@ def test_epochs_draw_subsets_and_resume_needs_only_the_batch_number():
     assert np.array_equal(again.augment_codes(7), plan.augment_codes(7))
 
 
-def test_an_unset_batch_size_is_four_tiles_for_a_matte_eight_otherwise_and_splits_over_the_processes():
+def test_an_unset_batch_size_is_four_tiles_for_a_matte_or_a_whole_frame_fix_eight_for_a_local_one():
     from duplidog.train.setup import PoolShape, resolve_batch_size
 
     rgb = PoolShape(tiles=40, stacked_channels=3, tile_size=16, out_channels=3, target_size=16, temporal_frames=0,
                     border=3)
     matte = PoolShape(tiles=40, stacked_channels=3, tile_size=16, out_channels=1, target_size=16, temporal_frames=0,
                       border=3)
-    assert resolve_batch_size({"batch_size": None}, rgb) == 8
-    assert resolve_batch_size({"batch_size": None}, matte) == 4
-    assert resolve_batch_size({"batch_size": None}, matte, world_size=3) == 6
-    assert resolve_batch_size({"batch_size": 5}, matte, world_size=3) == 5  # set: kept, and checked by Ranks
+    assert resolve_batch_size({"batch_size": None}, rgb, whole_frame=False) == 8
+    assert resolve_batch_size({"batch_size": None}, rgb, whole_frame=True) == 4
+    assert resolve_batch_size({"batch_size": None}, matte, whole_frame=False) == 4
+    assert resolve_batch_size({"batch_size": None}, matte, False, world_size=3) == 6
+    assert resolve_batch_size({"batch_size": 5}, matte, False, world_size=3) == 5  # set: kept, and checked by Ranks
 
 
-def test_a_run_records_the_batch_size_it_resolved(shot, tmp_path):
+def test_a_whole_frame_fix_gets_a_small_network_half_the_depth_unless_the_settings_or_earlier_weights_say(shot):
+    from duplidog.core.pool_store import open_pool
+    from duplidog.train.setup import PoolShape, changes_most_pixels, network_overrides
+
+    group = open_pool(shot["pool"])
+    assert changes_most_pixels(group, PoolShape.of(group))  # the tiny shot grades every pixel
+
+    def depth(model_settings, earlier=None, whole_frame=True):
+        return network_overrides(model_settings, earlier or {}, group, whole_frame).get("depth")
+
+    assert depth({"preset": "small"}) == 1
+    assert depth({"preset": "small"}, whole_frame=False) is None  # a local fix: the preset's depth
+    assert depth({"preset": "small", "overrides": {"depth": 3}}) == 3
+    assert depth({"preset": "medium"}) is None  # measured on the small preset only
+    assert depth({"preset": "small"}, earlier={"depth": 2, "norm": "batch"}) == 2  # its weights have two blocks
+
+
+def test_a_local_fix_does_not_count_as_changing_most_pixels(tmp_path):
+    from duplidog.core.pool_store import open_pool
+    from duplidog.train.setup import PoolShape, changes_most_pixels
+
+    local = build_tiny_shot(tmp_path, local_edit=True, edited_columns=8)  # a sixth of the frame
+    group = open_pool(local["pool"])
+    assert not changes_most_pixels(group, PoolShape.of(group))
+
+
+def test_a_run_records_the_batch_size_and_depth_it_resolved(shot, tmp_path):
     run(shot, tmp_path, batch_size=None, steps=1, validate_every=0, checkpoint_every=1)
-    assert json.loads(final_state(tmp_path)["config"])["train"]["batch_size"] == 8
+    assert json.loads(final_state(tmp_path)["config"])["train"]["batch_size"] == 4  # a grade: whole frame
+    assert read_card(tmp_path / "model").network["depth"] == 1
 
 
 def test_dihedral_codes_are_the_eight_symmetries():

@@ -21,11 +21,12 @@ TINY_TRAIN = {"batch_size": 4, "steps": 20, "log_every": 1, "validate_every": 10
               "device": "cpu", "warmup_fraction": 0.1, "lr": 0.003}
 
 
-def build_tiny_shot(root: Path, pool_overrides: dict | None = None, seed: int = 0, local_edit: bool = False) -> dict:
+def build_tiny_shot(root: Path, pool_overrides: dict | None = None, seed: int = 0, local_edit: bool = False,
+                    edited_columns: int = 24) -> dict:
     """Write, ingest and pool the tiny shot under ``root``; returns paths and the resolved config.
 
-    ``local_edit``: the keyframes are graded on their left half only (a fix that leaves some pixels alone,
-    so the change-weighted loss terms weight pixels unevenly).
+    ``local_edit``: the keyframes are graded on their ``edited_columns`` leftmost columns only (of 48; a fix
+    that leaves some pixels alone, so the change-weighted loss terms weight pixels unevenly).
     """
     from duplidog.core.layout import ShotLayout
     from duplidog.imageio import read_pixels
@@ -39,7 +40,7 @@ def build_tiny_shot(root: Path, pool_overrides: dict | None = None, seed: int = 
         for frame in (1001, 1002, 1003):
             plate = read_pixels(root / "shot/plate" / f"plate.{frame:04d}.exr")
             fixed = plate.copy()
-            fixed[:, :24] = plate[:, :24] * 0.8 + 0.05
+            fixed[:, :edited_columns] = plate[:, :edited_columns] * 0.8 + 0.05
             write_frame(root / "shot/fixed" / f"fixed.{frame:04d}.exr", fixed)
     import yaml
 

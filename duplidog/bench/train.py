@@ -31,8 +31,8 @@ import torch
 
 from duplidog.core.runtime import choose_device, choose_precision
 from duplidog.train.data import DeviceBatches, StreamedBatches, load_pool, pool_bytes
-from duplidog.train.setup import (PoolShape, RunLength, build_network, build_parts, epoch_plan, network_overrides,
-                                  resolve_batch_size, seed_everything)
+from duplidog.train.setup import (PoolShape, RunLength, build_network, build_parts, changes_most_pixels, epoch_plan,
+                                  network_overrides, resolve_batch_size, seed_everything)
 from duplidog.train.step import StepRunner
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def _runner(model_settings: dict, settings: dict, group, pool_path, device, prec
     """A step runner built as a fresh run builds one (``train.setup``) for the pool ``group``."""
     shape = PoolShape.of(group)
     seed_everything(0)
-    model = build_network(model_settings, shape, network_overrides(model_settings, {}, group), pool_path)
+    overrides = network_overrides(model_settings, {}, group, changes_most_pixels(group, shape))
+    model = build_network(model_settings, shape, overrides, pool_path)
     model.to(device=device, memory_format=torch.channels_last)
     settings = {**settings, "losses": {k: v for k, v in settings["losses"].items() if k != "vgg"}}
     parts = build_parts(model, settings, float(settings["lr"]), precision, device, shape.border, SCHEDULE)
@@ -160,7 +161,8 @@ def bench_train(pool_path: Optional[str] = None, config: Optional[dict] = None, 
                                        int(pool_config.get("border", 16)))
         group = open_pool(pool_path)
         n, _, tile_size, _ = group["source"].shape
-        settings["batch_size"] = resolve_batch_size(settings, PoolShape.of(group))
+        shape = PoolShape.of(group)
+        settings["batch_size"] = resolve_batch_size(settings, shape, changes_most_pixels(group, shape))
         batch = settings["batch_size"] * int(settings["accumulate"])
         plan = epoch_plan(n, settings, 0)
         print_fn(f"train bench on {device} ({precision.name}): pool of {n} tiles of {tile_size} px, "

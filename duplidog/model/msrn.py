@@ -84,7 +84,8 @@ from duplidog.temporal import MAX_TEMPORAL_FRAMES
 # docs/speed.md). Their blocks are batch-normalised: in a budget of a few hundred steps normalised features
 # learn a paint-out, a beauty fix or a matte far faster than plain ones (docs/quality.md).
 #   small   Tao's ResBlocks, 3x3: the fewest MACs for its depth, so it trains on a CPU; width 16 because
-#           8 could not learn a paint-out (docs/quality.md)
+#           8 could not learn a paint-out (docs/quality.md); training gives it depth 1 for a fix that
+#           changes most pixels (``train.setup.WHOLE_FRAME_DEPTH``)
 #   medium  Li's multi-scale residual blocks
 #   large   multi-scale residual blocks at the scale of CopyCat's SRN template
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -55,8 +55,12 @@ class PixelSample(NamedTuple):
     changed_share: float  # of all the sampled tiles' pixels (borders aside), the share the fix changes
 
     @property
+    def mostly_changed(self) -> bool:
+        return self.changed_share >= CHANGED_SHARE
+
+    @property
     def needs_fit(self) -> bool:
-        return self.changed_share >= CHANGED_SHARE and self.source.shape[0] > 0
+        return self.mostly_changed and self.source.shape[0] > 0
 
 
 def sample_pixels(group, border: int, threshold: float, radius: int, seed: int,

@@ -44,8 +44,8 @@ from duplidog.train.data import make_batches
 from duplidog.train.distributed import QuietMonitor, Ranks
 from duplidog.train.finish import model_card, run_result, summary_line
 from duplidog.train.monitor import ActivationStats, TrainingMonitor, read_metrics
-from duplidog.train.setup import (Inputs, Parts, RunSettings, build_network, build_parts, epoch_plan,
-                                  network_overrides, open_inputs, resolve_batch_size, seed_everything)
+from duplidog.train.setup import (Inputs, Parts, RunSettings, build_network, build_parts, changes_most_pixels,
+                                  epoch_plan, network_overrides, open_inputs, resolve_batch_size, seed_everything)
 from duplidog.train.start import (Progress, begin_fresh, choose_start, earlier_network, load_start_weights,
                                   resume)
 from duplidog.train.step import StepRunner
@@ -84,7 +84,8 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
 
     # -- data ------------------------------------------------------------------------------------------
     inputs = open_inputs(pool_path, plan_path, manifest_path, run.model_settings)
-    run = run.with_batch_size(resolve_batch_size(run.settings, inputs.shape, ranks.world_size))
+    whole_frame = changes_most_pixels(inputs.group, inputs.shape)
+    run = run.with_batch_size(resolve_batch_size(run.settings, inputs.shape, whole_frame, ranks.world_size))
     settings = run.settings
     ranks.check_batch(int(settings["batch_size"]))
     device = ranks.place(choose_device(settings["device"], key="train.device"))
@@ -96,7 +97,7 @@ def train(pool_path, plan_path, manifest_path, model_dir, work_dir, config: dict
 
     # -- network and optimizer --------------------------------------------------------------------------
     seed_everything(run.seed)
-    overrides = network_overrides(run.model_settings, earlier_network(start, warm_from), inputs.group)
+    overrides = network_overrides(run.model_settings, earlier_network(start, warm_from), inputs.group, whole_frame)
     model = build_network(run.model_settings, inputs.shape, overrides, pool_path)
     configure_inference(model, edge_context=inputs.shape.border)  # validation, like production, mirrors this much
     lr = load_start_weights(model, start, warm_from, settings)

@@ -51,6 +51,9 @@ VGG19_MIN_SIZE = 16  # features[:36] pools four times
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
+#: What counts as a change the fix makes (in any channel, working-space values), and how far around it the
+#: change weight reaches, in pixels.
+CHANGE_THRESHOLD, CHANGE_RADIUS = 0.01, 2
 
 
 # -- individual terms: (prediction, target) float32 (N, C, H, W) -> scalar ----------------------------
@@ -363,7 +366,8 @@ class LossMix(nn.Module):
 
     def __init__(self, weights: Mapping[str, float], border: int, coarse_level_weight: float = 0.5,
                  charbonnier_eps: float = 1e-3, vgg19_weights: str = "", autocast: Callable = None,
-                 change_weight: float = 0.0, change_threshold: float = 0.01, change_radius: int = 2,
+                 change_weight: float = 0.0, change_threshold: float = CHANGE_THRESHOLD,
+                 change_radius: int = CHANGE_RADIUS,
                  colour_split: bool = False, logits: bool = False, matte_edge_weight: float | None = None):
         super().__init__()
         self.matte_edge_weight = float(change_weight if matte_edge_weight is None else matte_edge_weight)

@@ -28,10 +28,17 @@ from duplidog.train.schedule import TrainingClock, TrainingSchedule
 #: Steps of a run given neither train.steps nor train.max_minutes (and the warm-up's measure with a budget alone).
 DEFAULT_STEPS = 300
 
-#: Tiles per batch when train.batch_size is unset. A matte network (output channels its input lacks)
-#: gains more from twice the steps in a time budget than from twice the tiles in each (docs/quality.md).
+#: Tiles per batch when train.batch_size is unset. A matte network (output channels its input lacks) and one
+#: learning a fix that changes most of the frame (grain, a grade) gain more from twice the steps in a time
+#: budget than from twice the tiles in each; a local fix (a paint-out, a beauty fix) keeps more tiles a step,
+#: so each holds more of the few pixels it changes (docs/quality.md).
 DEFAULT_BATCH_SIZE = 8
-MATTE_BATCH_SIZE = 4
+STEPS_FIRST_BATCH_SIZE = 4
+#: Blocks per stage of the small preset's network for a fix that changes most of the frame, where the
+#: model.overrides do not say: such a fix needs steps more than depth, and half the blocks take nearly twice
+#: the steps in the same minutes (a local fix keeps the preset's depth for its hardest spots: docs/quality.md).
+WHOLE_FRAME_DEPTH = 1
+WHOLE_FRAME_PRESETS = ("small",)
 
 
 def seed_everything(seed: int) -> None:
@@ -155,14 +162,29 @@ def open_inputs(pool_path, plan_path, manifest_path, model_settings: dict) -> In
     return Inputs(pool_path, group, pool_hash, shape, plan, manifest_path)
 
 
-def resolve_batch_size(settings: dict, shape: PoolShape, world_size: int = 1) -> int:
-    """``train.batch_size``, or where it is unset the default for the pool's network (``MATTE_BATCH_SIZE``
-    for a matte, else ``DEFAULT_BATCH_SIZE``), rounded up to split evenly over ``world_size`` processes."""
+def changes_most_pixels(group, shape: PoolShape) -> bool:
+    """Whether the pool's fix changes most pixels of its tiles (grain, a grade) rather than a few (a paint-out,
+    a beauty fix), as the colour path's fit measures it: on the same evenly spaced tiles, so every run over
+    the pool (a resumed one, each process of a data-parallel one) finds the same. A matte is neither."""
+    from duplidog.model import makes_matte
+    from duplidog.train.colour_fit import sample_pixels
+    from duplidog.train.losses import CHANGE_RADIUS, CHANGE_THRESHOLD
+
+    if makes_matte(shape.in_channels, shape.out_channels):
+        return False
+    return sample_pixels(group, shape.border, CHANGE_THRESHOLD, 2 * CHANGE_RADIUS, seed=0).mostly_changed
+
+
+def resolve_batch_size(settings: dict, shape: PoolShape, whole_frame: bool, world_size: int = 1) -> int:
+    """``train.batch_size``, or where it is unset the default for the pool's network (``STEPS_FIRST_BATCH_SIZE``
+    for a matte or a fix that changes most pixels, ``whole_frame``; else ``DEFAULT_BATCH_SIZE``), rounded up
+    to split evenly over ``world_size`` processes."""
     if settings.get("batch_size"):
         return int(settings["batch_size"])
     from duplidog.model import makes_matte
 
-    size = MATTE_BATCH_SIZE if makes_matte(shape.in_channels, shape.out_channels) else DEFAULT_BATCH_SIZE
+    steps_first = whole_frame or makes_matte(shape.in_channels, shape.out_channels)
+    size = STEPS_FIRST_BATCH_SIZE if steps_first else DEFAULT_BATCH_SIZE
     return -(-size // world_size) * world_size
 
 
@@ -190,13 +212,14 @@ def check_pool(shape: PoolShape, pool_path, plan: Plan, plan_path, model_setting
         )
 
 
-def network_overrides(model_settings: dict, earlier: dict, group) -> dict:
-    """``model.overrides``, plus what a run from ``earlier`` weights (that network's config) must keep.
+def network_overrides(model_settings: dict, earlier: dict, group, whole_frame: bool = False) -> dict:
+    """``model.overrides``, plus what a run from ``earlier`` weights (that network's config) must keep, plus
+    ``WHOLE_FRAME_DEPTH`` for a fresh small network whose fix changes most pixels (``whole_frame``).
 
     The colour path's curves span the data's values; a run from earlier weights keeps the knots its
     curves were learnt on, and what its output means, or its weights would mean other values. It keeps
-    the earlier network's normalisation too, whose parameters its weights include or lack (a card written
-    before either setting existed says neither, and its network had neither).
+    the earlier network's normalisation and depth too, whose parameters its weights include or lack (a card
+    written before normalisation existed does not say, and its network had none).
     """
     overrides = dict(model_settings.get("overrides") or {})
     if "curve_range" not in overrides:
@@ -205,6 +228,10 @@ def network_overrides(model_settings: dict, earlier: dict, group) -> dict:
         for setting in ("output_activation", "norm"):
             if setting not in overrides:
                 overrides[setting] = earlier.get(setting, "none")
+        if "depth" not in overrides and "depth" in earlier:
+            overrides["depth"] = earlier["depth"]
+    elif whole_frame and "depth" not in overrides and model_settings.get("preset", "small") in WHOLE_FRAME_PRESETS:
+        overrides["depth"] = WHOLE_FRAME_DEPTH
     return overrides
 
 
